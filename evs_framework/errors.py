@@ -1,0 +1,41 @@
+"""Errors that reach the user. Each message names the problem and the fix in one sentence."""
+
+from __future__ import annotations
+
+
+class EVSError(Exception):
+    """Base of every error EVS reports to the user (the CLI prints it without a traceback)."""
+
+
+class SpecError(EVSError):
+    """A spec or config is malformed. Holds every problem found, each with its path (e.g. `$.stable_steps[0]`)."""
+
+    def __init__(self, problems: list[str], source: str = "spec"):
+        self.problems = list(problems)
+        self.source = source
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source} has {len(self.problems)} problem(s):\n{lines}")
+
+
+class PlanError(EVSError):
+    """The schedule a spec asks for cannot be run (found before any weight is loaded)."""
+
+
+class RegistryError(EVSError):
+    """A model name or registry entry is unknown or malformed."""
+
+
+class PluginError(EVSError):
+    """Plugins conflict (duplicate names) or a plugin is missing something it must provide."""
+
+
+class WeightsError(EVSError):
+    """Weights for a model could not be found or loaded."""
+
+
+class VideoError(EVSError):
+    """An input video is missing, unreadable or unusable, or an output could not be written."""
+
+
+class NumericalError(EVSError):
+    """Latents became NaN or infinite; the message names the op and the noise level."""
