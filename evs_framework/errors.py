@@ -39,3 +39,14 @@ class VideoError(EVSError):
 
 class NumericalError(EVSError):
     """Latents became NaN or infinite; the message names the op and the noise level."""
+
+
+def did_you_mean(name: str, choices) -> str:
+    """' (did you mean X?)' for the closest choices, or the full list when nothing is close."""
+    import difflib
+
+    choices = sorted(choices)
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    if close:
+        return f" (did you mean {' or '.join(repr(c) for c in close)}?)"
+    return f" (known: {', '.join(choices) if choices else 'none'})"

@@ -1,0 +1,77 @@
+"""Loading models: weight resolution through the plugin hook, backends by kind, shared components."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Protocol
+
+import attrs
+import torch
+
+from evs_framework.errors import WeightsError
+from evs_framework.plugins import Plugins
+from evs_framework.registry import ModelEntry, Registry
+
+WEIGHTS_ENV = "EVS_WEIGHTS_DIR"
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class Backend(Protocol):
+    """What a backend kind's loader returns."""
+
+    frames_as_batch: bool  # True: frames are independent images (T2I); False: one clip (T2V)
+    vae: object            # a diffusers AutoencoderKL
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings, shape (len(prompts), tokens, dim)."""
+
+    def predict_noise(self, x: torch.Tensor, timestep: float, text: torch.Tensor) -> torch.Tensor:
+        """Noise prediction for x (batch, frames, channels, h, w) with text (batch, tokens, dim), same shape as x."""
+
+
+@attrs.define
+class WeightSettings:
+    folders: list[Path]
+    offline: bool = True
+    searched: list[str] = attrs.Factory(list)
+
+
+def default_weight_folders(extra=()) -> list[Path]:
+    folders = [Path(p).expanduser() for p in extra]
+    if os.environ.get(WEIGHTS_ENV):
+        folders.append(Path(os.environ[WEIGHTS_ENV]).expanduser())
+    folders.append(Path.cwd() / "pretrained_models")
+    return folders
+
+
+@attrs.define
+class LoadContext:
+    plugins: Plugins
+    registry: Registry
+    weights: WeightSettings
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    _shared: dict = attrs.Factory(dict)
+
+    def weights_path(self, entry: ModelEntry) -> Path:
+        self.weights.searched = []
+        path = self.plugins.hook.resolve_weights(location=entry.weights, settings=self.weights)
+        if path is None:
+            places = "\n".join(f"    {p}" for p in self.weights.searched) or "    (no plugin searched anywhere)"
+            origin = entry.weights.hub or entry.weights.url
+            how = f" (download from {origin})" if origin else ""
+            target = self.weights.searched[0] if self.weights.searched else entry.weights.local
+            raise WeightsError(f"weights for model {entry.name!r} ({entry.description}) not found; searched:\n{places}\n"
+                               f"  put them at {target}{how}, or point --weights-dir / {WEIGHTS_ENV} at their folder")
+        return path
+
+    def shared(self, key, build: Callable[[], object]):
+        """One instance per key for this run (a base model's parts used by several entries load once)."""
+        if key not in self._shared:
+            self._shared[key] = build()
+        return self._shared[key]
+
+    def load(self, entry: ModelEntry) -> Backend:
+        loader = self.plugins.catalogue.get("backends", entry.kind)
+        return self.shared(("backend", entry.name), lambda: loader(entry, self))

@@ -1,0 +1,275 @@
+"""Planning: a spec and a composition become an explicit list of ops, checked before any weight loads.
+
+Ops, in order of execution:
+- `LatentOp`: an operation on the clean latent (upscale when the trajectory first enters a model that asks for it);
+- `TransferOp`: move the latent onto a model's noise level with a transfer strategy;
+- `DenoiseOp`: run a model's sampler over consecutive levels of its own schedule.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from evs_framework.composition import Composition, Stage
+from evs_framework.errors import EVSError, PlanError
+from evs_framework.plugins import Catalogue
+from evs_framework.registry import ModelEntry, Registry
+from evs_framework.sigmas import ModelSchedule
+from evs_framework.spec import ModelChoice, Spec
+
+ROLE_TYPES = {"idm": "t2i", "vdm": "t2v"}
+
+
+@attrs.frozen
+class PlannedModel:
+    role: str
+    entry: ModelEntry
+    choice: ModelChoice
+    schedule: ModelSchedule
+    guidance: float
+
+    @property
+    def calls_per_step(self) -> int:
+        return 1 if self.guidance == 1.0 else 2
+
+
+@attrs.frozen
+class LatentOp:
+    stage: int
+    model: str
+    name: str
+    params: dict
+
+
+@attrs.frozen
+class TransferOp:
+    stage: int
+    model: str
+    strategy: str
+    level: int
+    sigma_from: float
+    sigma_to: float
+    # target schedule levels from clean up to sigma_to, ascending (what an inversion walks through)
+    levels: tuple[float, ...]
+    unet_calls: int
+
+
+@attrs.frozen
+class DenoiseOp:
+    stage: int
+    model: str
+    sampler: str
+    first_level: int
+    stop_level: int
+    sigmas: tuple[float, ...]
+    timesteps: tuple[int, ...]
+    unet_calls: int
+
+    @property
+    def steps(self) -> int:
+        return self.stop_level - self.first_level
+
+
+@attrs.frozen
+class Plan:
+    composition: str
+    models: dict[str, PlannedModel]
+    ops: tuple[LatentOp | TransferOp | DenoiseOp, ...]
+    notes: tuple[str, ...]
+    inversion_guidance: float
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        """Per model role: denoising steps, transfer (inversion) steps and UNet calls."""
+        totals = {role: {"steps": 0, "inversion_steps": 0, "unet_calls": 0} for role in self.models}
+        for op in self.ops:
+            if isinstance(op, DenoiseOp):
+                totals[op.model]["steps"] += op.steps
+                totals[op.model]["unet_calls"] += op.unet_calls
+            elif isinstance(op, TransferOp):
+                totals[op.model]["inversion_steps"] += len(op.levels) - 1 if op.unet_calls else 0
+                totals[op.model]["unet_calls"] += op.unet_calls
+        return totals
+
+
+def resolve_composition(spec: Spec, catalogue: Catalogue) -> Composition:
+    if isinstance(spec.composition, Composition):
+        return spec.composition
+    try:
+        return catalogue.get("compositions", spec.composition)
+    except EVSError as exc:
+        raise PlanError(f"unknown composition (pipeline_mode) {spec.composition!r}: {exc}") from None
+
+
+class _Planner:
+    """Walks the stages once, collecting ops and every problem found."""
+
+    def __init__(self, spec: Spec, registry: Registry, catalogue: Catalogue):
+        self.spec, self.registry, self.catalogue = spec, registry, catalogue
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+        self.ops: list = []
+        self.models: dict[str, PlannedModel] = {}
+        self.failed: set[str] = set()  # roles whose model or a stage already had a problem
+        # the trajectory so far
+        self.sigma, self.has_prediction = 0.0, False
+        self.resume: dict[str, int] = {}  # role -> the level where it stopped
+        self.used_windows = 0
+
+    def problem(self, text: str) -> None:
+        self.problems.append(text)
+
+    def setting(self, value, where: str):
+        if isinstance(value, str) and value.startswith("$"):
+            name = value[1:]
+            if not hasattr(self.spec.settings, name):
+                self.problem(f"{where}: unknown setting {value!r}; settings are {', '.join(attrs.fields_dict(type(self.spec.settings)))}")
+                return None
+            return getattr(self.spec.settings, name)
+        return value
+
+    def model(self, role: str, where: str) -> PlannedModel | None:
+        if role in self.models or role in self.failed:
+            return self.models.get(role)
+        self.failed.add(role)
+        choice = self.spec.models.get(role)
+        if choice is None:
+            key = "idm_type" if role == "idm" else "vdm_type"
+            self.problem(f"{where}: the composition uses the {role} model but the spec names none; "
+                         f"add models.{role} (or {key} in an original config)")
+            return None
+        try:
+            entry = self.registry.get(choice.name)
+        except EVSError as exc:
+            self.problem(f"$.models.{role}.name: {exc}")
+            return None
+        if entry.type != ROLE_TYPES[role]:
+            self.problem(f"$.models.{role}.name: {entry.name!r} is a {entry.type} model but the {role} role needs a "
+                         f"{ROLE_TYPES[role]} model")
+        for section, name in (("backends", entry.kind), ("samplers", entry.preset.sampler)):
+            if name not in self.catalogue.sections[section]:
+                self.problem(f"$.models.{role}.name: model {entry.name!r} needs {section[:-1]} {name!r}, which no loaded "
+                             f"plugin provides; install its plugin (`evs plugins` lists what is loaded)")
+        try:
+            schedule = entry.preset.schedule(choice.steps)
+            schedule.levels  # noqa: B018 - computing it validates the step count
+        except ValueError as exc:
+            self.problem(f"$.models.{role}.steps: {exc}")
+            return None
+        guidance = choice.guidance if choice.guidance is not None else entry.preset.guidance
+        self.models[role] = PlannedModel(role, entry, choice, schedule, guidance)
+        self.failed.discard(role)
+        return self.models[role]
+
+    def stages(self, composition: Composition) -> list[Stage]:
+        windows = self.spec.settings.stable_steps
+        if composition.per_window:
+            return list(composition.stages) + list(composition.per_window) * len(windows)
+        return list(composition.stages)
+
+    def plan(self, composition: Composition) -> Plan:
+        for index, stage in enumerate(self.stages(composition)):
+            where = f"{composition.name} stage {index + 1} ({stage.model})"
+            problems_before = len(self.problems)
+            self.stage_ops(index, stage, where)
+            if len(self.problems) > problems_before:
+                self.failed.add(stage.model)
+
+        windows = self.spec.settings.stable_steps
+        if not self.failed and self.sigma != 0.0:
+            self.problem(f"{composition.name}: the last stage stops at sigma {self.sigma:.4g} with noise left; "
+                         f"let the last stage run to `stop: end`")
+        if not self.failed and self.used_windows < len(windows):
+            if any(s.stop == "window" for s in composition.stages + composition.per_window):
+                self.problem(f"$.settings.stable_steps: {len(windows)} windows given but composition {composition.name} "
+                             f"switches models at {self.used_windows}; drop the extra entries")
+            else:
+                self.notes.append(f"stable_steps {list(windows)} unused: composition {composition.name} has no window")
+        if self.spec.using_attn:
+            self.notes.append("using_attn: Selective Feature Injection is not available in this version; running without it")
+        if self.problems:
+            raise PlanError(f"the schedule cannot run ({len(self.problems)} problem(s)):\n" +
+                            "\n".join(f"  - {p}" for p in self.problems))
+        return Plan(composition.name, self.models, tuple(self.ops), tuple(self.notes), self.spec.settings.inversion_guidance)
+
+    def stage_ops(self, index: int, stage: Stage, where: str) -> None:
+        model = self.model(stage.model, where)
+        enter, start, steps = (self.setting(v, where) for v in (stage.enter, stage.start, stage.steps))
+        if model is None or enter is None or start is None:
+            return
+        schedule, total = model.schedule, model.schedule.steps
+
+        if start == "resume":
+            if stage.model not in self.resume:
+                if stage.model not in self.failed:
+                    self.problem(f"{where}: starts with `resume` but the {stage.model} model has not run yet")
+                return
+            first = self.resume[stage.model]
+        elif isinstance(start, (int, float)) and 0 < start <= 1:
+            first = schedule.start_level(start)
+            if first == total:
+                self.problem(f"{where}: strength {start} runs no step of the model's {total}; raise it to at least {1 / total:.3g}")
+                return
+        else:
+            self.problem(f"{where}: start {start!r} must be a strength in (0, 1] or `resume`")
+            return
+
+        windows = self.spec.settings.stable_steps
+        if steps is not None:
+            stop = first + steps if isinstance(steps, int) else -1
+            if stop <= first or stop > total:
+                self.problem(f"{where}: {stage.steps}={steps} steps, but only {total - first} of the model's {total} "
+                             f"steps remain from level {first} (t={schedule.timesteps[first]}); lower it or raise the strength")
+                return
+        elif stage.stop == "window" and self.used_windows < len(windows):
+            k = self.used_windows
+            self.used_windows += 1
+            stop = total - windows[k]
+            if stop <= first:
+                if start == "resume":
+                    self.problem(f"{where}: windows overlap: stable_steps[{k}]={windows[k]} leaves no step after the "
+                                 f"previous window (stable_steps[{k - 1}]={windows[k - 1]}); list stable_steps in strictly "
+                                 f"decreasing order")
+                else:
+                    self.problem(f"{where}: stable_steps[{k}]={windows[k]} must be smaller than the {total - first} "
+                                 f"steps the model runs ({total} steps x strength {start}); lower it")
+                return
+        else:
+            stop = total
+
+        self.enter(index, model, enter, first, where)
+        sigmas = schedule.levels[first:stop + 1]
+        if any(b >= a for a, b in zip(sigmas, sigmas[1:])):
+            self.problem(f"{where}: sigma does not decrease over levels {first}..{stop} ({sigmas}); "
+                         f"use fewer steps or another spacing")
+        self.ops.append(DenoiseOp(index, stage.model, model.entry.preset.sampler, first, stop, tuple(sigmas),
+                                  schedule.timesteps[first:stop], (stop - first) * model.calls_per_step))
+        self.resume[stage.model] = stop
+        self.sigma, self.has_prediction = sigmas[-1], True
+
+    def enter(self, index: int, model: PlannedModel, mode: str, first: int, where: str) -> None:
+        """Ops that bring the trajectory onto `model`'s level `first`: an upscale on first entry, then a transfer."""
+        upscaled = model.role not in self.resume and model.choice.upscale != 1.0
+        has_prediction = self.has_prediction
+        if upscaled:
+            self.ops.append(LatentOp(index, model.role, "upscale", {"factor": model.choice.upscale, "mode": model.choice.upscale_mode}))
+            if "upscale" not in self.catalogue.sections["latent_ops"]:
+                self.problem(f"{where}: upscaling needs latent op 'upscale', which no loaded plugin provides")
+        if mode == "ddim":  # the original configs' word: invert from a clean latent, else re-use the predicted noise
+            mode = "ddim_renoise" if has_prediction and not upscaled else "ddim_inversion"
+        transfers = self.catalogue.sections["transfers"]
+        if mode not in transfers:
+            self.problem(f"{where}: unknown transfer (invert mode) {mode!r}; use ddim or one of {', '.join(sorted(transfers))}")
+            return
+        transfer = transfers[mode].value
+        if transfer.needs_noise_prediction and (not has_prediction or upscaled):
+            why = "the latent was just upscaled, which discards it" if upscaled else "no model has run yet"
+            self.problem(f"{where}: transfer {mode!r} needs a noise prediction but {why}; use random or ddim_inversion")
+        schedule = model.schedule
+        levels = tuple(reversed(schedule.levels[first:]))
+        guidance_calls = 1 if self.spec.settings.inversion_guidance == 1.0 else 2
+        calls = transfer.model_steps(len(levels) - 1) * guidance_calls
+        self.ops.append(TransferOp(index, model.role, mode, first, self.sigma, schedule.levels[first], levels, calls))
+
+
+def make_plan(spec: Spec, registry: Registry, catalogue: Catalogue) -> Plan:
+    return _Planner(spec, registry, catalogue).plan(resolve_composition(spec, catalogue))

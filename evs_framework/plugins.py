@@ -1,0 +1,150 @@
+"""Loading plugins and collecting what they provide into a catalogue.
+
+Built-in plugins are ordinary plugin modules: they are declared as `evs` entry points in pyproject.toml,
+exactly as a third-party package would declare its own, and they are also listed here so that EVS works
+from a source checkout that was never installed. `EVS_PLUGINS=name,name` limits which third-party entry
+points load (an empty value loads none); built-ins always load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from importlib.metadata import entry_points
+
+import attrs
+import pluggy
+
+from evs_framework import hookspecs
+from evs_framework.errors import PluginError, did_you_mean
+
+ENTRY_POINT_GROUP = "evs"
+LIMIT_ENV = "EVS_PLUGINS"
+BUILTIN_PLUGINS = (
+    "evs_plugins.sd15",
+    "evs_plugins.animatediff",
+    "evs_plugins.transfers",
+    "evs_plugins.samplers",
+    "evs_plugins.latent_ops",
+    "evs_plugins.compositions",
+    "evs_plugins.local_weights",
+)
+
+# catalogue section -> the hook that fills it
+CATALOGUE_HOOKS = {
+    "backends": "register_backends",
+    "transfers": "register_transfers",
+    "samplers": "register_samplers",
+    "compositions": "register_compositions",
+    "latent_ops": "register_latent_ops",
+}
+
+
+@attrs.frozen
+class Provided:
+    value: object
+    plugin: str
+
+
+@attrs.define
+class Catalogue:
+    """Everything the loaded plugins provide, by section and name, with the providing plugin."""
+
+    sections: dict[str, dict[str, Provided]] = attrs.field(factory=lambda: {s: {} for s in CATALOGUE_HOOKS})
+
+    def add(self, section: str, name: str, value: object, plugin: str) -> None:
+        entries = self.sections[section]
+        if name in entries:
+            raise PluginError(
+                f"{section[:-1]} {name!r} is provided by both plugin {entries[name].plugin!r} and plugin {plugin!r}; "
+                f"uninstall one of them or leave one out with {LIMIT_ENV}"
+            )
+        entries[name] = Provided(value, plugin)
+
+    def get(self, section: str, name: str):
+        entries = self.sections[section]
+        if name not in entries:
+            raise PluginError(f"no plugin provides {section[:-1]} {name!r}{did_you_mean(name, entries)}; "
+                              f"install the plugin that provides it (`evs plugins` lists what is loaded)")
+        return entries[name].value
+
+    def names(self, section: str) -> list[str]:
+        return sorted(self.sections[section])
+
+
+@attrs.frozen
+class Plugins:
+    manager: pluggy.PluginManager
+    catalogue: Catalogue
+
+    @property
+    def hook(self):
+        return self.manager.hook
+
+
+def _allowed_entry_points() -> set[str] | None:
+    limit = os.environ.get(LIMIT_ENV)
+    if limit is None:
+        return None
+    return {name.strip() for name in limit.split(",") if name.strip()}
+
+
+def _register_entry_points(manager: pluggy.PluginManager) -> None:
+    allowed = _allowed_entry_points()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.value in BUILTIN_PLUGINS or (allowed is not None and ep.name not in allowed):
+            continue
+        try:
+            module = ep.load()
+        except Exception as exc:  # a broken third-party plugin must say which one it is
+            raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to import: {exc}; fix or uninstall it, "
+                              f"or leave it out with {LIMIT_ENV}") from exc
+        if manager.is_registered(module):
+            continue
+        if manager.get_plugin(ep.name) is not None:
+            raise PluginError(f"two plugins are named {ep.name!r}: {manager.get_plugin(ep.name).__name__} and {ep.value}; "
+                              f"uninstall one of them or leave one out with {LIMIT_ENV}")
+        manager.register(module, name=ep.name)
+
+
+def _fill_catalogue(manager: pluggy.PluginManager) -> Catalogue:
+    catalogue = Catalogue()
+    for section, hook_name in CATALOGUE_HOOKS.items():
+        for impl in getattr(manager.hook, hook_name).get_hookimpls():
+            def register(name, value, _section=section, _plugin=impl.plugin_name):
+                catalogue.add(_section, name, value, _plugin)
+
+            impl.function(register=register)
+    return catalogue
+
+
+def load_plugins(extra=()) -> Plugins:
+    """A fresh plugin manager with built-ins, allowed entry points and `extra` (module objects) registered."""
+    manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    manager.add_hookspecs(hookspecs)
+    for module_name in BUILTIN_PLUGINS:
+        manager.register(importlib.import_module(module_name), name=module_name.rsplit(".", 1)[-1])
+    _register_entry_points(manager)
+    for module in extra:
+        manager.register(module)
+    manager.check_pending()
+    return Plugins(manager, _fill_catalogue(manager))
+
+
+def describe(plugins: Plugins) -> list[tuple[str, str, list[str]]]:
+    """(plugin name, section, names it provides) for each plugin, for `evs plugins`."""
+    rows = []
+    for name, module in plugins.manager.list_name_plugin():
+        provided = {}
+        for section, entries in plugins.catalogue.sections.items():
+            mine = sorted(n for n, p in entries.items() if p.plugin == name)
+            if mine:
+                provided[section] = mine
+        hooks = sorted(h.name for h in plugins.manager.get_hookcallers(module) or [] if h.name not in CATALOGUE_HOOKS.values())
+        for section, names in provided.items():
+            rows.append((name, section, names))
+        if hooks:
+            rows.append((name, "hooks", hooks))
+        if not provided and not hooks:
+            rows.append((name, "-", []))
+    return rows

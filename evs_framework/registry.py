@@ -1,0 +1,137 @@
+"""The model registry: names used in configs (`EP`, `lightningEP`, ...) mapped to a backend kind, weight
+locations and a sampling preset. It is data (registry.yaml); adding an SD1.5 fine-tune is a YAML edit.
+
+Files are read in order (the project's registry.yaml, then each path in `EVS_REGISTRY`, then `--registry`);
+a later file's entry replaces an earlier one of the same name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import attrs
+import structlog
+import yaml
+
+from evs_framework.convert import structure
+from evs_framework.errors import RegistryError, SpecError, did_you_mean
+from evs_framework.sigmas import BETA_SCHEDULES, SPACINGS, ModelSchedule, TrainSchedule
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REGISTRY = PROJECT_ROOT / "registry.yaml"
+REGISTRY_ENV = "EVS_REGISTRY"
+MODEL_TYPES = ("t2i", "t2v")
+
+log = structlog.get_logger(__name__)
+
+
+@attrs.frozen
+class Preset:
+    """How a model samples: its training noise schedule, default step count and spacing, guidance."""
+
+    beta_schedule: str
+    steps: int
+    spacing: str = "leading"
+    steps_offset: int = 0
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    train_steps: int = 1000
+    guidance: float = 7.5
+    sampler: str = "euler"
+
+    def schedule(self, steps: int | None = None) -> ModelSchedule:
+        train = TrainSchedule(self.beta_schedule, self.beta_start, self.beta_end, self.train_steps)
+        return ModelSchedule(train, steps or self.steps, self.spacing, self.steps_offset)
+
+
+@attrs.frozen
+class WeightLocation:
+    """Where a model's files live: `local` under a weights folder (or absolute), `hub` a Hugging Face repo id."""
+
+    local: str | None = None
+    hub: str | None = None
+    url: str | None = None
+
+
+@attrs.frozen
+class EntryData:
+    kind: str
+    type: str
+    weights: WeightLocation
+    preset: str | Preset
+    base: str | None = None
+    description: str = ""
+
+
+@attrs.frozen
+class RegistryFile:
+    models: dict[str, EntryData]
+    presets: dict[str, Preset] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class ModelEntry:
+    name: str
+    kind: str
+    type: str
+    weights: WeightLocation
+    preset: Preset
+    base: str | None
+    description: str
+    source: str
+
+
+@attrs.frozen
+class Registry:
+    entries: dict[str, ModelEntry]
+
+    def get(self, name: str) -> ModelEntry:
+        if name not in self.entries:
+            raise RegistryError(f"unknown model name {name!r}{did_you_mean(name, self.entries)}; "
+                                f"add it to registry.yaml or fix the name (`evs models` lists them)")
+        return self.entries[name]
+
+
+def _entries_of(file: Path) -> dict[str, ModelEntry]:
+    if not file.is_file():
+        raise RegistryError(f"registry file {file} does not exist; check {REGISTRY_ENV} or --registry")
+    data = structure(yaml.safe_load(file.read_text(encoding="utf-8")), RegistryFile, str(file))
+    problems, entries = [], {}
+    for name, entry in data.models.items():
+        where = f"$.models.{name}"
+        preset = entry.preset
+        if isinstance(preset, str):
+            if preset not in data.presets:
+                problems.append(f"{where}.preset: no preset {preset!r} in this file{did_you_mean(preset, data.presets)}")
+                continue
+            preset = data.presets[preset]
+        if preset.beta_schedule not in BETA_SCHEDULES:
+            problems.append(f"{where}.preset.beta_schedule: {preset.beta_schedule!r}; use one of {', '.join(BETA_SCHEDULES)}")
+        if preset.spacing not in SPACINGS:
+            problems.append(f"{where}.preset.spacing: {preset.spacing!r}; use one of {', '.join(SPACINGS)}")
+        if entry.type not in MODEL_TYPES:
+            problems.append(f"{where}.type: {entry.type!r}; use t2i (text-to-image) or t2v (text-to-video)")
+        entries[name] = ModelEntry(name, entry.kind, entry.type, entry.weights, preset, entry.base, entry.description, str(file))
+    if problems:
+        raise SpecError(problems, str(file))
+    return entries
+
+
+def registry_files(extra=()) -> list[Path]:
+    from_env = [Path(p) for p in os.environ.get(REGISTRY_ENV, "").split(os.pathsep) if p]
+    return [DEFAULT_REGISTRY, *from_env, *map(Path, extra)]
+
+
+def load_registry(extra=()) -> Registry:
+    entries: dict[str, ModelEntry] = {}
+    for file in registry_files(extra):
+        for name, entry in _entries_of(file).items():
+            if name in entries:
+                log.info("registry_override", name=name, was=entries[name].source, now=entry.source)
+            entries[name] = entry
+    for entry in entries.values():
+        if entry.base is not None and entry.base not in entries:
+            raise RegistryError(f"model {entry.name!r} ({entry.source}) builds on unknown base {entry.base!r}"
+                                f"{did_you_mean(entry.base, entries)}; fix its `base`")
+    return Registry(entries)

@@ -1,0 +1,44 @@
+"""Transfers: how a latent is moved onto a model's noise level when a stage begins.
+
+A transfer starts from what the trajectory knows: the latest clean estimate (`clean`, the source latent
+at the very start), the latest noise prediction (`eps`, None before any model ran) and the current level.
+Strategies are provided by plugins (`register_transfers`); the built-ins live in evs_plugins.transfers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import attrs
+import torch
+
+from evs_framework.denoiser import Denoiser
+
+
+@attrs.frozen
+class TransferContext:
+    clean: torch.Tensor
+    eps: torch.Tensor | None
+    sigma_from: float
+    sigma_to: float
+    # the target model's schedule levels from clean up to sigma_to, ascending (0.0 first, sigma_to last)
+    levels: tuple[float, ...]
+    denoise: Denoiser
+    guidance: float
+    generator: torch.Generator
+
+
+@attrs.frozen
+class Transfer:
+    name: str
+    run: Callable[[TransferContext], torch.Tensor]
+    # model evaluations (before guidance doubling) for a target `levels_up` schedule levels above clean
+    model_steps: Callable[[int], int] = lambda levels_up: 0
+    needs_noise_prediction: bool = False
+    description: str = ""
+
+
+def fresh_noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise drawn on the generator's device, then moved, so a seed gives the same noise anywhere."""
+    noise = torch.randn(like.shape, generator=generator, device=generator.device, dtype=torch.float32)
+    return noise.to(device=like.device, dtype=like.dtype)

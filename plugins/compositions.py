@@ -1,0 +1,16 @@
+"""The compositions shipped as YAML under compositions/ (one file per composition, named by its stem)."""
+
+from __future__ import annotations
+
+from evs_framework.composition import load_composition_file
+from evs_framework.hookspecs import hookimpl
+from evs_framework.registry import PROJECT_ROOT
+
+COMPOSITIONS_DIR = PROJECT_ROOT / "compositions"
+
+
+@hookimpl
+def register_compositions(register):
+    for file in sorted(COMPOSITIONS_DIR.glob("*.yaml")):
+        composition = load_composition_file(file)
+        register(composition.name, composition)
