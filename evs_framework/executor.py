@@ -1,0 +1,86 @@
+"""Running a plan over one clip's latents, in sigma space.
+
+The trajectory carries the current latent and its level, plus the latest clean estimate and noise
+prediction (the source latent and no prediction at the start). Transfers and latent ops start from
+those; denoise ops call the role's sampler with the role's denoiser.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import attrs
+import torch
+
+from evs_framework.denoiser import Denoiser
+from evs_framework.errors import NumericalError
+from evs_framework.plan import DenoiseOp, LatentOp, Plan, TransferOp
+from evs_framework.plugins import Catalogue
+from evs_framework.transfer import TransferContext
+
+
+@attrs.define
+class Trajectory:
+    x: torch.Tensor
+    sigma: float
+    clean: torch.Tensor
+    eps: torch.Tensor | None = None
+
+
+@attrs.frozen
+class OpRecord:
+    index: int
+    stage: int
+    op: str
+    model: str
+    seconds: float
+    unet_calls: int
+
+
+def describe_op(op) -> str:
+    if isinstance(op, LatentOp):
+        return f"{op.name} ({op.model})"
+    if isinstance(op, TransferOp):
+        return f"transfer {op.strategy} -> {op.model}"
+    return f"denoise {op.model}"
+
+
+def _check_finite(x: torch.Tensor, index: int, op, sigma: float) -> None:
+    if not torch.isfinite(x).all():
+        raise NumericalError(f"op {index + 1} ({describe_op(op)}) produced NaN or infinite latents at sigma {sigma:.4g}; "
+                             f"try --dtype float32 (half precision overflows in some models) or a lower guidance")
+
+
+def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, catalogue: Catalogue,
+            generator: torch.Generator, on_step: Callable[[DenoiseOp, int, float, torch.Tensor], None] | None = None
+            ) -> tuple[torch.Tensor, list[OpRecord]]:
+    """Run every op of `plan` from the clean `source` latents (frames, channels, h, w); returns clean latents."""
+    state = Trajectory(x=source, sigma=0.0, clean=source)
+    records = []
+    for index, op in enumerate(plan.ops):
+        calls_before = sum(d.calls for d in denoisers.values())
+        started = time.perf_counter()
+        if isinstance(op, LatentOp):
+            state.clean = catalogue.get("latent_ops", op.name)(state.clean, **op.params)
+            state.x, state.eps = state.clean, None
+        elif isinstance(op, TransferOp):
+            transfer = catalogue.get("transfers", op.strategy)
+            context = TransferContext(state.clean, state.eps, state.sigma, op.sigma_to, op.levels, denoisers[op.model],
+                                      plan.inversion_guidance, generator)
+            state.x, state.sigma = transfer.run(context), op.sigma_to
+        else:
+            sampler = catalogue.get("samplers", op.sampler)
+            denoiser = denoisers[op.model]
+            for step, (sigma, sigma_next) in enumerate(zip(op.sigmas, op.sigmas[1:])):
+                state.x, prediction = sampler(denoiser, state.x, sigma, sigma_next, generator)
+                state.clean, state.eps, state.sigma = prediction.x0, prediction.eps, sigma_next
+                _check_finite(state.x, index, op, sigma)
+                if on_step is not None:
+                    on_step(op, step, sigma_next, state.x)
+        _check_finite(state.x, index, op, state.sigma)
+        if state.x.device.type == "cuda":
+            torch.cuda.synchronize(state.x.device)
+        records.append(OpRecord(index, op.stage, type(op).__name__, op.model, time.perf_counter() - started,
+                                sum(d.calls for d in denoisers.values()) - calls_before))
+    return state.x, records

@@ -1,0 +1,46 @@
+"""The plan as text, for `evs plan` and the logs."""
+
+from __future__ import annotations
+
+from evs_framework.plan import DenoiseOp, LatentOp, Plan, TransferOp
+
+
+def _sigma(value: float | None) -> str:
+    return "clean" if not value else f"{value:.4f}"
+
+
+def format_plan(plan: Plan, title: str = "") -> str:
+    lines = [f"plan: composition {plan.composition}" + (f"  ({title})" if title else ""), "models:"]
+    for role, m in plan.models.items():
+        s, p = m.schedule, m.entry.preset
+        upscale = f", latents x{m.choice.upscale:g} ({m.choice.upscale_mode})" if m.choice.upscale != 1.0 else ""
+        lines.append(f"  {role}: {m.entry.name} [{m.entry.kind}] {p.beta_schedule} betas, {s.steps} steps "
+                     f"({s.spacing} spacing), sampler {p.sampler}, guidance {m.guidance:g}{upscale}")
+    rows = [("#", "stage", "op", "model", "detail", "sigma", "timesteps (model's scale)", "steps", "unet calls")]
+    for i, op in enumerate(plan.ops, 1):
+        name = plan.models[op.model].entry.name
+        if isinstance(op, LatentOp):
+            detail = " ".join(f"{k}={v}" for k, v in op.params.items())
+            rows.append((i, op.stage + 1, op.name, name, detail, "clean", "-", "-", 0))
+        elif isinstance(op, TransferOp):
+            timestep = plan.models[op.model].schedule.timestep_of_level(op.level)
+            steps = len(op.levels) - 1 if op.unet_calls else "-"
+            rows.append((i, op.stage + 1, "transfer", name, op.strategy,
+                         f"{_sigma(op.sigma_from)} -> {_sigma(op.sigma_to)}",
+                         f"level {op.level}" + (f" (t={timestep:g})" if timestep is not None else ""), steps, op.unet_calls))
+        elif isinstance(op, DenoiseOp):
+            rows.append((i, op.stage + 1, "denoise", name, f"levels {op.first_level}..{op.stop_level}",
+                         f"{_sigma(op.sigmas[0])} -> {_sigma(op.sigmas[-1])}",
+                         " ".join(map(str, op.timesteps)), op.steps, op.unet_calls))
+    widths = [max(len(str(row[c])) for row in rows) for c in range(len(rows[0]) - 1)]
+    for row in rows:
+        lines.append("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths)) + f"  {row[-1]}")
+    lines.append("totals (unet calls count both halves of classifier-free guidance):")
+    total_calls = 0
+    for role, t in plan.totals().items():
+        inversion = f", {t['inversion_steps']} inversion steps" if t["inversion_steps"] else ""
+        lines.append(f"  {role} {plan.models[role].entry.name}: {t['steps']} denoising steps{inversion}, {t['unet_calls']} unet calls")
+        total_calls += t["unet_calls"]
+    lines.append(f"  all models: {total_calls} unet calls")
+    lines += [f"note: {note}" for note in plan.notes]
+    return "\n".join(lines)

@@ -1,0 +1,208 @@
+"""Reading, writing and arranging videos: frames are (F, 3, H, W) float tensors in [-1, 1].
+
+Files are read and written with ffmpeg (through imageio). Every output is written atomically: to a
+temporary file next to the destination, then moved onto it, so an interrupted run never leaves a
+half-written video or JSON file under the real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import attrs
+import imageio.v2 as imageio
+import numpy as np
+import structlog
+import torch
+import torch.nn.functional as F
+
+from evs_framework.errors import VideoError
+
+log = structlog.get_logger(__name__)
+
+FITS = ("crop", "pad")
+# imageio maps quality 9 to libx264 CRF 5: visually lossless, but unlike CRF 0 (quality 10) still a plain
+# 4:2:0 stream that every player opens. macro_block_size=1 stops imageio resizing sides to multiples of 16.
+WRITER_SETTINGS = dict(format="FFMPEG", codec="libx264", quality=9, macro_block_size=1, pixelformat="yuv420p")
+# imageio and ffmpeg raise these when a file cannot be opened or decoded, or ffmpeg exits early.
+_FFMPEG_ERRORS = (OSError, RuntimeError)
+
+
+@attrs.frozen
+class VideoInfo:
+    path: Path
+    fps: float
+    width: int
+    height: int
+    frame_count: int  # estimated from duration * fps; the exact count needs a full decode
+
+
+@attrs.frozen
+class Clip:
+    frames: torch.Tensor  # (F, 3, H, W) float32 in [-1, 1]
+    fps: float
+    source: Path
+    notes: tuple[str, ...]
+
+
+def frames_to_float(frames: np.ndarray) -> torch.Tensor:
+    """(F, H, W, 3) uint8 -> (F, 3, H, W) float32 in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """(F, 3, H, W) float in [-1, 1] (clamped) -> (F, H, W, 3) uint8."""
+    scaled = ((frames.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round()
+    return scaled.to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def _reason(error: Exception) -> str:
+    # ffmpeg's own explanation is the last line of the (long) message imageio passes on.
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def _unreadable(path: Path, reason: str) -> VideoError:
+    return VideoError(f"cannot read video {path}: {reason}; check it is a playable video file (ffprobe {path})")
+
+
+def _existing(path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"video {path} does not exist; check the path in mp4_files/videos")
+    return path
+
+
+def probe_video(path) -> VideoInfo:
+    """Checks that `path` is a video with at least one decodable frame, without decoding the rest."""
+    path = _existing(path)
+    try:
+        with imageio.get_reader(path, format="FFMPEG") as reader:
+            meta = reader.get_meta_data()
+            first_frame = next(iter(reader), None)
+    except _FFMPEG_ERRORS as error:
+        raise _unreadable(path, _reason(error)) from error
+    if first_frame is None:
+        raise _unreadable(path, "it has no frames")
+    fps = float(meta["fps"])
+    height, width = first_frame.shape[:2]
+    frame_count = max(1, round(float(meta.get("duration") or 0.0) * fps))
+    return VideoInfo(path=path, fps=fps, width=width, height=height, frame_count=frame_count)
+
+
+def _fit_to_multiple(frames: torch.Tensor, multiple: int, fit: str) -> torch.Tensor:
+    height, width = frames.shape[-2:]
+    if fit == "crop":
+        new_height, new_width = height - height % multiple, width - width % multiple
+        top, left = (height - new_height) // 2, (width - new_width) // 2
+        return frames[..., top : top + new_height, left : left + new_width]
+    extra_height, extra_width = -height % multiple, -width % multiple
+    padding = (extra_width // 2, extra_width - extra_width // 2, extra_height // 2, extra_height - extra_height // 2)
+    return F.pad(frames, padding, mode="replicate")
+
+
+def read_video(path, *, max_frames: int | None = 16, stride: int = 1, fit: str = "crop", multiple: int = 8) -> Clip:
+    """Reads frames 0, stride, 2*stride, ... (at most `max_frames`; None reads all) and makes both sides
+    multiples of `multiple`, by a centre crop or by replicating the edges."""
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+    if stride < 1 or (max_frames is not None and max_frames < 1):
+        raise ValueError(f"stride and max_frames must be at least 1, got stride={stride}, max_frames={max_frames}")
+    path = _existing(path)
+    kept = []
+    try:
+        with imageio.get_reader(path, format="FFMPEG") as reader:
+            fps = float(reader.get_meta_data()["fps"])
+            for index, frame in enumerate(reader):
+                if index % stride == 0:
+                    kept.append(frame)
+                if len(kept) == max_frames:
+                    break
+    except _FFMPEG_ERRORS as error:
+        raise _unreadable(path, _reason(error)) from error
+    if not kept:
+        raise _unreadable(path, "it has no frames")
+
+    frames = frames_to_float(np.stack(kept))
+    height, width = frames.shape[-2:]
+    if fit == "crop" and (height < multiple or width < multiple):
+        raise VideoError(
+            f"video {path} is {width}x{height}, under {multiple} pixels on a side; use a larger video or fit='pad'"
+        )
+    notes = []
+    if height % multiple or width % multiple:
+        frames = _fit_to_multiple(frames, multiple, fit)
+        new_height, new_width = frames.shape[-2:]
+        verb = "cropped" if fit == "crop" else "padded"
+        notes.append(f"{verb} {width}x{height} -> {new_width}x{new_height} (sides must be multiples of {multiple})")
+        log.info(
+            "video_resized", path=str(path), from_size=f"{width}x{height}", to_size=f"{new_width}x{new_height}"
+        )
+    return Clip(frames=frames.contiguous(), fps=fps, source=path, notes=tuple(notes))
+
+
+@contextlib.contextmanager
+def _replacing(path: Path, suffix: str):
+    """Yields a temporary path next to `path`, moved onto `path` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial{suffix}")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_video(path, frames, fps: float) -> Path:
+    """Writes (F, 3, H, W) float frames in [-1, 1] or (F, H, W, 3) uint8 frames as an H.264 mp4."""
+    path = Path(path)
+    pixels = frames_to_uint8(frames) if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3 or len(pixels) == 0:
+        raise ValueError(f"frames must be (F, 3, H, W) float or (F, H, W, 3) uint8, F >= 1; got {pixels.shape}")
+    height, width = pixels.shape[1:3]
+    if height % 2 or width % 2:
+        raise VideoError(
+            f"cannot write {path}: frames are {width}x{height}, but H.264 needs even sides; crop or pad to even sizes"
+        )
+    try:
+        # ffmpeg picks the container from the extension, so the temporary name must end in .mp4.
+        with _replacing(path, ".mp4") as partial:
+            with imageio.get_writer(partial, fps=fps, **WRITER_SETTINGS) as writer:
+                for frame in pixels:
+                    writer.append_data(frame)
+    except _FFMPEG_ERRORS as error:
+        raise VideoError(
+            f"cannot write video {path}: {_reason(error)}; check the folder is writable and has space"
+        ) from error
+    return path
+
+
+def write_json(path, data: dict) -> Path:
+    path = Path(path)
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    try:
+        with _replacing(path, ".json") as partial:
+            partial.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise VideoError(f"cannot write {path}: {error}; check the folder is writable and has space") from error
+    return path
+
+
+def side_by_side(panels: list[torch.Tensor]) -> torch.Tensor:
+    """Panels (F, 3, H, W) side by side: scaled to the tallest height (keeping aspect, even widths) and
+    cut to the shortest frame count."""
+    if not panels:
+        raise ValueError("side_by_side needs at least one panel")
+    height = max(panel.shape[-2] for panel in panels)
+    frame_count = min(panel.shape[0] for panel in panels)
+    resized = []
+    for panel in panels:
+        panel = panel[:frame_count]
+        width = max(2, 2 * round(panel.shape[-1] * height / panel.shape[-2] / 2))
+        if panel.shape[-2:] != (height, width):
+            panel = F.interpolate(panel.float(), size=(height, width), mode="bilinear", align_corners=False)
+        resized.append(panel)
+    return torch.cat(resized, dim=-1)

@@ -1,0 +1,215 @@
+"""A tiny random-weight model zoo in the real diffusers on-disk formats.
+
+The folders look like a user's weights folder (SD1.5-style pipelines plus an AnimateDiff motion adapter), so
+tests and ``evs demo`` exercise the real ``from_pretrained(..., local_files_only=True)`` loading path without any
+download. Weights are random (fixed seeds): outputs are noise-like.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+ZOO_VERSION = 1  # bump when the layout changes; part of the cache marker
+
+MARKER = "zoo.json"
+# folder name -> (base seed, description); the base seed makes each model's weights differ.
+T2I_MODELS = {
+    "stable-diffusion-v1-5": (0, "tiny random SD1.5-format text-to-image pipeline"),
+    "epiCRealism": (100, "tiny random SD1.5-format text-to-image pipeline (epiCRealism stand-in)"),
+    "realisticVisionV60B1_v51VAE": (200, "tiny random SD1.5-format text-to-image pipeline (Realistic Vision stand-in)"),
+}
+MOTION_ADAPTER = "animatediff-lightning-8step"
+MOTION_ADAPTER_SEED = 300
+MOTION_ADAPTER_DESCRIPTION = "tiny random AnimateDiff MotionAdapter, compatible with the tiny SD1.5 UNets"
+
+UNET_BLOCK_OUT_CHANNELS = (32, 64)
+UNET_LAYERS_PER_BLOCK = 1
+TEXT_DIM = 32
+SD15_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    steps_offset=1, clip_sample=False, set_alpha_to_one=False,
+)
+
+
+def _is_built(root: Path) -> bool:
+    try:
+        return json.loads((root / MARKER).read_text()).get("version") == ZOO_VERSION
+    except (OSError, ValueError):
+        return False
+
+
+def build_tiny_zoo(root: Path) -> Path:
+    """Write the zoo under root (idempotent, cached). Builds in a temporary sibling folder and moves it into place
+    only when complete, so a crash never leaves a half-built zoo that looks finished. Returns root."""
+    root = Path(root)
+    if _is_built(root):
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; it becomes the user's weights folder
+    try:
+        with _quiet_progress_bars():
+            _write_zoo(staging)
+        _install(staging, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return root
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars():
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # "Writing model shards" bars, once per text encoder
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
+
+
+def _write_zoo(folder: Path) -> None:
+    for name, (seed, _) in T2I_MODELS.items():
+        save_text_to_image_pipeline(folder / name, seed)
+    save_motion_adapter(folder / MOTION_ADAPTER, MOTION_ADAPTER_SEED)
+    models = {name: description for name, (_, description) in T2I_MODELS.items()}
+    models[MOTION_ADAPTER] = MOTION_ADAPTER_DESCRIPTION
+    marker = {"version": ZOO_VERSION, "models": models,
+              "note": "random weights: outputs are noise-like; for testing the real loading path only"}
+    (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n")  # written last
+
+
+def _install(staging: Path, root: Path) -> None:
+    try:
+        os.replace(staging, root)  # succeeds when root is missing or an empty folder
+        return
+    except OSError:
+        if _is_built(root):  # a concurrent build finished first
+            return
+    # root holds a stale zoo (or unrelated files): swap in our entries only, with the marker last
+    (root / MARKER).unlink(missing_ok=True)
+    for entry in sorted(staging.iterdir(), key=lambda p: p.name == MARKER):
+        if (root / entry.name).is_dir():
+            shutil.rmtree(root / entry.name)
+        os.replace(entry, root / entry.name)
+
+
+def save_text_to_image_pipeline(folder: Path, seed: int) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    tokenizer = save_tokenizer(folder / "tokenizer")
+    pipeline = StableDiffusionPipeline(
+        vae=make_vae(seed + 1), text_encoder=make_text_encoder(tokenizer, seed + 2), tokenizer=tokenizer,
+        unet=make_unet(seed), scheduler=make_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder, safe_serialization=True)
+
+
+def make_unet(seed: int):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4,
+        block_out_channels=UNET_BLOCK_OUT_CHANNELS, layers_per_block=UNET_LAYERS_PER_BLOCK,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_DIM, attention_head_dim=8, norm_num_groups=32,
+    )
+
+
+def make_vae(seed: int):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(  # 4 blocks -> 3 downsamplings: the real SD1.5 factor of 8
+        in_channels=3, out_channels=3, block_out_channels=(8, 16, 16, 32), norm_num_groups=8, latent_channels=4,
+        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        scaling_factor=0.18215, sample_size=64,
+    )
+
+
+def make_text_encoder(tokenizer, seed: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        hidden_size=TEXT_DIM, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, vocab_size=len(tokenizer), projection_dim=32,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return CLIPTextModel(config).eval()
+
+
+def make_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**SD15_SCHEDULER_CONFIG)
+
+
+def save_tokenizer(folder: Path):
+    """Character-level CLIP BPE (no merges): every byte character, alone and with the end-of-word suffix."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(gpt2_byte_encoder().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                              model_max_length=77, pad_token="<|endoftext|>")
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def gpt2_byte_encoder() -> dict[int, str]:
+    """GPT-2's reversible map from the 256 byte values to printable unicode characters."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    unprintable = [b for b in range(256) if b not in printable]
+    mapping = {b: chr(b) for b in printable}
+    mapping.update({b: chr(256 + i) for i, b in enumerate(unprintable)})
+    return dict(sorted(mapping.items()))
+
+
+def save_motion_adapter(folder: Path, seed: int) -> None:
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(seed)
+    adapter = MotionAdapter(  # must mirror the UNet's blocks and layers for UNetMotionModel.from_unet2d
+        block_out_channels=UNET_BLOCK_OUT_CHANNELS, motion_layers_per_block=UNET_LAYERS_PER_BLOCK,
+        motion_num_attention_heads=2, motion_norm_num_groups=32, motion_max_seq_length=32,
+        use_motion_mid_block=False,
+    )
+    adapter.save_pretrained(folder, safe_serialization=True)
+
+
+def make_synthetic_clip(frames: int = 8, width: int = 64, height: int = 48, seed: int = 0) -> torch.Tensor:
+    """(F,3,H,W) float in [-1,1]: a smooth coloured scene with an object moving a few pixels per frame."""
+    generator = torch.Generator().manual_seed(seed)
+    colours = torch.rand(3, 3, generator=generator) * 2 - 1  # background top-left, bottom-right, object
+    start = torch.rand(2, generator=generator) * torch.tensor([width / 4, height / 4]) + torch.tensor([4.0, 4.0])
+    step = torch.tensor([2.0, 1.0])  # pixels per frame (x, y)
+    y = torch.linspace(0, 1, height).view(height, 1)
+    x = torch.linspace(0, 1, width).view(1, width)
+    blend = ((x + y) / 2).unsqueeze(0)
+    background = colours[0].view(3, 1, 1) * (1 - blend) + colours[1].view(3, 1, 1) * blend
+    background = background + 0.1 * torch.sin(2 * math.pi * (3 * x + 2 * y)).unsqueeze(0)
+    px = torch.arange(width, dtype=torch.float32).view(1, width)
+    py = torch.arange(height, dtype=torch.float32).view(height, 1)
+    radius = max(3.0, min(width, height) / 6)
+    clip = []
+    for f in range(frames):
+        cx, cy = (start + f * step).tolist()
+        distance = torch.sqrt((px - cx) ** 2 + (py - cy) ** 2)
+        mask = torch.clamp(radius + 0.5 - distance, 0, 1).unsqueeze(0)  # anti-aliased disc edge
+        clip.append(background * (1 - mask) + colours[2].view(3, 1, 1) * mask)
+    return torch.stack(clip).clamp(-1, 1)
