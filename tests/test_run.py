@@ -1,0 +1,102 @@
+"""Running whole jobs on the tiny model zoo: outputs, sidecars, and failures that lose nothing."""
+
+import json
+
+import attrs
+import imageio.v2 as imageio
+import pytest
+import torch
+
+from evs_framework import runner
+from evs_framework.cli import main
+from evs_framework.errors import EVSError, VideoError
+from evs_framework.plan import make_plan
+from evs_framework.runner import run_job
+from evs_framework.spec import load_spec
+from evs_plugins.animatediff import AnimateDiffBackend
+
+
+def prepared(seed_config, tmp_path, plugins, registry, **changes):
+    spec = load_spec(seed_config(**changes))
+    spec = attrs.evolve(spec, output=attrs.evolve(spec.output, dir=tmp_path / "out"))
+    return spec, make_plan(spec, registry, plugins.catalogue)
+
+
+def frame_count_and_size(path):
+    with imageio.get_reader(path, format="FFMPEG") as reader:
+        return reader.count_frames(), tuple(reader.get_meta_data()["size"])
+
+
+def test_seed_example_runs_end_to_end(seed_config, tmp_path, plugins, registry, context):
+    spec, plan = prepared(seed_config, tmp_path, plugins, registry)
+    [result] = run_job(spec, plan, context, progress=False)
+    assert result.error is None
+    assert frame_count_and_size(result.output) == (8, (128, 96))  # 64x48 input, latents upscaled x2
+    sidecar = json.loads(result.sidecar.read_text())
+    assert sidecar["unet_calls"] == {"idm": 40, "vdm": 2}
+    assert [s["unet_calls"] for s in sidecar["stages"]] == [24, 2, 16]
+    assert sidecar["seed"] == 23 and sidecar["spec"]["models"]["idm"]["upscale"] == 2.0
+    assert sidecar["versions"]["diffusers"] and sidecar["versions"]["torch"]
+    assert (tmp_path / "out" / "ball.IDM_VDM_IDM.side_by_side.mp4").is_file()
+
+
+def test_same_seed_same_output_and_rerun_skips(seed_config, tmp_path, plugins, registry, context):
+    spec, plan = prepared(seed_config, tmp_path, plugins, registry)
+    [first] = run_job(spec, plan, context, progress=False)
+    frames = imageio.mimread(first.output)
+    [again] = run_job(spec, plan, context, progress=False)
+    assert again.skipped
+    [redone] = run_job(spec, plan, context, progress=False, overwrite=True)
+    assert all((a == b).all() for a, b in zip(frames, imageio.mimread(redone.output)))
+
+
+def test_cli_run_reports_and_writes(seed_config, tmp_path, zoo, capsys):
+    code = main(["run", str(seed_config()), "--weights-dir", str(zoo), "--output-dir", str(tmp_path / "cli"), "-q"])
+    assert code == 0
+    assert (tmp_path / "cli" / "ball.IDM_VDM_IDM.mp4").is_file()
+    assert "1 of 1 video(s) done" in capsys.readouterr().out
+
+
+def test_missing_and_corrupt_videos_are_refused_before_loading(seed_config, tmp_path, plugins, registry, context, clip_file):
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00not a video" * 100)
+    spec, plan = prepared(seed_config, tmp_path, plugins, registry, videos=[clip_file, tmp_path / "gone.mp4", corrupt],
+                          prompts=["a", "b", "c"])
+    with pytest.raises(VideoError) as caught:
+        run_job(spec, plan, context, progress=False)
+    message = str(caught.value)
+    assert "2 input video(s)" in message and "gone.mp4 does not exist" in message and "cannot read video" in message
+    assert not context._shared  # no model was loaded
+
+
+def test_a_failing_video_does_not_lose_the_others(seed_config, tmp_path, plugins, registry, context, clip_file, monkeypatch):
+    spec, plan = prepared(seed_config, tmp_path, plugins, registry, videos=[clip_file] * 3, prompts=["a", "b", "c"])
+    real = runner.process_video
+
+    def fail_second(spec, plan, backends, context, item, stem, progress):
+        if item.prompt == "b":
+            raise EVSError("simulated failure")
+        return real(spec, plan, backends, context, item, stem, progress)
+
+    monkeypatch.setattr(runner, "process_video", fail_second)
+    results = run_job(spec, plan, context, progress=False)
+    assert [r.error for r in results] == [None, "simulated failure", None]
+    assert results[0].output.is_file() and results[2].output.is_file()
+    assert results[0].output != results[2].output  # same video twice gets distinct names
+
+
+def test_nan_latents_name_the_op_and_sigma(seed_config, tmp_path, plugins, registry, context, monkeypatch):
+    spec, plan = prepared(seed_config, tmp_path, plugins, registry)
+    monkeypatch.setattr(AnimateDiffBackend, "predict_noise", lambda self, x, t, text: torch.full_like(x, float("nan")))
+    [result] = run_job(spec, plan, context, progress=False)
+    assert result.output is None
+    assert "op 5 (denoise vdm)" in result.error and "sigma 1.419" in result.error and "float32" in result.error
+    assert not list((tmp_path / "out").glob("*.mp4"))
+
+
+def test_missing_weights_list_the_places_searched(seed_config, tmp_path, plugins, registry, context):
+    spec, plan = prepared(seed_config, tmp_path, plugins, registry)
+    context.weights.folders = [tmp_path / "empty"]
+    with pytest.raises(EVSError) as caught:
+        run_job(spec, plan, context, progress=False)
+    assert "weights for model 'EP'" in str(caught.value) and str(tmp_path / "empty" / "epiCRealism") in str(caught.value)
