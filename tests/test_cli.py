@@ -1,0 +1,35 @@
+"""The `evs` command as a user types it."""
+
+import imageio.v2 as imageio
+
+from evs_framework.cli import main
+
+
+def test_plan_prints_the_schedule(seed_config, capsys):
+    assert main(["plan", str(seed_config())]) == 0
+    out = capsys.readouterr().out
+    assert "composition IDM_VDM_IDM" in out and "ddim_renoise" in out and "all models: 42 unet calls" in out
+
+
+def test_plan_errors_are_one_message_and_exit_2(seed_config, capsys):
+    assert main(["plan", str(seed_config(stable_steps=[25], idm_type="EX_X2.0"))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "unknown model name 'EX'" in err and "Traceback" not in err
+
+
+def test_models_lists_the_seed_names(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("SD", "EP", "RV", "watercolor", "lightningEP", "lightningSD", "animatelcm"):
+        assert f"\n{name} " in "\n" + out
+
+
+def test_demo_runs_offline_and_says_what_it_is(tmp_path, capsys):
+    assert main(["demo", "--output-dir", str(tmp_path / "demo"), "--zoo-dir", str(tmp_path / "zoo"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "random-weight stand-ins" in out and "1 of 1 video(s) done" in out
+    output = tmp_path / "demo" / "demo_input.IDM_VDM_IDM.mp4"
+    with imageio.get_reader(output, format="FFMPEG") as reader:
+        assert tuple(reader.get_meta_data()["size"]) == (128, 96)
+    with imageio.get_reader(tmp_path / "demo" / "demo_input.IDM_VDM_IDM.side_by_side.mp4", format="FFMPEG") as reader:
+        assert tuple(reader.get_meta_data()["size"]) == (256, 96)

@@ -1,0 +1,139 @@
+"""Third-party plugins, installed the way a real package installs them (an `evs` entry point)."""
+
+import json
+import sys
+import textwrap
+
+import pytest
+
+from evs_framework.cli import main
+from evs_framework.errors import PluginError
+from evs_framework.plugins import load_plugins
+
+TOY_PLUGIN = '''
+"""A third-party EVS plugin: a backend kind and a composition, with no change to EVS itself."""
+import torch
+
+from evs_framework.composition import Composition, Stage
+from evs_framework.hookspecs import hookimpl
+from evs_plugins.sd15 import load_sd15_parts
+
+CALLS = []
+
+
+class ShrinkBackend:
+    """Predicts the noise as a fixed fraction of its input; borrows its base model's VAE."""
+
+    frames_as_batch = True
+
+    def __init__(self, parts):
+        self.vae = parts.vae
+
+    def encode_prompts(self, prompts):
+        return torch.zeros(len(prompts), 77, 32)
+
+    def predict_noise(self, x, timestep, text):
+        CALLS.append(timestep)
+        return 0.1 * x
+
+
+def load(entry, context):
+    return ShrinkBackend(load_sd15_parts(context.weights_path(context.registry.get(entry.base)), context))
+
+
+@hookimpl
+def register_backends(register):
+    register("toy_t2i", load)
+
+
+@hookimpl
+def register_compositions(register):
+    register("toy_two_pass", Composition("toy_two_pass", "two passes of one model", stages=(
+        Stage(model="idm", enter="random", start=0.5, steps=2),
+        Stage(model="idm", enter="ddim_renoise", start="resume", stop="end"),
+    )))
+'''
+
+DUPLICATE_PLUGIN = '''
+from evs_framework.composition import Composition, Stage
+from evs_framework.hookspecs import hookimpl
+
+
+@hookimpl
+def register_compositions(register):
+    register("IDM", Composition("IDM", stages=(Stage(model="idm", enter="random", start=1.0, stop="end"),)))
+'''
+
+TOY_REGISTRY = """
+models:
+  toy:
+    kind: toy_t2i
+    type: t2i
+    base: SD
+    weights: {}
+    preset: {beta_schedule: scaled_linear, steps: 10, guidance: 1.0}
+"""
+
+
+def install(site, dist: str, entry_name: str, module: str, source: str) -> None:
+    """Write a module and its dist-info with an `evs` entry point, as pip would."""
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[evs]\n{entry_name} = {module}\n")
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    folder = tmp_path / "site"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delenv("EVS_PLUGINS", raising=False)
+    yield folder
+    for module in ("evs_toy_plugin", "evs_dup_plugin"):
+        sys.modules.pop(module, None)
+
+
+def test_third_party_backend_and_composition_run(site, tmp_path, zoo, clip_file, capsys):
+    install(site, "evs_toy_plugin", "toy", "evs_toy_plugin", TOY_PLUGIN)
+    (tmp_path / "toy.yaml").write_text(TOY_REGISTRY)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"videos: [{clip_file}]\nprompts: [a ball]\nmodels: {{idm: {{name: toy}}}}\n"
+                    f"composition: toy_two_pass\noutput: {{dir: out, side_by_side: false}}\n")
+
+    assert main(["plugins"]) == 0
+    listing = capsys.readouterr().out
+    assert "toy" in listing and "toy_t2i" in listing and "toy_two_pass" in listing
+
+    code = main(["run", str(spec), "--registry", str(tmp_path / "toy.yaml"), "--weights-dir", str(zoo), "-q"])
+    assert code == 0
+    calls = sys.modules["evs_toy_plugin"].CALLS
+    assert len(calls) == 5  # 10 steps x strength 0.5, no guidance: one call per step
+    sidecar = json.loads((tmp_path / "out" / "ball.toy_two_pass.json").read_text())
+    assert sidecar["composition"] == "toy_two_pass" and sidecar["models"] == {"idm": "toy"}
+
+
+def test_duplicate_names_name_both_plugins(site):
+    install(site, "evs_dup_plugin", "dup", "evs_dup_plugin", DUPLICATE_PLUGIN)
+    with pytest.raises(PluginError) as caught:
+        load_plugins()
+    assert "composition 'IDM'" in str(caught.value)
+    assert "'compositions'" in str(caught.value) and "'dup'" in str(caught.value)
+
+
+def test_environment_variable_limits_third_party_plugins(site, monkeypatch):
+    install(site, "evs_toy_plugin", "toy", "evs_toy_plugin", TOY_PLUGIN)
+    install(site, "evs_dup_plugin", "dup", "evs_dup_plugin", DUPLICATE_PLUGIN)
+    monkeypatch.setenv("EVS_PLUGINS", "toy")
+    assert "toy_t2i" in load_plugins().catalogue.names("backends")
+    monkeypatch.setenv("EVS_PLUGINS", "")
+    plugins = load_plugins()
+    assert "toy_t2i" not in plugins.catalogue.names("backends")
+    assert "sd15" in plugins.catalogue.names("backends")  # built-ins always load
+
+
+def test_a_broken_plugin_says_which_one(site):
+    install(site, "evs_toy_plugin", "toy", "evs_toy_plugin", "raise ImportError('needs a missing package')")
+    with pytest.raises(PluginError, match="plugin 'toy' .* failed to import: needs a missing package"):
+        load_plugins()
