@@ -87,6 +87,15 @@ def load_backends(plan: Plan, context: LoadContext) -> dict:
     return {role: context.load(model.entry) for role, model in plan.models.items()}
 
 
+def make_denoisers(plan: Plan, backends: dict, prompt: str, negative_prompt: str) -> dict[str, Denoiser]:
+    """One denoiser per role, conditioned on this video's prompt (and the negative prompt for guidance)."""
+    return {
+        role: Denoiser(backend, plan.models[role].schedule.train,
+                       backend.encode_prompts([negative_prompt, prompt]).float(), plan.models[role].guidance)
+        for role, backend in backends.items()
+    }
+
+
 def _stage_timings(records: list[OpRecord]) -> list[dict]:
     stages: dict[int, dict] = {}
     for r in records:
@@ -117,11 +126,7 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
     codec = backends.get("idm", backends.get("vdm")).vae
     chunk = spec.output.decode_chunk
     source = encode_frames(codec, clip.frames, chunk).to(context.device)
-    denoisers = {
-        role: Denoiser(backend, plan.models[role].schedule.train,
-                       backend.encode_prompts([spec.negative_prompt, item.prompt]).float(), plan.models[role].guidance)
-        for role, backend in backends.items()
-    }
+    denoisers = make_denoisers(plan, backends, item.prompt, spec.negative_prompt)
     generator = torch.Generator("cpu").manual_seed(spec.seed)
     steps = _StepBar(plan, context.plugins.hook, progress, item.video.name)
     try:

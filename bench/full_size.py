@@ -1,0 +1,141 @@
+"""Speed and memory of the compositions at full SD1.5 / AnimateDiff size, with random weights.
+
+Builds diffusers folders for EP (SD1.5 architecture) and an AnimateDiff-Lightning-shaped MotionAdapter
+with the real configurations and random fp16 weights, loads them through the registry like real weights,
+then runs each composition on a synthetic 16-frame 512x320 clip (the seed's example: x2 latent upscale
+to 1024x640). Writes one JSON line per measurement to $OUT/bench.jsonl (or ./bench.jsonl) as it goes.
+
+    python bench/full_size.py [--compositions IDM_VDM_IDM,basic,IDM,VDM] [--frames 16] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import attrs
+import torch
+
+from evs_framework.executor import execute
+from evs_framework.loading import LoadContext, WeightSettings
+from evs_framework.plan import make_plan
+from evs_framework.plugins import load_plugins
+from evs_framework.registry import load_registry
+from evs_framework.runner import load_backends, make_denoisers
+from evs_framework.spec import InputVideo, ModelChoice, Spec
+from evs_framework.vae import decode_latents, encode_frames
+from evs_framework.zoo import make_scheduler, make_synthetic_clip, save_tokenizer
+
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8,
+)
+SD15_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512,
+    scaling_factor=0.18215,
+)
+CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              max_position_embeddings=77, vocab_size=49408, projection_dim=768)
+
+
+def build_weights(root: Path) -> Path:
+    from diffusers import AutoencoderKL, MotionAdapter, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if (root / "done").is_file():
+        return root
+    torch.manual_seed(0)
+    tokenizer = save_tokenizer(root / "epiCRealism" / "tokenizer")
+    pipeline = StableDiffusionPipeline(
+        unet=UNet2DConditionModel(**SD15_UNET), vae=AutoencoderKL(**SD15_VAE),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L, bos_token_id=tokenizer.bos_token_id,
+                                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)),
+        tokenizer=tokenizer, scheduler=make_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).to(torch.float16)
+    pipeline.save_pretrained(root / "epiCRealism", safe_serialization=True)
+    MotionAdapter().to(torch.float16).save_pretrained(root / "animatediff-lightning-8step", safe_serialization=True)
+    (root / "done").write_text("ok")
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--compositions", default="IDM_VDM_IDM,basic,IDM,VDM,IDM_VDM")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--weights", type=Path, default=Path("/tmp/evs-full-size"))
+    args = parser.parse_args()
+    out = Path(os.environ.get("OUT", ".")) / "bench.jsonl"
+
+    def record(**fields):
+        print(json.dumps(fields), flush=True)
+        with open(out, "a") as handle:
+            handle.write(json.dumps(fields) + "\n")
+
+    started = time.perf_counter()
+    weights = build_weights(args.weights)
+    record(event="weights_built", seconds=round(time.perf_counter() - started, 1))
+
+    plugins, registry = load_plugins(), load_registry()
+    device = torch.device(args.device)
+    context = LoadContext(plugins, registry, WeightSettings([weights]), device, torch.float16)
+    models = {"idm": ModelChoice("EP", upscale=2.0), "vdm": ModelChoice("lightningEP")}
+    clip = make_synthetic_clip(args.frames, 512, 320)
+    for index, name in enumerate(args.compositions.split(",")):
+        spec = Spec(inputs=(InputVideo(Path("synthetic.mp4"), "a red car on a coastal road"),), models=models, composition=name)
+        plan = make_plan(spec, registry, plugins.catalogue)
+        started = time.perf_counter()
+        needed = load_backends(plan, context)  # the context caches: each model loads once
+        if index == 0:
+            _sync(device)
+            parameters = {p.data_ptr(): p.numel() for backend in needed.values() for m in _modules(backend) for p in m.parameters()}
+            record(event="loaded", seconds=round(time.perf_counter() - started, 1), parameters_resident=sum(parameters.values()),
+                   gpu_gib=_gib(torch.cuda.memory_allocated, device))
+        vae = needed.get("idm", needed.get("vdm")).vae
+        for repeat in range(args.repeats):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            source = encode_frames(vae, clip, 8).to(device)
+            _sync(device)
+            t1 = time.perf_counter()
+            denoisers = make_denoisers(plan, needed, spec.inputs[0].prompt, spec.negative_prompt)
+            latents, ops = execute(plan, denoisers, source, plugins.catalogue, torch.Generator().manual_seed(23))
+            t2 = time.perf_counter()
+            frames = decode_latents(vae, latents, 8)
+            _sync(device)
+            t3 = time.perf_counter()
+            record(event="run", composition=name, repeat=repeat, frames=args.frames, output_size=list(frames.shape[-2:]),
+                   encode_s=round(t1 - t0, 3), denoise_s=round(t2 - t1, 3), decode_s=round(t3 - t2, 3),
+                   total_s=round(t3 - t0, 3), unet_calls={r: d.calls for r, d in denoisers.items()},
+                   ops=[(o.op, o.model, round(o.seconds, 3), o.unet_calls) for o in ops],
+                   peak_gib=_gib(torch.cuda.max_memory_allocated, device))
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _gib(measure, device) -> float | None:
+    return round(measure(device) / 2**30, 2) if device.type == "cuda" else None
+
+
+def _modules(value):
+    """The torch modules a backend holds, found through its attrs fields."""
+    if isinstance(value, torch.nn.Module):
+        yield value
+    elif attrs.has(type(value)):
+        for field in attrs.fields(type(value)):
+            yield from _modules(getattr(value, field.name))
+
+
+if __name__ == "__main__":
+    main()
