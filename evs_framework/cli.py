@@ -117,9 +117,11 @@ def cmd_plugins(args, plugins, registry) -> int:
 
 
 def cmd_models(args, plugins, registry) -> int:
+    kinds = plugins.catalogue.names("backends")
     for entry in registry.entries.values():
-        base = f" over {entry.base}" if entry.base else ""
-        print(f"{entry.name:13} {entry.type} {entry.kind:12} {entry.description}{base}  [{entry.weights.local}]")
+        missing = "" if entry.kind in kinds else f"  (no loaded plugin provides kind {entry.kind!r} yet)"
+        print(f"{entry.name:13} {entry.type} {entry.kind:12} base={entry.base or '-':4} "
+              f"weights={entry.weights.local}  {entry.description}{missing}")
     return 0
 
 

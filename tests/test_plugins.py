@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from evs_framework.cli import main
 from evs_framework.errors import PluginError
@@ -137,3 +138,26 @@ def test_a_broken_plugin_says_which_one(site):
     install(site, "evs_toy_plugin", "toy", "evs_toy_plugin", "raise ImportError('needs a missing package')")
     with pytest.raises(PluginError, match="plugin 'toy' .* failed to import: needs a missing package"):
         load_plugins()
+
+
+def test_the_readme_plugin_example_works(tmp_path, monkeypatch):
+    """The complete plugin in README.md loads through pluggy and its sampler and composition are usable."""
+    import re
+    from pathlib import Path
+
+    from evs_framework.denoiser import Prediction
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    source = re.search(r"```python\n(# evs_heun/__init__.py\n.*?)```", readme, re.S).group(1)
+    (tmp_path / "evs_heun.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import evs_heun
+
+    catalogue = load_plugins(extra=[evs_heun]).catalogue
+    assert "IDM_then_VDM_polish" in catalogue.names("compositions")
+    heun = catalogue.get("samplers", "heun")
+    # on an exact denoiser of data that is all zeros, eps = x / sigma and one step lands exactly on sigma_next
+    x = torch.ones(1, 4, 2, 2)
+    x_next, _ = heun(lambda x, s: Prediction(torch.zeros_like(x), x / s), x, 2.0, 1.0, None)
+    torch.testing.assert_close(x_next, 0.5 * x)
+    sys.modules.pop("evs_heun", None)
