@@ -1,14 +1,16 @@
 """Backend kind `animatediff`: an AnimateDiff motion adapter (diffusers folder) over an SD1.5 base.
 
 The registry entry's `base` names the SD1.5 model whose spatial weights, text encoder and VAE it uses.
-The whole clip is denoised at once.
+The motion UNet is assembled from the base UNet's own modules and the adapter's motion modules, so no
+weight is copied: with lightningEP over EP next to an EP text-to-image model, EP's 860M spatial
+parameters are in memory once. The whole clip is denoised at once.
 """
 
 from __future__ import annotations
 
 import attrs
 import torch
-from diffusers import MotionAdapter, UNetMotionModel
+from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
 from evs_framework.errors import WeightsError
 from evs_framework.hookspecs import hookimpl
@@ -38,6 +40,37 @@ class AnimateDiffBackend:
         return eps.float().permute(0, 2, 1, 3, 4)
 
 
+SHARED_TOP_LEVEL = ("conv_in", "time_proj", "time_embedding", "conv_norm_out", "conv_act", "conv_out")
+SHARED_IN_BLOCKS = ("resnets", "attentions", "downsamplers", "upsamplers")
+
+
+def motion_unet_over(unet: UNet2DConditionModel, adapter: MotionAdapter) -> UNetMotionModel:
+    """A UNetMotionModel whose spatial modules ARE `unet`'s and whose motion modules ARE `adapter`'s.
+
+    `UNetMotionModel.from_unet2d` copies every spatial weight; here the model is laid out on the meta
+    device (no memory) and its submodules are replaced by the existing ones.
+    """
+    if adapter.config.get("conv_in_channels"):
+        raise WeightsError("motion adapters with their own conv_in (PIA) are not supported; use a plain AnimateDiff adapter")
+    with torch.device("meta"):
+        model = UNetMotionModel.from_unet2d(unet, adapter, load_weights=False)
+    for name in SHARED_TOP_LEVEL:
+        setattr(model, name, getattr(unet, name))
+    pairs = [*zip(model.down_blocks, unet.down_blocks, adapter.down_blocks),
+             *zip(model.up_blocks, unet.up_blocks, adapter.up_blocks), (model.mid_block, unet.mid_block, adapter.mid_block)]
+    for motion_block, spatial_block, adapter_block in pairs:
+        for name in SHARED_IN_BLOCKS:
+            if getattr(motion_block, name, None) is not None:
+                setattr(motion_block, name, getattr(spatial_block, name))
+        if hasattr(motion_block, "motion_modules") and adapter_block is not None:
+            motion_block.motion_modules = adapter_block.motion_modules
+    unfilled = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if unfilled:
+        raise WeightsError(f"the motion adapter does not fit the base UNet: {len(unfilled)} tensors have no weights, "
+                           f"first {unfilled[:5]}; check that the adapter was made for SD1.5")
+    return model
+
+
 def load_animatediff(entry, context) -> AnimateDiffBackend:
     if entry.base is None:
         raise WeightsError(f"model {entry.name!r} has no `base` in the registry; name the SD1.5 model it runs over")
@@ -47,9 +80,8 @@ def load_animatediff(entry, context) -> AnimateDiffBackend:
         raise WeightsError(f"{folder} is not a diffusers MotionAdapter folder (no config.json); "
                            f"point the registry entry at a folder saved with MotionAdapter.save_pretrained")
     adapter = MotionAdapter.from_pretrained(folder, local_files_only=True, torch_dtype=context.dtype)
-    unet = UNetMotionModel.from_unet2d(base.unet, adapter)
-    unet.to(device=context.device, dtype=context.dtype).eval().requires_grad_(False)
-    return AnimateDiffBackend(unet, base)
+    adapter.to(device=context.device).eval().requires_grad_(False)
+    return AnimateDiffBackend(motion_unet_over(base.unet, adapter), base)
 
 
 @hookimpl
