@@ -51,9 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="redo videos whose outputs already match the spec")
     demo = commands.add_parser("demo", help="run the built-in default on tiny random-weight stand-in models")
     demo.add_argument("--zoo-dir", type=Path, default=None, help="where the tiny model zoo is cached")
+    fetch = commands.add_parser("fetch", help="download models from the Hugging Face Hub (the only command that uses the network)")
+    fetch.add_argument("names", nargs="+", metavar="NAME")
     commands.add_parser("plugins", help="list loaded plugins and what each provides")
     commands.add_parser("models", help="list the registry's model names")
-    for sub in (plan, run, demo, commands.choices["plugins"], commands.choices["models"]):
+    for sub in (plan, run, demo, fetch, commands.choices["plugins"], commands.choices["models"]):
         _common(sub)
     for sub in (run, demo):
         _running(sub)
@@ -110,6 +112,16 @@ def cmd_demo(args, plugins, registry) -> int:
     return code
 
 
+def cmd_fetch(args, plugins, registry) -> int:
+    from evs_framework.fetch import fetch
+
+    entries = [registry.get(name) for name in args.names]
+    for entry in entries:
+        path = fetch(entry, default_weight_folders()[0])
+        print(f"{entry.name}: {path}")
+    return 0
+
+
 def cmd_plugins(args, plugins, registry) -> int:
     for name, section, provided in describe(plugins):
         print(f"{name:16} {section:13} {', '.join(provided)}")
@@ -125,7 +137,8 @@ def cmd_models(args, plugins, registry) -> int:
     return 0
 
 
-COMMANDS = {"plan": cmd_plan, "run": cmd_run, "demo": cmd_demo, "plugins": cmd_plugins, "models": cmd_models}
+COMMANDS = {"plan": cmd_plan, "run": cmd_run, "demo": cmd_demo, "fetch": cmd_fetch, "plugins": cmd_plugins,
+            "models": cmd_models}
 
 
 def main(argv=None) -> int:

@@ -38,10 +38,10 @@ class WeightSettings:
 
 
 def default_weight_folders(extra=()) -> list[Path]:
-    folders = [Path(p).expanduser() for p in extra]
+    """Folders named on the command line, then ./pretrained_models, then $EVS_WEIGHTS_DIR."""
+    folders = [Path(p).expanduser() for p in extra] + [Path.cwd() / "pretrained_models"]
     if os.environ.get(WEIGHTS_ENV):
         folders.append(Path(os.environ[WEIGHTS_ENV]).expanduser())
-    folders.append(Path.cwd() / "pretrained_models")
     return folders
 
 
@@ -59,11 +59,13 @@ class LoadContext:
         path = self.plugins.hook.resolve_weights(location=entry.weights, settings=self.weights)
         if path is None:
             places = "\n".join(f"    {p}" for p in self.weights.searched) or "    (no plugin searched anywhere)"
-            origin = entry.weights.hub or entry.weights.url
-            how = f" (download from {origin})" if origin else ""
             target = self.weights.searched[0] if self.weights.searched else entry.weights.local
+            if entry.weights.hub:
+                how = f"run `evs fetch {entry.name}`, or put the files at {target}"
+            else:
+                how = f"download them{f' from {entry.weights.url}' if entry.weights.url else ''} and put them at {target}"
             raise WeightsError(f"weights for model {entry.name!r} ({entry.description}) not found; searched:\n{places}\n"
-                               f"  put them at {target}{how}, or point --weights-dir / {WEIGHTS_ENV} at their folder")
+                               f"  {how} (or point --weights-dir / {WEIGHTS_ENV} at their folder)")
         return path
 
     def shared(self, key, build: Callable[[], object]):

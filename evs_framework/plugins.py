@@ -28,6 +28,7 @@ BUILTIN_PLUGINS = (
     "evs_plugins.latent_ops",
     "evs_plugins.compositions",
     "evs_plugins.local_weights",
+    "evs_plugins.hub_cache",
 )
 
 # catalogue section -> the hook that fills it

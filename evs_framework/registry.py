@@ -47,10 +47,12 @@ class Preset:
 
 @attrs.frozen
 class WeightLocation:
-    """Where a model's files live: `local` under a weights folder (or absolute), `hub` a Hugging Face repo id."""
+    """Where a model's files live: `local` under a weights folder (or absolute); `hub` a Hugging Face repo id,
+    with `file` naming one file in it (None: the whole repo is the model folder); `url` a page to download from."""
 
     local: str | None = None
     hub: str | None = None
+    file: str | None = None
     url: str | None = None
 
 
@@ -62,6 +64,7 @@ class EntryData:
     preset: str | Preset
     base: str | None = None
     description: str = ""
+    options: dict[str, str | float | int | bool] = attrs.Factory(dict)
 
 
 @attrs.frozen
@@ -80,6 +83,7 @@ class ModelEntry:
     base: str | None
     description: str
     source: str
+    options: dict = attrs.Factory(dict)  # kind-specific settings, read by the backend
 
 
 @attrs.frozen
@@ -112,7 +116,8 @@ def _entries_of(file: Path) -> dict[str, ModelEntry]:
             problems.append(f"{where}.preset.spacing: {preset.spacing!r}; use one of {', '.join(SPACINGS)}")
         if entry.type not in MODEL_TYPES:
             problems.append(f"{where}.type: {entry.type!r}; use t2i (text-to-image) or t2v (text-to-video)")
-        entries[name] = ModelEntry(name, entry.kind, entry.type, entry.weights, preset, entry.base, entry.description, str(file))
+        entries[name] = ModelEntry(name, entry.kind, entry.type, entry.weights, preset, entry.base, entry.description,
+                                   str(file), dict(entry.options))
     if problems:
         raise SpecError(problems, str(file))
     return entries
