@@ -49,7 +49,8 @@ def describe_op(op) -> str:
 def _check_finite(x: torch.Tensor, index: int, op, sigma: float) -> None:
     if not torch.isfinite(x).all():
         raise NumericalError(f"op {index + 1} ({describe_op(op)}) produced NaN or infinite latents at sigma {sigma:.4g}; "
-                             f"try --dtype float32 (half precision overflows in some models) or a lower guidance")
+                             f"half precision overflows in some models: try --vae-dtype float32 (the default) and --dtype float32, "
+                             f"or a lower guidance")
 
 
 def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, catalogue: Catalogue,

@@ -52,6 +52,9 @@ class LoadContext:
     weights: WeightSettings
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    # fp16 VAEs overflow to NaN (black frames) on some inputs, so the VAE keeps its own precision
+    vae_dtype: torch.dtype = torch.float32
+    allow_pickle: bool = False
     _shared: dict = attrs.Factory(dict)
 
     def weights_path(self, entry: ModelEntry) -> Path:

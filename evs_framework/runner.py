@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from evs_framework import video_io
 from evs_framework.denoiser import Denoiser
-from evs_framework.errors import EVSError, VideoError
+from evs_framework.errors import EVSError, NumericalError, VideoError
 from evs_framework.executor import OpRecord, execute
 from evs_framework.loading import LoadContext
 from evs_framework.plan import DenoiseOp, Plan
@@ -134,6 +134,9 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
     finally:
         steps.bar.close()
     frames = decode_latents(codec, latents, chunk)
+    if not torch.isfinite(frames).all():
+        raise NumericalError(f"the VAE decoded NaN or infinite pixels for {item.video.name}; "
+                             f"decode in float32 (--vae-dtype float32)")
 
     folder = spec.output.dir
     output = video_io.write_video(folder / f"{stem}.mp4", frames, clip.fps)

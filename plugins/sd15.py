@@ -36,7 +36,7 @@ def load_sd15_parts(folder: Path, context) -> SD15Parts:
     def build() -> SD15Parts:
         options = {"local_files_only": True, "torch_dtype": context.dtype}
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **options)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **options)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **{**options, "torch_dtype": context.vae_dtype})
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **options)
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
         for module in (unet, vae, text_encoder):

@@ -100,3 +100,19 @@ def test_missing_weights_list_the_places_searched(seed_config, tmp_path, plugins
     with pytest.raises(EVSError) as caught:
         run_job(spec, plan, context, progress=False)
     assert "weights for model 'EP'" in str(caught.value) and str(tmp_path / "empty" / "epiCRealism") in str(caught.value)
+
+
+def test_vae_keeps_its_own_precision(plugins, registry, zoo):
+    from evs_framework.loading import LoadContext, WeightSettings
+
+    context = LoadContext(plugins, registry, WeightSettings([zoo]), torch.device("cpu"), torch.bfloat16, torch.float32)
+    backend = context.load(registry.get("SD"))
+    assert backend.parts.unet.dtype == torch.bfloat16 and backend.parts.text_encoder.dtype == torch.bfloat16
+    assert backend.vae.dtype == torch.float32
+
+
+def test_nan_pixels_from_the_vae_suggest_float32(seed_config, tmp_path, plugins, registry, context, monkeypatch):
+    spec, plan = prepared(seed_config, tmp_path, plugins, registry)
+    monkeypatch.setattr(runner, "decode_latents", lambda vae, latents, chunk: torch.full((8, 3, 96, 128), float("nan")))
+    [result] = run_job(spec, plan, context, progress=False)
+    assert result.output is None and "--vae-dtype float32" in result.error
