@@ -14,7 +14,7 @@ import attrs
 import torch
 
 BETA_SCHEDULES = ("linear", "scaled_linear")
-SPACINGS = ("leading", "trailing", "linspace")
+SPACINGS = ("leading", "trailing", "linspace", "lcm")
 
 
 @attrs.frozen
@@ -53,8 +53,12 @@ class TrainSchedule:
         return low + min(max(weight, 0.0), 1.0)
 
 
-def sampling_timesteps(steps: int, train_steps: int = 1000, spacing: str = "leading", steps_offset: int = 0) -> list[int]:
-    """The descending timesteps of a `steps`-step run, spaced as diffusers' schedulers space them."""
+def sampling_timesteps(steps: int, train_steps: int = 1000, spacing: str = "leading", steps_offset: int = 0,
+                       original_steps: int = 50) -> list[int]:
+    """The descending timesteps of a `steps`-step run, spaced as diffusers' schedulers space them.
+
+    `original_steps` is used by "lcm" spacing only (LCMScheduler's `original_inference_steps`).
+    """
     if steps < 1 or steps > train_steps:
         raise ValueError(f"steps must be in 1..{train_steps}, got {steps}")
     if spacing == "leading":
@@ -65,9 +69,22 @@ def sampling_timesteps(steps: int, train_steps: int = 1000, spacing: str = "lead
         ts = [round(train_steps - i * ratio) - 1 for i in range(steps)][::-1]
     elif spacing == "linspace":
         ts = [round(v) for v in torch.linspace(0, train_steps - 1, steps, dtype=torch.float64).tolist()]
+    elif spacing == "lcm":
+        ts = lcm_timesteps(steps, train_steps, original_steps)
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; use one of {', '.join(SPACINGS)}")
     return sorted(ts, reverse=True)
+
+
+def lcm_timesteps(steps: int, train_steps: int = 1000, original_steps: int = 50) -> list[int]:
+    """LCMScheduler.set_timesteps at strength 1: `steps` evenly spaced picks from the distillation schedule
+    k-1, 2k-1, ..., original_steps*k - 1 (k = train_steps // original_steps), largest first."""
+    if not steps <= original_steps <= train_steps:
+        raise ValueError(f"lcm spacing needs steps <= original_steps <= train_steps, got {steps}, {original_steps}, {train_steps}")
+    k = train_steps // original_steps
+    origin = [i * k - 1 for i in range(original_steps, 0, -1)]
+    # numpy's linspace(0, n, steps, endpoint=False) is i * (n / steps); floor it the same way
+    return [origin[math.floor(i * (original_steps / steps))] for i in range(steps)]
 
 
 @attrs.frozen
@@ -81,10 +98,12 @@ class ModelSchedule:
     steps: int
     spacing: str = "leading"
     steps_offset: int = 0
+    original_steps: int = 50  # "lcm" spacing only; AnimateLCM samples with 100
 
     @cached_property
     def timesteps(self) -> tuple[int, ...]:
-        return tuple(sampling_timesteps(self.steps, self.train.train_steps, self.spacing, self.steps_offset))
+        return tuple(sampling_timesteps(self.steps, self.train.train_steps, self.spacing, self.steps_offset,
+                                        self.original_steps))
 
     @cached_property
     def levels(self) -> tuple[float, ...]:
