@@ -77,7 +77,7 @@ def test_written_file_has_the_original_layout(ep_file):
     assert "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight" in checkpoint
     # the tiny UNet has one layer per block: input_blocks 1 is block 0's layer, 2 its downsampler
     assert "model.diffusion_model.input_blocks.2.0.op.weight" in checkpoint
-    assert "model.diffusion_model.output_blocks.2.1.conv.weight" in checkpoint  # up block 0 has no attention
+    assert "model.diffusion_model.output_blocks.1.1.conv.weight" in checkpoint  # up block 0: no attention, 2 layers
     assert "model.diffusion_model.middle_block.2.out_layers.3.weight" in checkpoint
     assert checkpoint["first_stage_model.decoder.mid.attn_1.q.weight"].ndim == 4  # stored as conv 1x1
     assert "first_stage_model.decoder.up.0.block.0.nin_shortcut.weight" in checkpoint  # decoder numbered upwards
