@@ -243,6 +243,11 @@ class _Planner:
                          f"use fewer steps or another spacing")
         self.ops.append(DenoiseOp(index, stage.model, model.entry.preset.sampler, first, stop, tuple(sigmas),
                                   schedule.timesteps[first:stop], (stop - first) * model.calls_per_step))
+        off_trained = untrained_timesteps(model.entry.preset, schedule.timesteps[first:stop])
+        if off_trained:
+            self.notes.append(f"{where}: {model.entry.name} steps at t={list(off_trained)} are not among the timesteps it "
+                              f"was distilled on ({list(model.entry.preset.trained_timesteps)}); expect weaker results, "
+                              f"or use its default step count")
         self.resume[stage.model] = stop
         self.sigma, self.has_prediction = sigmas[-1], True
 
@@ -269,6 +274,13 @@ class _Planner:
         guidance_calls = 1 if self.spec.settings.inversion_guidance == 1.0 else 2
         calls = transfer.model_steps(len(levels) - 1) * guidance_calls
         self.ops.append(TransferOp(index, model.role, mode, first, self.sigma, schedule.levels[first], levels, calls))
+
+
+def untrained_timesteps(preset, timesteps) -> tuple[int, ...]:
+    """The timesteps a distilled model (one with `trained_timesteps`) was not trained on; empty for other models."""
+    if not preset.trained_timesteps:
+        return ()
+    return tuple(t for t in timesteps if t not in preset.trained_timesteps)
 
 
 def make_plan(spec: Spec, registry: Registry, catalogue: Catalogue) -> Plan:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evs_framework.plan import DenoiseOp, LatentOp, Plan, TransferOp
+from evs_framework.plan import DenoiseOp, LatentOp, Plan, TransferOp, untrained_timesteps
 
 
 def _sigma(value: float | None) -> str:
@@ -29,7 +29,12 @@ def format_plan(plan: Plan, title: str = "") -> str:
                          f"{_sigma(op.sigma_from)} -> {_sigma(op.sigma_to)}",
                          f"level {op.level}" + (f" (t={timestep:g})" if timestep is not None else ""), steps, op.unet_calls))
         elif isinstance(op, DenoiseOp):
-            rows.append((i, op.stage + 1, "denoise", name, f"levels {op.first_level}..{op.stop_level}",
+            preset = plan.models[op.model].entry.preset
+            trained = ""
+            if preset.trained_timesteps:
+                off = untrained_timesteps(preset, op.timesteps)
+                trained = f", off trained t={' '.join(map(str, off))}" if off else ", on trained levels"
+            rows.append((i, op.stage + 1, "denoise", name, f"levels {op.first_level}..{op.stop_level}{trained}",
                          f"{_sigma(op.sigmas[0])} -> {_sigma(op.sigmas[-1])}",
                          " ".join(map(str, op.timesteps)), op.steps, op.unet_calls))
     widths = [max(len(str(row[c])) for row in rows) for c in range(len(rows[0]) - 1)]

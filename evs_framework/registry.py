@@ -39,10 +39,13 @@ class Preset:
     train_steps: int = 1000
     guidance: float = 7.5
     sampler: str = "euler"
+    original_steps: int = 50  # "lcm" spacing only: LCMScheduler's original_inference_steps
+    # timesteps the model was distilled on (AnimateDiff-Lightning); the plan says which steps land on them
+    trained_timesteps: tuple[int, ...] = ()
 
     def schedule(self, steps: int | None = None) -> ModelSchedule:
         train = TrainSchedule(self.beta_schedule, self.beta_start, self.beta_end, self.train_steps)
-        return ModelSchedule(train, steps or self.steps, self.spacing, self.steps_offset)
+        return ModelSchedule(train, steps or self.steps, self.spacing, self.steps_offset, self.original_steps)
 
 
 @attrs.frozen

@@ -33,9 +33,11 @@ UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_lay
 VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
-def load_sd15_single_file(file: Path, config_folder: Path, dtype: torch.dtype, *, allow_pickle: bool = False) -> dict:
+def load_sd15_single_file(file: Path, config_folder: Path, dtype: torch.dtype, *, vae_dtype: torch.dtype | None = None,
+                          allow_pickle: bool = False) -> dict:
     """{'unet': UNet2DConditionModel, 'vae': AutoencoderKL, 'text_encoder': CLIPTextModel, 'tokenizer': CLIPTokenizer}
-    from an original-layout single file, with configs and tokenizer from the diffusers folder `config_folder`. Offline."""
+    from an original-layout single file, with configs and tokenizer from the diffusers folder `config_folder`. Offline.
+    The VAE is read in `vae_dtype` (default: `dtype`)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -48,7 +50,7 @@ def load_sd15_single_file(file: Path, config_folder: Path, dtype: torch.dtype, *
     common = dict(config=config, local_files_only=True, torch_dtype=dtype)
     return {
         "unet": UNet2DConditionModel.from_single_file(checkpoint, subfolder="unet", **common),
-        "vae": AutoencoderKL.from_single_file(checkpoint, subfolder="vae", **common),
+        "vae": AutoencoderKL.from_single_file(checkpoint, subfolder="vae", **{**common, "torch_dtype": vae_dtype or dtype}),
         # the function StableDiffusionPipeline.from_single_file uses for its CLIP text encoder
         "text_encoder": create_diffusers_clip_model_from_ldm(
             CLIPTextModel, checkpoint, subfolder="text_encoder", config=config, torch_dtype=dtype,

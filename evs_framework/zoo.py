@@ -1,8 +1,9 @@
-"""A tiny random-weight model zoo in the real diffusers on-disk formats.
+"""A tiny random-weight model zoo in the real on-disk formats of the weights EVS names.
 
-The folders look like a user's weights folder (SD1.5-style pipelines plus an AnimateDiff motion adapter), so
-tests and ``evs demo`` exercise the real ``from_pretrained(..., local_files_only=True)`` loading path without any
-download. Weights are random (fixed seeds): outputs are noise-like.
+The zoo looks like a user's weights folder: an SD1.5 diffusers folder, civitai-style single checkpoints (EP, RV),
+a kohya-format style LoRA, AnimateDiff-Lightning's bare motion-adapter state dict and an AnimateLCM folder with its
+spatial LoRA, so tests and ``evs demo`` exercise the real loading code without any download. Weights are random
+(fixed seeds): outputs are noise-like.
 """
 
 from __future__ import annotations
@@ -17,18 +18,20 @@ from pathlib import Path
 
 import torch
 
-ZOO_VERSION = 1  # bump when the layout changes; part of the cache marker
+ZOO_VERSION = 2  # bump when the layout changes; part of the cache marker
 
 MARKER = "zoo.json"
-# folder name -> (base seed, description); the base seed makes each model's weights differ.
-T2I_MODELS = {
-    "stable-diffusion-v1-5": (0, "tiny random SD1.5-format text-to-image pipeline"),
-    "epiCRealism": (100, "tiny random SD1.5-format text-to-image pipeline (epiCRealism stand-in)"),
-    "realisticVisionV60B1_v51VAE": (200, "tiny random SD1.5-format text-to-image pipeline (Realistic Vision stand-in)"),
+# Each file or folder as a user downloads it (shared/SEED.md's list), at the path registry.yaml expects.
+SD_FOLDER = "stable-diffusion-v1-5"  # diffusers folder
+SINGLE_FILES = {  # civitai-style single checkpoints in the original layout: path -> weights seed
+    "epiCRealism/epicrealism_naturalSinRC1VAE.safetensors": 100,
+    "realisticVisionV60B1_v51VAE/realisticVisionV60B1_v51VAE.safetensors": 200,
 }
-MOTION_ADAPTER = "animatediff-lightning-8step"
-MOTION_ADAPTER_SEED = 300
-MOTION_ADAPTER_DESCRIPTION = "tiny random AnimateDiff MotionAdapter, compatible with the tiny SD1.5 UNets"
+WATERCOLOR_LORA = "watercolor/watercolor_style.safetensors"  # kohya layout, original (LDM) layer names
+LIGHTNING_FILE = "animatediff_lightning_8step_diffusers.safetensors"  # bare MotionAdapter state dict
+ANIMATELCM_FOLDER = "AnimateLCM"  # diffusers MotionAdapter folder with the spatial LoRA beside it
+ANIMATELCM_LORA = "AnimateLCM_sd15_t2v_lora.safetensors"
+SD_SEED, WATERCOLOR_SEED, LIGHTNING_SEED, ANIMATELCM_SEED = 0, 400, 300, 500
 
 UNET_BLOCK_OUT_CHANNELS = (32, 64)
 UNET_LAYERS_PER_BLOCK = 1
@@ -78,12 +81,26 @@ def _quiet_progress_bars():
 
 
 def _write_zoo(folder: Path) -> None:
-    for name, (seed, _) in T2I_MODELS.items():
-        save_text_to_image_pipeline(folder / name, seed)
-    save_motion_adapter(folder / MOTION_ADAPTER, MOTION_ADAPTER_SEED)
-    models = {name: description for name, (_, description) in T2I_MODELS.items()}
-    models[MOTION_ADAPTER] = MOTION_ADAPTER_DESCRIPTION
-    marker = {"version": ZOO_VERSION, "models": models,
+    from diffusers import UNet2DConditionModel
+
+    from evs_framework.lora_write import write_kohya_lora
+    from evs_framework.motion_adapter import write_motion_adapter_file
+    from evs_framework.single_file import write_sd15_single_file
+
+    save_text_to_image_pipeline(folder / SD_FOLDER, SD_SEED)
+    for path, seed in SINGLE_FILES.items():
+        source = folder / f".{seed}.diffusers"
+        save_text_to_image_pipeline(source, seed)
+        write_sd15_single_file(source, folder / path)
+        shutil.rmtree(source)
+    sd_unet = UNet2DConditionModel.from_pretrained(folder / SD_FOLDER, subfolder="unet", local_files_only=True)
+    write_kohya_lora(folder / WATERCOLOR_LORA, sd_unet, rank=4, alpha=2.0, seed=WATERCOLOR_SEED, names="ldm")
+    write_motion_adapter_file(make_motion_adapter(LIGHTNING_SEED), folder / LIGHTNING_FILE, "diffusers")
+    make_motion_adapter(ANIMATELCM_SEED).save_pretrained(folder / ANIMATELCM_FOLDER, safe_serialization=True)
+    write_kohya_lora(folder / ANIMATELCM_FOLDER / ANIMATELCM_LORA, sd_unet, rank=4, alpha=4.0, seed=ANIMATELCM_SEED,
+                     names="diffusers")
+    paths = [SD_FOLDER, *SINGLE_FILES, WATERCOLOR_LORA, LIGHTNING_FILE, f"{ANIMATELCM_FOLDER}/{ANIMATELCM_LORA}"]
+    marker = {"version": ZOO_VERSION, "files": paths,
               "note": "random weights: outputs are noise-like; for testing the real loading path only"}
     (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n")  # written last
 
@@ -180,16 +197,14 @@ def gpt2_byte_encoder() -> dict[int, str]:
     return dict(sorted(mapping.items()))
 
 
-def save_motion_adapter(folder: Path, seed: int) -> None:
+def make_motion_adapter(seed: int):
+    """A tiny MotionAdapter that fits the tiny UNets; heads, norm groups and sequence length are MotionAdapter's
+    defaults, as in the released adapters, so a bare state dict of it loads without config overrides."""
     from diffusers import MotionAdapter
 
     torch.manual_seed(seed)
-    adapter = MotionAdapter(  # must mirror the UNet's blocks and layers for UNetMotionModel.from_unet2d
-        block_out_channels=UNET_BLOCK_OUT_CHANNELS, motion_layers_per_block=UNET_LAYERS_PER_BLOCK,
-        motion_num_attention_heads=2, motion_norm_num_groups=32, motion_max_seq_length=32,
-        use_motion_mid_block=False,
-    )
-    adapter.save_pretrained(folder, safe_serialization=True)
+    return MotionAdapter(block_out_channels=UNET_BLOCK_OUT_CHANNELS, motion_layers_per_block=UNET_LAYERS_PER_BLOCK,
+                         use_motion_mid_block=False)
 
 
 def make_synthetic_clip(frames: int = 8, width: int = 64, height: int = 48, seed: int = 0) -> torch.Tensor:

@@ -1,9 +1,11 @@
-"""Backend kind `animatediff`: an AnimateDiff motion adapter (diffusers folder) over an SD1.5 base.
+"""Backend kind `animatediff`: an AnimateDiff motion adapter over an SD1.5 base.
 
-The registry entry's `base` names the SD1.5 model whose spatial weights, text encoder and VAE it uses.
-The motion UNet is assembled from the base UNet's own modules and the adapter's motion modules, so no
-weight is copied: with lightningEP over EP next to an EP text-to-image model, EP's 860M spatial
-parameters are in memory once. The whole clip is denoised at once.
+The adapter is a diffusers folder or one weights file in the diffusers or the original (ComfyUI) key layout
+(evs_framework.motion_adapter). The registry entry's `base` names the SD1.5 model whose spatial weights, text
+encoder and VAE it uses. The motion UNet is assembled from the base UNet's own modules and the adapter's motion
+modules, so no weight is copied: with lightningEP over EP next to an EP text-to-image model, EP's 860M spatial
+parameters are in memory once. Option `spatial_lora` (AnimateLCM's) names a LoRA file beside the adapter that is
+fused, at `spatial_lora_scale`, into a copy of the base instead. The whole clip is denoised at once.
 """
 
 from __future__ import annotations
@@ -14,21 +16,22 @@ from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
 from evs_framework.errors import WeightsError
 from evs_framework.hookspecs import hookimpl
-from evs_plugins.sd15 import SD15Parts, encode_prompts, load_sd15_parts
+from evs_framework.motion_adapter import load_motion_adapter
+from evs_plugins.sd15 import SD15Parts, encode_prompts, parts_with_lora
 
 
 @attrs.frozen
 class AnimateDiffBackend:
     unet: UNetMotionModel
-    base: SD15Parts
+    parts: SD15Parts  # the spatial modules, text encoder and VAE of the base
     frames_as_batch = False
 
     @property
     def vae(self):
-        return self.base.vae
+        return self.parts.vae
 
     def encode_prompts(self, prompts):
-        return encode_prompts(self.base, prompts)
+        return encode_prompts(self.parts, prompts)
 
     @torch.no_grad()
     def predict_noise(self, x, timestep, text):
@@ -74,14 +77,17 @@ def motion_unet_over(unet: UNet2DConditionModel, adapter: MotionAdapter) -> UNet
 def load_animatediff(entry, context) -> AnimateDiffBackend:
     if entry.base is None:
         raise WeightsError(f"model {entry.name!r} has no `base` in the registry; name the SD1.5 model it runs over")
-    base = load_sd15_parts(context.weights_path(context.registry.get(entry.base)), context)
-    folder = context.weights_path(entry)
-    if not (folder / "config.json").is_file():
-        raise WeightsError(f"{folder} is not a diffusers MotionAdapter folder (no config.json); "
-                           f"point the registry entry at a folder saved with MotionAdapter.save_pretrained")
-    adapter = MotionAdapter.from_pretrained(folder, local_files_only=True, torch_dtype=context.dtype)
+    path = context.weights_path(entry)
+    base_entry = context.registry.get(entry.base)
+    lora = entry.options.get("spatial_lora")
+    if lora is None:
+        parts = context.load(base_entry).parts  # the very modules a text-to-image role on the same base uses
+    else:
+        lora_path = (path if path.is_dir() else path.parent) / lora
+        parts = parts_with_lora(base_entry, lora_path, float(entry.options.get("spatial_lora_scale", 1.0)), context)
+    adapter = load_motion_adapter(path, context.dtype, allow_pickle=context.allow_pickle)
     adapter.to(device=context.device).eval().requires_grad_(False)
-    return AnimateDiffBackend(motion_unet_over(base.unet, adapter), base)
+    return AnimateDiffBackend(motion_unet_over(parts.unet, adapter), parts)
 
 
 @hookimpl

@@ -1,4 +1,10 @@
-"""Backend kind `sd15`: SD1.5-family text-to-image models from a local diffusers folder.
+"""Backend kinds `sd15` and `sd15_lora`: SD1.5-family text-to-image models.
+
+`sd15` reads a diffusers folder (unet/, vae/, text_encoder/, tokenizer/) or one civitai-style checkpoint in the
+original layout (a file, or a folder holding exactly one); a checkpoint takes its configs and tokenizer from the
+diffusers folder of the registry entry named by option `config_from` (default `SD`), so nothing is downloaded.
+`sd15_lora` is its `base` entry with a LoRA file fused in at option `scale`, in a copy of its own, so the base
+as other entries use it (a motion model's spatial weights, say) stays free of the LoRA.
 
 The frames of a clip are denoised as a batch of independent images.
 """
@@ -14,8 +20,12 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from evs_framework.errors import WeightsError
 from evs_framework.hookspecs import hookimpl
+from evs_framework.lora import fuse_lora, read_lora
+from evs_framework.single_file import PICKLE_SUFFIXES, load_sd15_single_file
 
 REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer")
+CHECKPOINT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+DEFAULT_CONFIG_ENTRY = "SD"
 
 
 @attrs.frozen
@@ -26,24 +36,75 @@ class SD15Parts:
     tokenizer: CLIPTokenizer
 
 
-def load_sd15_parts(folder: Path, context) -> SD15Parts:
-    """The components of a diffusers SD1.5 folder, loaded once per run and folder."""
-    missing = [name for name in REQUIRED_SUBFOLDERS if not (folder / name).is_dir()]
-    if missing:
-        raise WeightsError(f"{folder} is not a diffusers SD1.5 folder: it lacks {', '.join(missing)}/; "
-                           f"point the registry entry at a folder saved with save_pretrained")
+def weights_file(path: Path, what: str) -> Path:
+    """`path` itself when it is a file, else the one checkpoint file in the folder `path`."""
+    if path.is_file():
+        return path
+    found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise WeightsError(f"{path} holds no {what} (.safetensors); put the downloaded file there")
+    raise WeightsError(f"{path} holds {len(found)} candidate {what} files ({', '.join(p.name for p in found)}); "
+                       f"keep one there, or point the registry entry's `local` at the file")
+
+
+def read_sd15_parts(path: Path, entry, context) -> SD15Parts:
+    """Fresh components from a diffusers folder or a single checkpoint (not shared with anything)."""
+    if path.is_dir() and (path / "unet").is_dir():
+        missing = [name for name in REQUIRED_SUBFOLDERS if not (path / name).is_dir()]
+        if missing:
+            raise WeightsError(f"{path} is not a diffusers SD1.5 folder: it lacks {', '.join(missing)}/; "
+                               f"point the registry entry at a folder saved with save_pretrained")
+        options = {"local_files_only": True, "torch_dtype": context.dtype}
+        parts = SD15Parts(
+            UNet2DConditionModel.from_pretrained(path, subfolder="unet", **options),
+            AutoencoderKL.from_pretrained(path, subfolder="vae", **{**options, "torch_dtype": context.vae_dtype}),
+            CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **options),
+            CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True),
+        )
+    else:
+        checkpoint = weights_file(path, f"SD1.5 checkpoint for model {entry.name!r}")
+        loaded = load_sd15_single_file(checkpoint, config_folder(entry, context), context.dtype,
+                                       vae_dtype=context.vae_dtype, allow_pickle=context.allow_pickle)
+        parts = SD15Parts(loaded["unet"], loaded["vae"], loaded["text_encoder"], loaded["tokenizer"])
+    for module in (parts.unet, parts.vae, parts.text_encoder):
+        module.to(context.device).eval().requires_grad_(False)
+    return parts
+
+
+def config_folder(entry, context) -> Path:
+    """The SD1.5 diffusers folder whose configs and tokenizer a single checkpoint is read with."""
+    name = entry.options.get("config_from", DEFAULT_CONFIG_ENTRY)
+    config_entry = context.registry.get(name)
+    try:
+        return context.weights_path(config_entry)
+    except WeightsError as exc:
+        raise WeightsError(f"model {entry.name!r} is a single checkpoint file, which is read with the configs and tokenizer "
+                           f"of the SD1.5 diffusers folder of registry entry {name!r} (option `config_from`); {exc}") from None
+
+
+def sd15_parts(entry, context) -> SD15Parts:
+    """The entry's components, loaded once per run and per weights path."""
+    path = context.weights_path(entry)
+    return context.shared(("sd15", path.resolve()), lambda: read_sd15_parts(path, entry, context))
+
+
+def parts_with_lora(base_entry, lora_path: Path, scale: float, context) -> SD15Parts:
+    """A copy of `base_entry`'s components with the LoRA at `lora_path` fused in at `scale`, loaded once per run."""
+    if base_entry.kind != "sd15":
+        raise WeightsError(f"a LoRA needs an sd15 base, but {base_entry.name!r} is of kind {base_entry.kind!r}; "
+                           f"set `base` to an SD1.5 model")
+    base_path = context.weights_path(base_entry)
+    lora_file = weights_file(lora_path, "LoRA file")
 
     def build() -> SD15Parts:
-        options = {"local_files_only": True, "torch_dtype": context.dtype}
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **options)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **{**options, "torch_dtype": context.vae_dtype})
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **options)
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
-        for module in (unet, vae, text_encoder):
-            module.to(context.device).eval().requires_grad_(False)
-        return SD15Parts(unet, vae, text_encoder, tokenizer)
+        parts = read_sd15_parts(base_path, base_entry, context)
+        lora = read_lora(lora_file, parts.unet, parts.text_encoder)
+        fuse_lora(lora, parts.unet, parts.text_encoder, scale)
+        return parts
 
-    return context.shared(("sd15", folder.resolve()), build)
+    return context.shared(("sd15_lora", base_path.resolve(), lora_file.resolve(), scale), build)
 
 
 @torch.no_grad()
@@ -75,9 +136,17 @@ class SD15Backend:
 
 
 def load_sd15(entry, context) -> SD15Backend:
-    return SD15Backend(load_sd15_parts(context.weights_path(entry), context))
+    return SD15Backend(sd15_parts(entry, context))
+
+
+def load_sd15_lora(entry, context) -> SD15Backend:
+    if entry.base is None:
+        raise WeightsError(f"LoRA model {entry.name!r} has no `base` in the registry; name the SD1.5 model it applies to")
+    scale = float(entry.options.get("scale", 1.0))
+    return SD15Backend(parts_with_lora(context.registry.get(entry.base), context.weights_path(entry), scale, context))
 
 
 @hookimpl
 def register_backends(register):
     register("sd15", load_sd15)
+    register("sd15_lora", load_sd15_lora)

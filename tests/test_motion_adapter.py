@@ -10,16 +10,16 @@ from evs_framework.motion_adapter import (
     detect_layout, infer_motion_adapter_config, load_motion_adapter, motion_adapter_from_state_dict,
     write_motion_adapter_file,
 )
-from evs_framework.zoo import MOTION_ADAPTER
+from evs_framework.zoo import ANIMATELCM_FOLDER
 
-HEADS = {"motion_num_attention_heads": 2}  # the tiny adapter's; a state dict cannot tell it
+HEADS = {"motion_num_attention_heads": 8}  # given explicitly, as a user would for an adapter with other heads
 SHAPE_CONFIG = ("block_out_channels", "motion_layers_per_block", "motion_transformer_layers_per_block",
                 "motion_num_attention_heads", "motion_norm_num_groups", "motion_max_seq_length", "use_motion_mid_block")
 
 
 @pytest.fixture(scope="module")
 def folder_adapter(zoo):
-    return load_motion_adapter(zoo / MOTION_ADAPTER, torch.float32)
+    return load_motion_adapter(zoo / ANIMATELCM_FOLDER, torch.float32)
 
 
 def shape_config(adapter) -> dict:

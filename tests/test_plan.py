@@ -5,6 +5,7 @@ import pytest
 from evs_framework.errors import PlanError
 from evs_framework.plan import DenoiseOp, LatentOp, TransferOp, make_plan
 from evs_framework.plan_text import format_plan
+from evs_framework.registry import load_registry
 from evs_framework.spec import spec_from_data
 from tests.conftest import SEED_EXAMPLE
 
@@ -83,7 +84,6 @@ def test_other_compositions(plugins, registry, mode, calls):
     ({"vdm_invert_mode": "noise"}, "unknown transfer (invert mode) 'noise'"),
     ({"idm_invert_mode": "ddim_renoise"}, "needs a noise prediction"),
     ({"pipeline_mode": "IDM_VDM", "stable_steps": [8, 4]}, "2 windows given but composition IDM_VDM switches models at 1"),
-    ({"vdm_type": "animatelcm"}, "needs sampler 'lcm'"),
 ])
 def test_impossible_schedules_are_refused(plugins, registry, changes, message):
     with pytest.raises(PlanError) as caught:
@@ -91,8 +91,28 @@ def test_impossible_schedules_are_refused(plugins, registry, changes, message):
     assert message in str(caught.value)
 
 
+def test_a_sampler_no_plugin_provides_is_named(plugins, tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("models:\n  dpmEP:\n    kind: animatediff\n    type: t2v\n    base: EP\n    weights: {local: x}\n"
+                     "    preset: {beta_schedule: linear, steps: 8, sampler: dpmpp}\n")
+    with pytest.raises(PlanError, match="model 'dpmEP' needs sampler 'dpmpp', which no loaded plugin provides"):
+        plan_of(plugins, load_registry([extra]), vdm_type="dpmEP")
+
+
 def test_plan_text_shows_timesteps_and_totals(plugins, registry):
     text = format_plan(plan_of(plugins, registry))
     assert "381 361 341" in text and "374 249" in text
     assert "idm EP: 20 denoising steps, 40 unet calls" in text and "all models: 42 unet calls" in text
     assert "using_attn" in text  # the not-yet-available feature is said, not silently dropped
+
+
+def test_lightning_windows_say_whether_they_land_on_its_trained_levels(plugins, registry):
+    default = plan_of(plugins, registry)
+    assert "levels 5..7, on trained levels" in format_plan(default)
+    assert not [note for note in default.notes if "distilled" in note]
+    # 6 trailing steps: t = 999, 832, 666, 499, 332, 166; strength 0.4 runs the last two
+    spec = spec_from_data({"inputs": [{"video": "a.mp4", "prompt": "p"}],
+                           "models": {"idm": {"name": "EP"}, "vdm": {"name": "lightningEP", "steps": 6}}})
+    plan = make_plan(spec, registry, plugins.catalogue)
+    assert "off trained t=332 166" in format_plan(plan)
+    assert any("t=[332, 166] are not among the timesteps it was distilled on" in note for note in plan.notes)

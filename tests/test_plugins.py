@@ -17,7 +17,7 @@ import torch
 
 from evs_framework.composition import Composition, Stage
 from evs_framework.hookspecs import hookimpl
-from evs_plugins.sd15 import load_sd15_parts
+from evs_plugins.sd15 import sd15_parts
 
 CALLS = []
 
@@ -39,7 +39,7 @@ class ShrinkBackend:
 
 
 def load(entry, context):
-    return ShrinkBackend(load_sd15_parts(context.weights_path(context.registry.get(entry.base)), context))
+    return ShrinkBackend(sd15_parts(context.registry.get(entry.base), context))
 
 
 @hookimpl

@@ -1,8 +1,10 @@
 """The motion UNet reuses the base UNet's spatial weights instead of copying them."""
 
 import torch
-from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from diffusers import UNet2DConditionModel, UNetMotionModel
 
+from evs_framework.motion_adapter import load_motion_adapter
+from evs_framework.zoo import LIGHTNING_FILE, SD_FOLDER
 from evs_plugins.animatediff import motion_unet_over
 
 
@@ -11,8 +13,8 @@ def parameters_resident(*modules) -> int:
 
 
 def test_shared_motion_unet_holds_no_copy_and_computes_the_same(zoo):
-    unet = UNet2DConditionModel.from_pretrained(zoo / "epiCRealism", subfolder="unet", local_files_only=True)
-    adapter = MotionAdapter.from_pretrained(zoo / "animatediff-lightning-8step", local_files_only=True)
+    unet = UNet2DConditionModel.from_pretrained(zoo / SD_FOLDER, subfolder="unet", local_files_only=True)
+    adapter = load_motion_adapter(zoo / LIGHTNING_FILE, torch.float32)
     copied = UNetMotionModel.from_unet2d(unet, adapter)
     shared = motion_unet_over(unet, adapter)
 

@@ -12,10 +12,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from evs_framework.errors import WeightsError
 from evs_framework.single_file import load_sd15_single_file, write_sd15_single_file
-from evs_framework.zoo import build_tiny_zoo
+from evs_framework.zoo import SD_FOLDER as SD, build_tiny_zoo, save_text_to_image_pipeline
 
-SD = "stable-diffusion-v1-5"
-EP = "epiCRealism"
+EP = "ep-diffusers"  # an SD1.5 fine-tune as a diffusers folder, to convert to a single file
 PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.text_model.")
 
 
@@ -37,7 +36,9 @@ def offline(monkeypatch):
 def zoo(tmp_path_factory):
     with pytest.MonkeyPatch.context() as monkeypatch:
         go_offline(monkeypatch)
-        return build_tiny_zoo(tmp_path_factory.mktemp("zoo"))
+        root = build_tiny_zoo(tmp_path_factory.mktemp("zoo"))
+        save_text_to_image_pipeline(root / EP, seed=100)
+        return root
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,15 @@ from diffusers import (
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from evs_framework import zoo
-from evs_framework.zoo import ZOO_VERSION, build_tiny_zoo, make_synthetic_clip
+from evs_framework.lora import read_lora
+from evs_framework.motion_adapter import load_motion_adapter
+from evs_framework.single_file import load_sd15_single_file
+from evs_framework.zoo import (
+    ANIMATELCM_FOLDER, ANIMATELCM_LORA, LIGHTNING_FILE, SD_FOLDER as SD, SINGLE_FILES, WATERCOLOR_LORA, ZOO_VERSION,
+    build_tiny_zoo, make_synthetic_clip,
+)
 
-SD = "stable-diffusion-v1-5"
-EP = "epiCRealism"
-RV = "realisticVisionV60B1_v51VAE"
-MOTION = "animatediff-lightning-8step"
+EP, RV = SINGLE_FILES
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 
 
@@ -30,14 +33,18 @@ def zoo_root(tmp_path_factory):
 
 
 def load_unet(zoo_root, model):
-    return UNet2DConditionModel.from_pretrained(zoo_root / model, subfolder="unet", local_files_only=True).eval()
+    if model == SD:
+        return UNet2DConditionModel.from_pretrained(zoo_root / SD, subfolder="unet", local_files_only=True).eval()
+    return load_sd15_single_file(zoo_root / model, zoo_root / SD, torch.float32)["unet"].eval()
 
 
-def test_marker_lists_every_model(zoo_root):
+def test_marker_lists_every_file(zoo_root):
     marker = json.loads((zoo_root / "zoo.json").read_text())
     assert marker["version"] == ZOO_VERSION
-    assert set(marker["models"]) == {SD, EP, RV, MOTION}
+    assert marker["files"] == [SD, EP, RV, WATERCOLOR_LORA, LIGHTNING_FILE, f"{ANIMATELCM_FOLDER}/{ANIMATELCM_LORA}"]
+    assert all((zoo_root / path).exists() for path in marker["files"])
     assert "random weights" in marker["note"]
+    assert not [p for p in zoo_root.rglob(".*") if p.name != "zoo.json"]  # no staging leftovers
 
 
 def test_second_build_is_cached(zoo_root, monkeypatch):
@@ -51,7 +58,7 @@ def test_second_build_is_cached(zoo_root, monkeypatch):
 
 def test_builds_are_byte_identical(zoo_root, tmp_path):
     other = build_tiny_zoo(tmp_path / "other")
-    for path in [f"{SD}/{UNET_WEIGHTS}", f"{EP}/{UNET_WEIGHTS}", f"{MOTION}/diffusion_pytorch_model.safetensors"]:
+    for path in [f"{SD}/{UNET_WEIGHTS}", EP, WATERCOLOR_LORA, LIGHTNING_FILE, f"{ANIMATELCM_FOLDER}/{ANIMATELCM_LORA}"]:
         assert (other / path).read_bytes() == (zoo_root / path).read_bytes(), path
 
 
@@ -73,14 +80,14 @@ def test_interrupted_build_leaves_no_marker(tmp_path, monkeypatch):
     root = tmp_path / "zoo"
     root.mkdir()
     with monkeypatch.context() as patch:
-        patch.setattr(zoo, "save_motion_adapter", crash)
+        patch.setattr(zoo, "make_motion_adapter", crash)
         with pytest.raises(RuntimeError, match="disk full"):
             build_tiny_zoo(root)
     assert not (root / "zoo.json").exists()
     assert list(tmp_path.iterdir()) == [root] and not any(root.iterdir())  # staging folder cleaned up
     build_tiny_zoo(root)
     assert json.loads((root / "zoo.json").read_text())["version"] == ZOO_VERSION
-    assert (root / MOTION / "config.json").is_file()
+    assert (root / ANIMATELCM_FOLDER / "config.json").is_file()
 
 
 def test_tokenizer_and_text_encoder_load(zoo_root):
@@ -133,8 +140,10 @@ def test_models_differ_by_seed(zoo_root):
     assert (sd_eps - ep_eps).abs().mean() > 1e-3
 
 
-def test_motion_adapter_composes_with_unet(zoo_root):
-    adapter = MotionAdapter.from_pretrained(zoo_root / MOTION, local_files_only=True)
+@pytest.mark.parametrize("path", [LIGHTNING_FILE, ANIMATELCM_FOLDER])
+def test_motion_adapters_compose_with_unet(zoo_root, path):
+    adapter = load_motion_adapter(zoo_root / path, torch.float32)  # a bare state dict needs no config override
+    assert isinstance(adapter, MotionAdapter)
     motion_unet = UNetMotionModel.from_unet2d(load_unet(zoo_root, EP), adapter).eval()
     sample = torch.randn(1, 4, 8, 12, 16)
     text = torch.randn(8, 77, 32)  # diffusers 0.42 wants one text embedding per frame: (batch * frames, 77, dim)
@@ -143,8 +152,14 @@ def test_motion_adapter_composes_with_unet(zoo_root):
     assert eps.shape == sample.shape and torch.isfinite(eps).all()
 
 
+@pytest.mark.parametrize("path", [WATERCOLOR_LORA, f"{ANIMATELCM_FOLDER}/{ANIMATELCM_LORA}"])
+def test_loras_fit_the_sd15_unet(zoo_root, path):
+    lora = read_lora(zoo_root / path, load_unet(zoo_root, SD))
+    assert lora.format.startswith("kohya") and len(lora.deltas) > 10
+
+
 def test_pipeline_folder_loads_as_a_whole(zoo_root):
-    pipeline = StableDiffusionPipeline.from_pretrained(zoo_root / RV, local_files_only=True)
+    pipeline = StableDiffusionPipeline.from_pretrained(zoo_root / SD, local_files_only=True)
     assert isinstance(pipeline.scheduler, DDIMScheduler) and pipeline.safety_checker is None
     assert pipeline.vae_scale_factor == 8
 
