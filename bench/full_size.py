@@ -1,9 +1,12 @@
 """Speed and memory of the compositions at full SD1.5 / AnimateDiff size, with random weights.
 
-Builds diffusers folders for EP (SD1.5 architecture) and an AnimateDiff-Lightning-shaped MotionAdapter
-with the real configurations and random fp16 weights, loads them through the registry like real weights,
-then runs each composition on a synthetic 16-frame 512x320 clip (the seed's example: x2 latent upscale
-to 1024x640). Writes one JSON line per measurement to $OUT/bench.jsonl (or ./bench.jsonl) as it goes.
+Writes every model in the on-disk format its real download has (SD1.5 diffusers folder, EP as a civitai-style
+single file, a kohya watercolor LoRA, the Lightning motion adapter as a bare state dict, an AnimateLCM folder with
+its spatial LoRA) at the real sizes with random fp16 weights, loads them through the registry, then
+- measures what sharing the spatial UNet saves (lightningEP next to EP, against UNetMotionModel.from_unet2d's copy);
+- runs each composition on a synthetic 16-frame 512x320 clip with the seed's example settings (x2 upscale);
+- runs the other model pairs (watercolor + lightningSD, EP + animatelcm) once each.
+Writes one JSON line per measurement to $OUT/bench.jsonl (or ./bench.jsonl) as it goes.
 
     python bench/full_size.py [--compositions IDM_VDM_IDM,basic,IDM,VDM] [--frames 16] [--repeats 2]
 """
@@ -27,7 +30,13 @@ from evs_framework.registry import load_registry
 from evs_framework.runner import load_backends, make_denoisers
 from evs_framework.spec import InputVideo, ModelChoice, Spec
 from evs_framework.vae import decode_latents, encode_frames
-from evs_framework.zoo import make_scheduler, make_synthetic_clip, save_tokenizer
+from evs_framework.lora_write import write_kohya_lora
+from evs_framework.motion_adapter import write_motion_adapter_file
+from evs_framework.single_file import write_sd15_single_file
+from evs_framework.zoo import (
+    ANIMATELCM_FOLDER, ANIMATELCM_LORA, LIGHTNING_FILE, SD_FOLDER, WATERCOLOR_LORA, make_scheduler, make_synthetic_clip,
+    save_tokenizer,
+)
 
 SD15_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
@@ -50,7 +59,8 @@ def build_weights(root: Path) -> Path:
     if (root / "done").is_file():
         return root
     torch.manual_seed(0)
-    tokenizer = save_tokenizer(root / "epiCRealism" / "tokenizer")
+    source = root / "ep-diffusers"
+    tokenizer = save_tokenizer(source / "tokenizer")
     pipeline = StableDiffusionPipeline(
         unet=UNet2DConditionModel(**SD15_UNET), vae=AutoencoderKL(**SD15_VAE),
         text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L, bos_token_id=tokenizer.bos_token_id,
@@ -58,15 +68,44 @@ def build_weights(root: Path) -> Path:
         tokenizer=tokenizer, scheduler=make_scheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     ).to(torch.float16)
-    pipeline.save_pretrained(root / "epiCRealism", safe_serialization=True)
-    MotionAdapter().to(torch.float16).save_pretrained(root / "animatediff-lightning-8step", safe_serialization=True)
+    pipeline.save_pretrained(source, safe_serialization=True)
+    write_sd15_single_file(source, root / "epiCRealism" / "epicrealism.safetensors")
+    source.rename(root / SD_FOLDER)  # the same weights serve as SD, in its diffusers layout
+    unet = UNet2DConditionModel.from_pretrained(root / SD_FOLDER, subfolder="unet")
+    write_kohya_lora(root / WATERCOLOR_LORA, unet, rank=32, alpha=16.0, names="ldm")
+    write_motion_adapter_file(MotionAdapter().to(torch.float16), root / LIGHTNING_FILE, "diffusers")
+    MotionAdapter().to(torch.float16).save_pretrained(root / ANIMATELCM_FOLDER, safe_serialization=True)
+    write_kohya_lora(root / ANIMATELCM_FOLDER / ANIMATELCM_LORA, unet, rank=64, alpha=64.0, names="diffusers")
     (root / "done").write_text("ok")
     return root
+
+
+def sharing(context, registry, record) -> None:
+    """Parameters and GPU memory of EP + lightningEP as loaded (spatial UNet shared) against the copy that
+    UNetMotionModel.from_unet2d makes (its motion modules are random here: only their size matters)."""
+    from diffusers import UNetMotionModel
+
+    device = context.device
+    idm, vdm = context.load(registry.get("EP")), context.load(registry.get("lightningEP"))
+    _sync(device)
+    shared_gib = _gib(torch.cuda.memory_allocated, device)
+    copied = UNetMotionModel.from_unet2d(idm.parts.unet, None).to(device, context.dtype)
+    _sync(device)
+    record(event="sharing", parameters_shared=_resident(idm, vdm), parameters_copied=_resident(idm, copied),
+           gpu_gib_shared=shared_gib, gpu_gib_copied=_gib(torch.cuda.memory_allocated, device))
+    del copied
+
+
+def _resident(*holders) -> int:
+    """Parameters held by the torch modules inside `holders`, each storage counted once."""
+    return sum({p.data_ptr(): p.numel() for holder in holders for m in _modules(holder) for p in m.parameters()}.values())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--compositions", default="IDM_VDM_IDM,basic,IDM,VDM,IDM_VDM")
+    parser.add_argument("--pairs", default="watercolor:lightningSD,EP:animatelcm",
+                        help="other idm:vdm model pairs, run with IDM_VDM_IDM")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cuda")
@@ -86,37 +125,43 @@ def main() -> None:
     plugins, registry = load_plugins(), load_registry()
     device = torch.device(args.device)
     context = LoadContext(plugins, registry, WeightSettings([weights]), device, torch.float16)
-    models = {"idm": ModelChoice("EP", upscale=2.0), "vdm": ModelChoice("lightningEP")}
     clip = make_synthetic_clip(args.frames, 512, 320)
-    for index, name in enumerate(args.compositions.split(",")):
-        spec = Spec(inputs=(InputVideo(Path("synthetic.mp4"), "a red car on a coastal road"),), models=models, composition=name)
+    runs = [(name, "EP", "lightningEP", args.repeats) for name in args.compositions.split(",")]
+    runs += [("IDM_VDM_IDM", *pair.split(":"), 1) for pair in args.pairs.split(",") if pair]
+    for index, (name, idm, vdm, repeats) in enumerate(runs):
+        spec = Spec(inputs=(InputVideo(Path("synthetic.mp4"), "a red car on a coastal road"),), composition=name,
+                    models={"idm": ModelChoice(idm, upscale=2.0), "vdm": ModelChoice(vdm)})
         plan = make_plan(spec, registry, plugins.catalogue)
         started = time.perf_counter()
         needed = load_backends(plan, context)  # the context caches: each model loads once
+        _sync(device)
+        record(event="loaded", models=[idm, vdm], seconds=round(time.perf_counter() - started, 1),
+               parameters_resident=_resident(*needed.values()), gpu_gib=_gib(torch.cuda.memory_allocated, device))
         if index == 0:
-            _sync(device)
-            parameters = {p.data_ptr(): p.numel() for backend in needed.values() for m in _modules(backend) for p in m.parameters()}
-            record(event="loaded", seconds=round(time.perf_counter() - started, 1), parameters_resident=sum(parameters.values()),
-                   gpu_gib=_gib(torch.cuda.memory_allocated, device))
-        vae = needed.get("idm", needed.get("vdm")).vae
-        for repeat in range(args.repeats):
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-            source = encode_frames(vae, clip, 8).to(device)
-            _sync(device)
-            t1 = time.perf_counter()
-            denoisers = make_denoisers(plan, needed, spec.inputs[0].prompt, spec.negative_prompt)
-            latents, ops = execute(plan, denoisers, source, plugins.catalogue, torch.Generator().manual_seed(23))
-            t2 = time.perf_counter()
-            frames = decode_latents(vae, latents, 8)
-            _sync(device)
-            t3 = time.perf_counter()
-            record(event="run", composition=name, repeat=repeat, frames=args.frames, output_size=list(frames.shape[-2:]),
-                   encode_s=round(t1 - t0, 3), denoise_s=round(t2 - t1, 3), decode_s=round(t3 - t2, 3),
-                   total_s=round(t3 - t0, 3), unet_calls={r: d.calls for r, d in denoisers.items()},
-                   ops=[(o.op, o.model, round(o.seconds, 3), o.unet_calls) for o in ops],
-                   peak_gib=_gib(torch.cuda.max_memory_allocated, device))
+            sharing(context, registry, record)
+        for repeat in range(repeats):
+            record(event="run", composition=name, models=[idm, vdm], repeat=repeat, **timed_run(plan, needed, clip, spec, plugins, device))
+
+
+def timed_run(plan, backends, clip, spec, plugins, device) -> dict:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    vae = backends.get("idm", backends.get("vdm")).vae
+    t0 = time.perf_counter()
+    source = encode_frames(vae, clip, 8).to(device)
+    _sync(device)
+    t1 = time.perf_counter()
+    denoisers = make_denoisers(plan, backends, spec.inputs[0].prompt, spec.negative_prompt)
+    latents, ops = execute(plan, denoisers, source, plugins.catalogue, torch.Generator().manual_seed(23))
+    t2 = time.perf_counter()
+    frames = decode_latents(vae, latents, 8)
+    _sync(device)
+    t3 = time.perf_counter()
+    return dict(frames=len(frames), output_size=list(frames.shape[-2:]), encode_s=round(t1 - t0, 3),
+                denoise_s=round(t2 - t1, 3), decode_s=round(t3 - t2, 3), total_s=round(t3 - t0, 3),
+                unet_calls={r: d.calls for r, d in denoisers.items()},
+                ops=[(o.op, o.model, round(o.seconds, 3), o.unet_calls) for o in ops],
+                finite=bool(torch.isfinite(frames).all()), peak_gib=_gib(torch.cuda.max_memory_allocated, device))
 
 
 def _sync(device) -> None:

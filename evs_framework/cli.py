@@ -39,6 +39,9 @@ def _running(parser: argparse.ArgumentParser) -> None:
                         help="model precision (default: float16 on GPU, float32 on CPU)")
     parser.add_argument("--vae-dtype", choices=sorted(DTYPES), default="float32",
                         help="VAE precision (default float32: half-precision VAEs can overflow into black frames)")
+    parser.add_argument("--offload", action="store_true",
+                        help="keep weights in CPU memory and move each model to the GPU only while it works "
+                             "(for small GPUs; slower)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="load .ckpt/.pt/.bin checkpoints (pickles can run code: only for files you trust)")
     parser.add_argument("--output-dir", type=Path, default=None, help="where outputs go (overrides the spec)")
@@ -70,7 +73,8 @@ def _context(args, plugins, registry, extra_folders=()) -> LoadContext:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     folders = default_weight_folders([*extra_folders, *args.weights_dir])
-    return LoadContext(plugins, registry, WeightSettings(folders), device, dtype, DTYPES[args.vae_dtype], args.allow_pickle)
+    return LoadContext(plugins, registry, WeightSettings(folders), device, dtype, DTYPES[args.vae_dtype], args.allow_pickle,
+                       args.offload)
 
 
 def _report(results, started: float) -> int:

@@ -8,6 +8,7 @@ the UNet expects, and applies classifier-free guidance. Switching models is call
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import attrs
 import torch
@@ -23,12 +24,14 @@ class Prediction:
 
 @attrs.define
 class Denoiser:
-    """`text` holds the negative and positive prompt embeddings, shape (2, tokens, dim)."""
+    """`text` holds the negative and positive prompt embeddings, shape (2, tokens, dim); `prepare`, when given,
+    runs before each evaluation (it brings offloaded weights onto the compute device)."""
 
     backend: object
     train: TrainSchedule
     text: torch.Tensor
     guidance: float
+    prepare: Callable[[], None] | None = None
     calls: int = 0
 
     def timestep(self, sigma: float) -> float:
@@ -42,6 +45,8 @@ class Denoiser:
         `timestep_sigma` evaluates the model at another level's timestep while scaling the input for `sigma`
         (DDIM inversion does this); `guidance` overrides the model's guidance scale for this call.
         """
+        if self.prepare is not None:
+            self.prepare()
         guidance = self.guidance if guidance is None else guidance
         t = self.timestep(sigma if timestep_sigma is None else timestep_sigma)
         x_in = (x / math.sqrt(sigma**2 + 1.0))[None]

@@ -18,8 +18,8 @@ def register_backends(register):
 
     `loader(entry, context) -> backend` loads the registry entry `entry` (a `ModelEntry`) with the
     `LoadContext` `context` (device, dtype, weight resolution, shared-component cache). The backend it
-    returns satisfies `evs_framework.backend.Backend`: `encode_prompts`, `predict_noise`, `vae` and
-    `frames_as_batch`.
+    returns satisfies `evs_framework.loading.Backend`: `encode_prompts`, `predict_noise`, `vae`,
+    `frames_as_batch`, and `unet` / `text_encoder` (the modules --offload moves, or None).
     """
 
 

@@ -10,6 +10,7 @@ import attrs
 import torch
 
 from evs_framework.errors import WeightsError
+from evs_framework.placement import Placement
 from evs_framework.plugins import Plugins
 from evs_framework.registry import ModelEntry, Registry
 
@@ -21,6 +22,9 @@ class Backend(Protocol):
     """What a backend kind's loader returns."""
 
     frames_as_batch: bool  # True: frames are independent images (T2I); False: one clip (T2V)
+    # the modules offloading moves to the device for denoising and for prompts; None for a backend without weights
+    unet: torch.nn.Module | None
+    text_encoder: torch.nn.Module | None
     vae: object            # a diffusers AutoencoderKL
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
@@ -55,7 +59,13 @@ class LoadContext:
     # fp16 VAEs overflow to NaN (black frames) on some inputs, so the VAE keeps its own precision
     vae_dtype: torch.dtype = torch.float32
     allow_pickle: bool = False
+    offload: bool = False  # keep weights in CPU memory, moving each model to `device` while it works
     _shared: dict = attrs.Factory(dict)
+    placement: Placement = attrs.field(init=False)
+
+    @placement.default
+    def _placement(self) -> Placement:
+        return Placement(self.device, self.offload)
 
     def weights_path(self, entry: ModelEntry) -> Path:
         self.weights.searched = []

@@ -7,6 +7,7 @@ rerunning the same spec skips videos whose outputs already match it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -24,6 +25,7 @@ from evs_framework.denoiser import Denoiser
 from evs_framework.errors import EVSError, NumericalError, VideoError
 from evs_framework.executor import OpRecord, execute
 from evs_framework.loading import LoadContext
+from evs_framework.placement import Placement
 from evs_framework.plan import DenoiseOp, Plan
 from evs_framework.spec import InputVideo, Spec, spec_to_data
 from evs_framework.vae import decode_latents, encode_frames
@@ -87,13 +89,17 @@ def load_backends(plan: Plan, context: LoadContext) -> dict:
     return {role: context.load(model.entry) for role, model in plan.models.items()}
 
 
-def make_denoisers(plan: Plan, backends: dict, prompt: str, negative_prompt: str) -> dict[str, Denoiser]:
+def make_denoisers(plan: Plan, backends: dict, prompt: str, negative_prompt: str,
+                   placement: Placement | None = None) -> dict[str, Denoiser]:
     """One denoiser per role, conditioned on this video's prompt (and the negative prompt for guidance)."""
-    return {
-        role: Denoiser(backend, plan.models[role].schedule.train,
-                       backend.encode_prompts([negative_prompt, prompt]).float(), plan.models[role].guidance)
-        for role, backend in backends.items()
-    }
+    placement = placement or Placement(torch.device("cpu"))
+    denoisers = {}
+    for role, backend in backends.items():
+        placement.use(backend.text_encoder)
+        text = backend.encode_prompts([negative_prompt, prompt]).float()
+        denoisers[role] = Denoiser(backend, plan.models[role].schedule.train, text, plan.models[role].guidance,
+                                   prepare=functools.partial(placement.use, backend.unet))
+    return denoisers
 
 
 def _stage_timings(records: list[OpRecord]) -> list[dict]:
@@ -125,14 +131,17 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
     clip = video_io.read_video(item.video, max_frames=spec.video.max_frames, stride=spec.video.stride, fit=spec.video.fit)
     codec = backends.get("idm", backends.get("vdm")).vae
     chunk = spec.output.decode_chunk
+    placement = context.placement
+    placement.use(codec)
     source = encode_frames(codec, clip.frames, chunk).to(context.device)
-    denoisers = make_denoisers(plan, backends, item.prompt, spec.negative_prompt)
+    denoisers = make_denoisers(plan, backends, item.prompt, spec.negative_prompt, placement)
     generator = torch.Generator("cpu").manual_seed(spec.seed)
     steps = _StepBar(plan, context.plugins.hook, progress, item.video.name)
     try:
         latents, records = execute(plan, denoisers, source, context.plugins.catalogue, generator, on_step=steps)
     finally:
         steps.bar.close()
+    placement.use(codec)
     frames = decode_latents(codec, latents, chunk)
     if not torch.isfinite(frames).all():
         raise NumericalError(f"the VAE decoded NaN or infinite pixels for {item.video.name}; "
@@ -161,6 +170,7 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
         "stages": _stage_timings(records),
         "ops": [attrs.asdict(r) for r in records],
         "device": str(context.device),
+        "offload": context.offload,
         "dtype": str(context.dtype).removeprefix("torch."),
         "versions": package_versions(),
         "spec": spec_to_data(attrs.evolve(spec, inputs=(item,))),

@@ -27,6 +27,10 @@ class AnimateDiffBackend:
     frames_as_batch = False
 
     @property
+    def text_encoder(self):
+        return self.parts.text_encoder
+
+    @property
     def vae(self):
         return self.parts.vae
 
@@ -86,7 +90,7 @@ def load_animatediff(entry, context) -> AnimateDiffBackend:
         lora_path = (path if path.is_dir() else path.parent) / lora
         parts = parts_with_lora(base_entry, lora_path, float(entry.options.get("spatial_lora_scale", 1.0)), context)
     adapter = load_motion_adapter(path, context.dtype, allow_pickle=context.allow_pickle)
-    adapter.to(device=context.device).eval().requires_grad_(False)
+    adapter.to(context.placement.load_device).eval().requires_grad_(False)
     return AnimateDiffBackend(motion_unet_over(parts.unet, adapter), parts)
 
 

@@ -69,7 +69,7 @@ def read_sd15_parts(path: Path, entry, context) -> SD15Parts:
                                        vae_dtype=context.vae_dtype, allow_pickle=context.allow_pickle)
         parts = SD15Parts(loaded["unet"], loaded["vae"], loaded["text_encoder"], loaded["tokenizer"])
     for module in (parts.unet, parts.vae, parts.text_encoder):
-        module.to(context.device).eval().requires_grad_(False)
+        module.to(context.placement.load_device).eval().requires_grad_(False)
     return parts
 
 
@@ -118,6 +118,14 @@ def encode_prompts(parts: SD15Parts, prompts: list[str]) -> torch.Tensor:
 class SD15Backend:
     parts: SD15Parts
     frames_as_batch = True
+
+    @property
+    def unet(self):
+        return self.parts.unet
+
+    @property
+    def text_encoder(self):
+        return self.parts.text_encoder
 
     @property
     def vae(self):

@@ -116,3 +116,52 @@ def test_nan_pixels_from_the_vae_suggest_float32(seed_config, tmp_path, plugins,
     monkeypatch.setattr(runner, "decode_latents", lambda vae, latents, chunk: torch.full((8, 3, 96, 128), float("nan")))
     [result] = run_job(spec, plan, context, progress=False)
     assert result.output is None and "--vae-dtype float32" in result.error
+
+
+def test_offloading_moves_each_model_to_the_device_only_while_it_works(seed_config, tmp_path, plugins, registry, zoo,
+                                                                        monkeypatch):
+    """On CPU the moves change nothing, so the output must equal a run without offloading; the order of the
+    modules asked for shows the wiring: VAE, text encoder (EP's, which lightningEP shares), T2I UNet, motion UNet,
+    T2I UNet, VAE."""
+    from evs_framework.loading import LoadContext, WeightSettings
+    from evs_framework.placement import Placement
+
+    asked = []
+    original_use = Placement.use
+    monkeypatch.setattr(Placement, "use", lambda self, *modules: (asked.append(modules), original_use(self, *modules)))
+    outputs = {}
+    for offload in (False, True):
+        context = LoadContext(plugins, registry, WeightSettings([zoo]), offload=offload)
+        spec, plan = prepared(seed_config, tmp_path / str(offload), plugins, registry)
+        [result] = run_job(spec, plan, context, progress=False)
+        outputs[offload] = imageio.mimread(result.output)
+    assert all((a == b).all() for a, b in zip(outputs[False], outputs[True]))
+
+    idm, vdm = context.load(registry.get("EP")), context.load(registry.get("lightningEP"))
+    distinct = [modules for i, modules in enumerate(asked) if i == 0 or modules != asked[i - 1]]
+    run = distinct[len(distinct) // 2:]  # the second (offloading) run asks in the same order as the first
+    assert vdm.text_encoder is idm.text_encoder
+    assert [m for modules in run for m in modules] == [idm.vae, idm.text_encoder, idm.unet, vdm.unet, idm.unet, idm.vae]
+
+
+def test_offload_keeps_only_the_modules_at_work_on_the_device():
+    class Recorder(torch.nn.Module):
+        def __init__(self, moves):
+            super().__init__()
+            self.moves = moves
+
+        def to(self, device):
+            self.moves.append((self, str(device)))
+            return self
+
+    from evs_framework.placement import Placement
+
+    moves = []
+    a, b, shared = Recorder(moves), Recorder(moves), Recorder(moves)
+    placement = Placement(torch.device("cuda"), offload=True)
+    assert placement.load_device == torch.device("cpu")
+    placement.use(a, shared)
+    placement.use(a, shared)  # already there: no move
+    placement.use(b, shared)
+    assert moves == [(a, "cuda"), (shared, "cuda"), (a, "cpu"), (b, "cuda"), (shared, "cuda")]
+    assert Placement(torch.device("cuda")).load_device == torch.device("cuda")

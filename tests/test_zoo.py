@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
@@ -56,10 +57,14 @@ def test_second_build_is_cached(zoo_root, monkeypatch):
     assert not [p for p in zoo_root.parent.iterdir() if ".building-" in p.name]
 
 
-def test_builds_are_byte_identical(zoo_root, tmp_path):
+def test_builds_are_identical(zoo_root, tmp_path):
+    """Same tensors and metadata (safetensors writes its metadata map in no fixed order, so bytes may differ)."""
     other = build_tiny_zoo(tmp_path / "other")
     for path in [f"{SD}/{UNET_WEIGHTS}", EP, WATERCOLOR_LORA, LIGHTNING_FILE, f"{ANIMATELCM_FOLDER}/{ANIMATELCM_LORA}"]:
-        assert (other / path).read_bytes() == (zoo_root / path).read_bytes(), path
+        with safe_open(other / path, "pt") as theirs, safe_open(zoo_root / path, "pt") as ours:
+            assert theirs.metadata() == ours.metadata(), path
+            assert sorted(theirs.keys()) == sorted(ours.keys()), path
+            assert all(torch.equal(theirs.get_tensor(k), ours.get_tensor(k)) for k in ours.keys()), path
 
 
 def test_stale_version_is_rebuilt(tmp_path):
