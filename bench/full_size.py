@@ -110,6 +110,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--weights", type=Path, default=Path("/tmp/evs-full-size"))
+    parser.add_argument("--no-offload-run", dest="offload_run", action="store_false",
+                        help="skip the last run, which measures --offload (weights in CPU memory)")
     args = parser.parse_args()
     out = Path(os.environ.get("OUT", ".")) / "bench.jsonl"
 
@@ -140,20 +142,36 @@ def main() -> None:
         if index == 0:
             sharing(context, registry, record)
         for repeat in range(repeats):
-            record(event="run", composition=name, models=[idm, vdm], repeat=repeat, **timed_run(plan, needed, clip, spec, plugins, device))
+            record(event="run", composition=name, models=[idm, vdm], repeat=repeat,
+                   **timed_run(plan, needed, clip, spec, plugins, context))
+    if args.offload_run and device.type == "cuda":
+        del context, needed
+        torch.cuda.empty_cache()
+        offloading = LoadContext(plugins, registry, WeightSettings([weights]), device, torch.float16, offload=True)
+        spec = Spec(inputs=(InputVideo(Path("synthetic.mp4"), "a red car on a coastal road"),),
+                    models={"idm": ModelChoice("EP", upscale=2.0), "vdm": ModelChoice("lightningEP")})
+        plan = make_plan(spec, registry, plugins.catalogue)
+        needed = load_backends(plan, offloading)
+        record(event="loaded", models=["EP", "lightningEP"], offload=True, gpu_gib=_gib(torch.cuda.memory_allocated, device))
+        for repeat in range(2):
+            record(event="run", composition=plan.composition, models=["EP", "lightningEP"], offload=True, repeat=repeat,
+                   **timed_run(plan, needed, clip, spec, plugins, offloading))
 
 
-def timed_run(plan, backends, clip, spec, plugins, device) -> dict:
+def timed_run(plan, backends, clip, spec, plugins, context) -> dict:
+    device, placement = context.device, context.placement
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     vae = backends.get("idm", backends.get("vdm")).vae
     t0 = time.perf_counter()
+    placement.use(vae)
     source = encode_frames(vae, clip, 8).to(device)
     _sync(device)
     t1 = time.perf_counter()
-    denoisers = make_denoisers(plan, backends, spec.inputs[0].prompt, spec.negative_prompt)
+    denoisers = make_denoisers(plan, backends, spec.inputs[0].prompt, spec.negative_prompt, placement)
     latents, ops = execute(plan, denoisers, source, plugins.catalogue, torch.Generator().manual_seed(23))
     t2 = time.perf_counter()
+    placement.use(vae)
     frames = decode_latents(vae, latents, 8)
     _sync(device)
     t3 = time.perf_counter()
