@@ -23,7 +23,7 @@ def fetch(entry: ModelEntry, weights_folder: Path) -> Path:
     try:
         if location.file:
             return Path(hf_hub_download(location.hub, location.file))
-        return Path(snapshot_download(location.hub))
+        return Path(snapshot_download(location.hub, allow_patterns=list(location.patterns) or None))
     except Exception as exc:  # huggingface_hub raises many network and HTTP error types
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(f"could not download {entry.name!r} from the Hugging Face Hub ({location.hub}): {reason}; "

@@ -51,11 +51,13 @@ class Preset:
 @attrs.frozen
 class WeightLocation:
     """Where a model's files live: `local` under a weights folder (or absolute); `hub` a Hugging Face repo id,
-    with `file` naming one file in it (None: the whole repo is the model folder); `url` a page to download from."""
+    with `file` naming one file in it (None: the repo is the model folder, of which `evs fetch` downloads the files
+    matching `patterns`, or all); `url` a page to download from."""
 
     local: str | None = None
     hub: str | None = None
     file: str | None = None
+    patterns: tuple[str, ...] = ()
     url: str | None = None
 
 

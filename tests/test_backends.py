@@ -13,6 +13,7 @@ from evs_framework.loading import LoadContext, WeightSettings
 from evs_framework.runner import run_job
 from evs_framework.spec import load_spec
 from evs_framework.plan import make_plan
+from evs_framework.registry import PROJECT_ROOT
 from evs_framework.zoo import ANIMATELCM_FOLDER, ANIMATELCM_LORA, SINGLE_FILES, WATERCOLOR_LORA
 
 EP_FILE = next(iter(SINGLE_FILES))
@@ -124,3 +125,14 @@ def test_comfyui_layout_lightning_file_loads_the_same_adapter(plugins, registry,
     reference = LoadContext(plugins, registry, WeightSettings([zoo])).load(registry.get("lightningEP"))
     ours, theirs = backend.unet.state_dict(), reference.unet.state_dict()
     assert all(torch.equal(ours[key], theirs[key]) for key in theirs if "motion_modules" in key)
+
+
+@pytest.mark.parametrize("task", ["enhance", "edit", "real_edit", "style"])
+def test_task_configs_plan_and_run_on_the_tiny_stand_ins(task, tmp_path, clip_file, plugins, registry, context):
+    config = json.loads((PROJECT_ROOT / "configs" / f"{task}.json").read_text())
+    assert load_spec(PROJECT_ROOT / "configs" / f"{task}.json").inputs  # the shipped file loads as it is
+    config["mp4_files"] = [str(clip_file)]
+    (tmp_path / f"{task}.json").write_text(json.dumps(config))
+    spec = load_spec(tmp_path / f"{task}.json")
+    [result] = run_job(spec, make_plan(spec, registry, plugins.catalogue), context, progress=False)
+    assert result.error is None and result.output.is_file()

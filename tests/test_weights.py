@@ -75,3 +75,22 @@ def test_fetch_of_a_model_not_on_the_hub_says_where_to_get_it(capsys):
     assert main(["fetch", "EP"]) == 2
     err = capsys.readouterr().err
     assert "not on the Hugging Face Hub" in err and "civitai.com" in err
+
+
+def test_fetch_downloads_only_the_files_a_model_needs(monkeypatch, tmp_path, capsys):
+    from evs_framework import fetch
+
+    asked = {}
+
+    def fake_snapshot(repo, **kwargs):
+        asked[repo] = kwargs
+        return str(tmp_path / repo)
+
+    monkeypatch.setattr(fetch, "snapshot_download", fake_snapshot)
+    assert main(["fetch", "SD", "animatelcm"]) == 0
+    sd, lcm = asked["stable-diffusion-v1-5/stable-diffusion-v1-5"], asked["wangfuyun/AnimateLCM"]
+    assert "unet/diffusion_pytorch_model.safetensors" in sd["allow_patterns"]
+    assert not [p for p in sd["allow_patterns"] if p.endswith((".ckpt", "*.safetensors"))]  # no whole-repo weights
+    assert lcm["allow_patterns"] == ["config.json", "diffusion_pytorch_model.safetensors",
+                                     "AnimateLCM_sd15_t2v_lora.safetensors"]
+    assert str(tmp_path / "wangfuyun/AnimateLCM") in capsys.readouterr().out
