@@ -136,3 +136,30 @@ def test_task_configs_plan_and_run_on_the_tiny_stand_ins(task, tmp_path, clip_fi
     spec = load_spec(tmp_path / f"{task}.json")
     [result] = run_job(spec, make_plan(spec, registry, plugins.catalogue), context, progress=False)
     assert result.error is None and result.output.is_file()
+
+
+def test_a_diffusers_format_style_lora_loads_through_the_registry(plugins, registry, zoo, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from evs_framework.lora_write import write_diffusers_lora
+
+    sd_unet = UNet2DConditionModel.from_pretrained(zoo / "stable-diffusion-v1-5", subfolder="unet")
+    lora_file = write_diffusers_lora(tmp_path / "watercolor" / "pytorch_lora_weights.safetensors", sd_unet, rank=4,
+                                     alpha=8.0, seed=7)
+    watercolor = LoadContext(plugins, registry, WeightSettings([tmp_path, zoo])).load(registry.get("watercolor"))
+    for module, weight in expected_fused(lora_file, sd_unet, scale=1.0).items():
+        torch.testing.assert_close(watercolor.unet.get_submodule(module).weight, weight, rtol=0, atol=1e-6)
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_file_and_keys(plugins, registry, zoo, tmp_path):
+    from safetensors.torch import save_file
+
+    checkpoint = load_file(zoo / EP_FILE)
+    dropped = sorted(k for k in checkpoint if k.startswith("model.diffusion_model.middle_block."))
+    broken = tmp_path / "epiCRealism" / "epicrealism_broken.safetensors"
+    broken.parent.mkdir()
+    save_file({k: v for k, v in checkpoint.items() if k not in dropped}, broken)
+    with pytest.raises(WeightsError) as caught:
+        LoadContext(plugins, registry, WeightSettings([tmp_path, zoo])).load(registry.get("EP"))
+    message = str(caught.value)
+    assert str(broken) in message and f"{len(dropped)} missing keys" in message and dropped[0] in message
