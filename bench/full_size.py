@@ -133,7 +133,7 @@ def main() -> None:
     for index, (name, idm, vdm, repeats) in enumerate(runs):
         spec = Spec(inputs=(InputVideo(Path("synthetic.mp4"), "a red car on a coastal road"),), composition=name,
                     models={"idm": ModelChoice(idm, upscale=2.0), "vdm": ModelChoice(vdm)})
-        plan = make_plan(spec, registry, plugins.catalogue)
+        plan = make_plan(spec, registry, plugins)
         started = time.perf_counter()
         needed = load_backends(plan, context)  # the context caches: each model loads once
         _sync(device)
@@ -150,7 +150,7 @@ def main() -> None:
         offloading = LoadContext(plugins, registry, WeightSettings([weights]), device, torch.float16, offload=True)
         spec = Spec(inputs=(InputVideo(Path("synthetic.mp4"), "a red car on a coastal road"),),
                     models={"idm": ModelChoice("EP", upscale=2.0), "vdm": ModelChoice("lightningEP")})
-        plan = make_plan(spec, registry, plugins.catalogue)
+        plan = make_plan(spec, registry, plugins)
         needed = load_backends(plan, offloading)
         record(event="loaded", models=["EP", "lightningEP"], offload=True, gpu_gib=_gib(torch.cuda.memory_allocated, device))
         for repeat in range(2):

@@ -88,7 +88,7 @@ def _report(results, started: float) -> int:
 
 def cmd_plan(args, plugins, registry) -> int:
     spec = load_spec(args.config)
-    print(format_plan(make_plan(spec, registry, plugins.catalogue), str(args.config)))
+    print(format_plan(make_plan(spec, registry, plugins), str(args.config)))
     print(f"inputs: {len(spec.inputs)} video(s), up to {spec.video.max_frames or 'all'} frames each")
     return 0
 
@@ -98,7 +98,7 @@ def cmd_run(args, plugins, registry) -> int:
     spec = load_spec(args.config)
     if args.output_dir:
         spec = attrs.evolve(spec, output=attrs.evolve(spec.output, dir=args.output_dir.resolve()))
-    plan = make_plan(spec, registry, plugins.catalogue)
+    plan = make_plan(spec, registry, plugins)
     log.info("plan_ready", composition=plan.composition, videos=len(spec.inputs), totals=plan.totals())
     results = run_job(spec, plan, _context(args, plugins, registry), progress=not args.quiet, overwrite=args.overwrite)
     return _report(results, started)
@@ -110,7 +110,7 @@ def cmd_demo(args, plugins, registry) -> int:
     started = time.perf_counter()
     out_dir = (args.output_dir or Path("outputs/demo")).resolve()
     spec, zoo = prepare_demo(out_dir, args.zoo_dir)
-    plan = make_plan(spec, registry, plugins.catalogue)
+    plan = make_plan(spec, registry, plugins)
     print(format_plan(plan, "demo"))
     context = _context(args, plugins, registry, [zoo])
     code = _report(run_job(spec, plan, context, progress=not args.quiet, overwrite=True), started)

@@ -8,7 +8,7 @@ those; denoise ops call the role's sampler with the role's denoiser.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Protocol
 
 import attrs
 import torch
@@ -53,9 +53,14 @@ def _check_finite(x: torch.Tensor, index: int, op, sigma: float) -> None:
                              f"or a lower guidance")
 
 
+class StepObserver(Protocol):
+    def step_start(self, op: DenoiseOp, step: int, sigma: float) -> None: ...
+
+    def step_end(self, op: DenoiseOp, step: int, sigma: float, latents: torch.Tensor) -> None: ...
+
+
 def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, catalogue: Catalogue,
-            generator: torch.Generator, on_step: Callable[[DenoiseOp, int, float, torch.Tensor], None] | None = None
-            ) -> tuple[torch.Tensor, list[OpRecord]]:
+            generator: torch.Generator, observer: StepObserver | None = None) -> tuple[torch.Tensor, list[OpRecord]]:
     """Run every op of `plan` from the clean `source` latents (frames, channels, h, w); returns clean latents."""
     state = Trajectory(x=source, sigma=0.0, clean=source)
     records = []
@@ -74,11 +79,13 @@ def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, ca
             sampler = catalogue.get("samplers", op.sampler)
             denoiser = denoisers[op.model]
             for step, (sigma, sigma_next) in enumerate(zip(op.sigmas, op.sigmas[1:])):
+                if observer is not None:
+                    observer.step_start(op, step, sigma)
                 state.x, prediction = sampler(denoiser, state.x, sigma, sigma_next, generator)
                 state.clean, state.eps, state.sigma = prediction.x0, prediction.eps, sigma_next
                 _check_finite(state.x, index, op, sigma)
-                if on_step is not None:
-                    on_step(op, step, sigma_next, state.x)
+                if observer is not None:
+                    observer.step_end(op, step, sigma_next, state.x)
         _check_finite(state.x, index, op, state.sigma)
         if state.x.device.type == "cuda":
             torch.cuda.synchronize(state.x.device)

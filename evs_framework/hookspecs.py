@@ -66,13 +66,42 @@ def resolve_weights(location, settings):
 
 
 @hookspec
+def plan_extras(spec, plan, context):
+    """Add work to a plan that its ops do not show (a pass over the source, say): return an
+    `evs_framework.plan.PlanExtra` (its UNet calls count in the totals, its memory is shown), or None.
+
+    `context` is a `LoadContext` for finding weights folders and configs (never for loading weights), or None when
+    the plan is made without one. Raise `PlanError` for settings that cannot run (a cache over its limit, say).
+    """
+
+
+@hookspec
+def video_start(video):
+    """Prepare one video: called after its models are loaded and its prompts encoded, before its plan runs.
+
+    `video` is an `evs_framework.runner.VideoRun` (spec, plan, backends, denoisers, clean source latents, generator,
+    catalogue). Whatever a plugin changes here (attention processors, say) it undoes in `video_end`.
+    """
+
+
+@hookspec
+def video_end(video):
+    """Undo `video_start` for `video`; called whether its plan finished or failed."""
+
+
+@hookspec
+def step_start(video, op, step, sigma):
+    """Before each denoising step of op `op` (`step` counts from 0 within the op) at noise level `sigma`."""
+
+
+@hookspec
 def plan_ready(plan, video):
     """Observe the plan before a video is processed (`video` is the input path)."""
 
 
 @hookspec
-def step_end(op, step, sigma, latents):
-    """Observe the latent after each denoising step of op `op` (`step` counts from 0 within the op)."""
+def step_end(video, op, step, sigma, latents):
+    """Observe the latent after each denoising step of op `op` (`step` counts from 0 within the op), now at `sigma`."""
 
 
 @hookspec

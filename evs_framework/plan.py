@@ -12,7 +12,7 @@ import attrs
 
 from evs_framework.composition import Composition, Stage
 from evs_framework.errors import EVSError, PlanError
-from evs_framework.plugins import Catalogue
+from evs_framework.plugins import Catalogue, Plugins
 from evs_framework.registry import ModelEntry, Registry
 from evs_framework.sigmas import ModelSchedule
 from evs_framework.spec import ModelChoice, Spec
@@ -71,16 +71,30 @@ class DenoiseOp:
 
 
 @attrs.frozen
+class PlanExtra:
+    """Work a plugin adds to a plan outside its ops (e.g. a capture pass over the source), with its cost."""
+
+    name: str
+    detail: str
+    unet_calls: dict[str, int] = attrs.Factory(dict)
+    memory_bytes: int | None = None  # what it holds while the video runs; None when it cannot be known yet
+
+
+@attrs.frozen
 class Plan:
     composition: str
     models: dict[str, PlannedModel]
     ops: tuple[LatentOp | TransferOp | DenoiseOp, ...]
     notes: tuple[str, ...]
     inversion_guidance: float
+    extras: tuple[PlanExtra, ...] = ()
 
     def totals(self) -> dict[str, dict[str, int]]:
-        """Per model role: denoising steps, transfer (inversion) steps and UNet calls."""
+        """Per model role: denoising steps, transfer (inversion) steps and UNet calls (plugins' extras included)."""
         totals = {role: {"steps": 0, "inversion_steps": 0, "unet_calls": 0} for role in self.models}
+        for extra in self.extras:
+            for role, calls in extra.unet_calls.items():
+                totals[role]["unet_calls"] += calls
         for op in self.ops:
             if isinstance(op, DenoiseOp):
                 totals[op.model]["steps"] += op.steps
@@ -184,8 +198,6 @@ class _Planner:
                              f"switches models at {self.used_windows}; drop the extra entries")
             else:
                 self.notes.append(f"stable_steps {list(windows)} unused: composition {composition.name} has no window")
-        if self.spec.using_attn:
-            self.notes.append("using_attn: Selective Feature Injection is not available in this version; running without it")
         if self.problems:
             raise PlanError(f"the schedule cannot run ({len(self.problems)} problem(s)):\n" +
                             "\n".join(f"  - {p}" for p in self.problems))
@@ -283,5 +295,8 @@ def untrained_timesteps(preset, timesteps) -> tuple[int, ...]:
     return tuple(t for t in timesteps if t not in preset.trained_timesteps)
 
 
-def make_plan(spec: Spec, registry: Registry, catalogue: Catalogue) -> Plan:
-    return _Planner(spec, registry, catalogue).plan(resolve_composition(spec, catalogue))
+def make_plan(spec: Spec, registry: Registry, plugins: Plugins, context=None) -> Plan:
+    """The checked plan of `spec`, with what plugins add to it (`context`, a LoadContext, lets them read configs)."""
+    plan = _Planner(spec, registry, plugins.catalogue).plan(resolve_composition(spec, plugins.catalogue))
+    extras = [extra for extra in plugins.hook.plan_extras(spec=spec, plan=plan, context=context) if extra is not None]
+    return attrs.evolve(plan, extras=tuple(extras))

@@ -40,6 +40,10 @@ def format_plan(plan: Plan, title: str = "") -> str:
     widths = [max(len(str(row[c])) for row in rows) for c in range(len(rows[0]) - 1)]
     for row in rows:
         lines.append("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths)) + f"  {row[-1]}")
+    for extra in plan.extras:
+        calls = ", ".join(f"{n} {role} unet calls" for role, n in extra.unet_calls.items()) or "no unet calls"
+        memory = "" if extra.memory_bytes is None else f", holds {extra.memory_bytes / 2**20:.1f} MiB"
+        lines.append(f"  + {extra.name}: {extra.detail} ({calls}{memory})")
     lines.append("totals (unet calls count both halves of classifier-free guidance):")
     total_calls = 0
     for role, t in plan.totals().items():

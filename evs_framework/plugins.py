@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "evs_plugins.compositions",
     "evs_plugins.local_weights",
     "evs_plugins.hub_cache",
+    "evs_plugins.feature_injection",
 )
 
 # catalogue section -> the hook that fills it

@@ -111,18 +111,38 @@ def _stage_timings(records: list[OpRecord]) -> list[dict]:
     return list(stages.values())
 
 
+@attrs.define
+class VideoRun:
+    """One video's run as plugins see it (video_start / video_end hooks); `report` is theirs to fill, and lands in the
+    sidecar under `plugins`."""
+
+    spec: Spec
+    plan: Plan
+    backends: dict
+    denoisers: dict[str, Denoiser]
+    source: torch.Tensor  # clean latents, (frames, channels, h, w), before any latent op
+    generator: torch.Generator
+    catalogue: object
+    device: torch.device
+    report: dict = attrs.Factory(dict)
+    state: dict = attrs.Factory(dict)  # plugins' own per-video state, by plugin name
+
+
 class _StepBar:
-    """Progress over all denoising steps of a video; also forwards each step to the observer hook."""
+    """Progress over all denoising steps of a video; also forwards each step to the step hooks."""
 
-    def __init__(self, plan: Plan, hook, enabled: bool, label: str):
-        total = sum(op.steps for op in plan.ops if isinstance(op, DenoiseOp))
+    def __init__(self, run: VideoRun, hook, enabled: bool, label: str):
+        total = sum(op.steps for op in run.plan.ops if isinstance(op, DenoiseOp))
         self.bar = tqdm(total=total, desc=label, unit="step", leave=False, disable=None if enabled else True)
-        self.hook = hook
+        self.run, self.hook = run, hook
 
-    def __call__(self, op, step, sigma, latents):
+    def step_start(self, op, step, sigma):
+        self.hook.step_start(video=self.run, op=op, step=step, sigma=sigma)
+
+    def step_end(self, op, step, sigma, latents):
         self.bar.update(1)
         self.bar.set_postfix(model=op.model, sigma=f"{sigma:.3f}")
-        self.hook.step_end(op=op, step=step, sigma=sigma, latents=latents)
+        self.hook.step_end(video=self.run, op=op, step=step, sigma=sigma, latents=latents)
 
 
 def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, item: InputVideo, stem: str,
@@ -136,11 +156,17 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
     source = encode_frames(codec, clip.frames, chunk).to(context.device)
     denoisers = make_denoisers(plan, backends, item.prompt, spec.negative_prompt, placement)
     generator = torch.Generator("cpu").manual_seed(spec.seed)
-    steps = _StepBar(plan, context.plugins.hook, progress, item.video.name)
+    hook = context.plugins.hook
+    run = VideoRun(spec, plan, backends, denoisers, source, generator, context.plugins.catalogue, context.device)
+    steps = _StepBar(run, hook, progress, item.video.name)
+    prepared = time.perf_counter()
     try:
-        latents, records = execute(plan, denoisers, source, context.plugins.catalogue, generator, on_step=steps)
+        hook.video_start(video=run)
+        prepare_seconds = time.perf_counter() - prepared
+        latents, records = execute(plan, denoisers, source, context.plugins.catalogue, generator, observer=steps)
     finally:
         steps.bar.close()
+        hook.video_end(video=run)
     placement.use(codec)
     frames = decode_latents(codec, latents, chunk)
     if not torch.isfinite(frames).all():
@@ -167,7 +193,9 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
         "plan_notes": list(plan.notes),
         "seconds": round(seconds, 3),
         "unet_calls": calls,
+        "prepare_seconds": round(prepare_seconds, 3),  # plugins' video_start (a feature capture pass, say)
         "stages": _stage_timings(records),
+        "plugins": run.report,
         "ops": [attrs.asdict(r) for r in records],
         "device": str(context.device),
         "offload": context.offload,

@@ -58,6 +58,29 @@ class Settings:
 
 
 @attrs.frozen
+class InjectionSettings:
+    """Selective Feature Injection (`using_attn`), as evs_plugins.feature_injection reads it.
+
+    The source is DDIM-inverted with the T2I model; on the way, the chosen self-attention layers' features are
+    cached at each noise level that a later denoising step will visit; those steps then use the cached features
+    in place of their own, which keeps the source's layout and motion while the prompt changes the content.
+    """
+
+    features: str = "kv"  # kv: the layers' keys and values; attention_maps: their softmax(QK^T) maps
+    # fnmatch patterns on module names; the default: the self-attention of the decoder's two middle resolutions
+    layers: tuple[str, ...] = ("up_blocks.1.attentions.*.attn1", "up_blocks.2.attentions.*.attn1")
+    window: tuple[float, float] = (0.0, 0.5)  # the fraction of each injected model's denoising steps
+    steps: tuple[int, ...] | None = None  # explicit step indices (0 = the model's first step), instead of window
+    models: tuple[str, ...] = ("idm",)  # roles that receive the features; the vdm's spatial layers share the names
+    cache_device: str = "model"  # model: beside the weights; cpu: host memory (slower, for small GPUs)
+    max_cache_gib: float = 8.0
+
+
+INJECTION_FEATURES = ("kv", "attention_maps")
+CACHE_DEVICES = ("model", "cpu")
+
+
+@attrs.frozen
 class VideoOptions:
     max_frames: int | None = 16
     stride: int = 1
@@ -80,6 +103,7 @@ class Spec:
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     seed: int = 23
     using_attn: bool = False
+    injection: InjectionSettings = InjectionSettings()
     video: VideoOptions = VideoOptions()
     output: OutputOptions = OutputOptions()
 
@@ -188,6 +212,25 @@ def check_spec(spec: Spec) -> list[str]:
         problems.append(f"$.output.decode_chunk: {spec.output.decode_chunk} must be at least 1")
     if isinstance(spec.composition, Composition):
         problems += check_composition(spec.composition, "$.composition")
+    return problems + check_injection(spec.injection)
+
+
+def check_injection(settings: InjectionSettings, path: str = "$.injection") -> list[str]:
+    problems = []
+    if settings.features not in INJECTION_FEATURES:
+        problems.append(f"{path}.features: {settings.features!r}; use one of {', '.join(INJECTION_FEATURES)}")
+    start, end = settings.window
+    if not 0 <= start <= end <= 1:
+        problems.append(f"{path}.window: {list(settings.window)} must be two fractions with 0 <= start <= end <= 1")
+    if settings.steps is not None and any(step < 0 for step in settings.steps):
+        problems.append(f"{path}.steps: {list(settings.steps)} has a negative index; steps count from 0")
+    for i, role in enumerate(settings.models):
+        if role not in ("idm", "vdm"):
+            problems.append(f"{path}.models[{i}]: {role!r} is not a role; use idm and/or vdm")
+    if settings.cache_device not in CACHE_DEVICES:
+        problems.append(f"{path}.cache_device: {settings.cache_device!r}; use one of {', '.join(CACHE_DEVICES)}")
+    if not settings.max_cache_gib > 0:
+        problems.append(f"{path}.max_cache_gib: {settings.max_cache_gib} must be positive")
     return problems
 
 

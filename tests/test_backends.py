@@ -32,12 +32,12 @@ def storages(module) -> set[int]:
 ])
 def test_seed_model_names_load_and_run(seed_config, tmp_path, plugins, registry, context, idm, vdm, vdm_calls):
     spec = load_spec(seed_config(idm_type=f"{idm}_X2.0", vdm_type=vdm))
-    plan = make_plan(spec, registry, plugins.catalogue)
+    plan = make_plan(spec, registry, plugins)
     [result] = run_job(spec, plan, context, progress=False)
     assert result.error is None
     sidecar = json.loads(result.sidecar.read_text())
     assert sidecar["models"] == {"idm": idm, "vdm": vdm}
-    assert sidecar["unet_calls"] == {"idm": 40, "vdm": vdm_calls}
+    assert sidecar["unet_calls"] == {"idm": 60, "vdm": vdm_calls}  # 40 denoising, 20 capturing for using_attn
     assert sidecar["size"] == [128, 96]
 
 
@@ -134,7 +134,7 @@ def test_task_configs_plan_and_run_on_the_tiny_stand_ins(task, tmp_path, clip_fi
     config["mp4_files"] = [str(clip_file)]
     (tmp_path / f"{task}.json").write_text(json.dumps(config))
     spec = load_spec(tmp_path / f"{task}.json")
-    [result] = run_job(spec, make_plan(spec, registry, plugins.catalogue), context, progress=False)
+    [result] = run_job(spec, make_plan(spec, registry, plugins), context, progress=False)
     assert result.error is None and result.output.is_file()
 
 

@@ -8,7 +8,7 @@ from evs_framework.cli import main
 def test_plan_prints_the_schedule(seed_config, capsys):
     assert main(["plan", str(seed_config())]) == 0
     out = capsys.readouterr().out
-    assert "composition IDM_VDM_IDM" in out and "ddim_renoise" in out and "all models: 42 unet calls" in out
+    assert "composition IDM_VDM_IDM" in out and "ddim_renoise" in out and "all models: 62 unet calls" in out
 
 
 def test_plan_errors_are_one_message_and_exit_2(seed_config, capsys):

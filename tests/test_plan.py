@@ -12,7 +12,7 @@ from tests.conftest import SEED_EXAMPLE
 
 def plan_of(plugins, registry, **changes):
     spec = spec_from_data({"mp4_files": ["a.mp4"], "prompts": ["p"], **SEED_EXAMPLE, **changes})
-    return make_plan(spec, registry, plugins.catalogue)
+    return make_plan(spec, registry, plugins)
 
 
 def test_seed_example_call_counts_from_first_principles(plugins, registry):
@@ -20,8 +20,12 @@ def test_seed_example_call_counts_from_first_principles(plugins, registry):
     # The switch comes when stable_steps = 8 IDM steps remain: 12 steps before it, 8 after.
     # VDM: Lightning 8 steps, strength 0.4 -> int(3.2) = 3 steps available, stable_num = 2 of them, no guidance -> 2 calls.
     # random and ddim re-noising cost no UNet call.
+    # using_attn: the source is DDIM-inverted, unguided, from clean up to level 30 (the first IDM step): 20 calls;
+    # the default window (first half of the IDM's 20 steps) injects at the 10 levels 30..39.
     plan = plan_of(plugins, registry)
-    assert plan.totals() == {"idm": {"steps": 20, "inversion_steps": 0, "unet_calls": 40},
+    [capture] = plan.extras
+    assert capture.unet_calls == {"idm": 20} and "at 10 levels, injected into 10 steps of idm" in capture.detail
+    assert plan.totals() == {"idm": {"steps": 20, "inversion_steps": 0, "unet_calls": 60},
                              "vdm": {"steps": 2, "inversion_steps": 0, "unet_calls": 2}}
     kinds = [type(op) for op in plan.ops]
     assert kinds == [LatentOp, TransferOp, DenoiseOp, TransferOp, DenoiseOp, TransferOp, DenoiseOp]
@@ -48,7 +52,7 @@ def test_hand_overs_are_by_sigma_not_timestep(plugins, registry):
 def test_basic_composition_pays_for_the_round_trip(plugins, registry):
     # VDM to the end: 3 steps; then DDIM inversion with the IDM from clean to the level where 8 steps remain:
     # 8 unguided calls; the IDM still denoises its 20 steps.
-    totals = plan_of(plugins, registry, pipeline_mode="basic").totals()
+    totals = plan_of(plugins, registry, pipeline_mode="basic", using_attn=False).totals()
     assert totals == {"idm": {"steps": 20, "inversion_steps": 8, "unet_calls": 48},
                       "vdm": {"steps": 3, "inversion_steps": 0, "unet_calls": 3}}
 
@@ -69,7 +73,7 @@ def test_ddim_at_the_start_means_inversion(plugins, registry):
 @pytest.mark.parametrize("mode,calls", [("IDM", {"idm": 40}), ("VDM", {"vdm": 3}), ("IDM_VDM", {"idm": 24, "vdm": 3}),
                                         ("VDM_IDM", {"vdm": 2, "idm": 40})])
 def test_other_compositions(plugins, registry, mode, calls):
-    plan = plan_of(plugins, registry, pipeline_mode=mode)
+    plan = plan_of(plugins, registry, pipeline_mode=mode, using_attn=False)
     assert {role: t["unet_calls"] for role, t in plan.totals().items()} == calls
 
 
@@ -102,8 +106,8 @@ def test_a_sampler_no_plugin_provides_is_named(plugins, tmp_path):
 def test_plan_text_shows_timesteps_and_totals(plugins, registry):
     text = format_plan(plan_of(plugins, registry))
     assert "381 361 341" in text and "374 249" in text
-    assert "idm EP: 20 denoising steps, 40 unet calls" in text and "all models: 42 unet calls" in text
-    assert "using_attn" in text  # the not-yet-available feature is said, not silently dropped
+    assert "idm EP: 20 denoising steps, 60 unet calls" in text and "all models: 62 unet calls" in text
+    assert "+ feature_injection: using_attn: DDIM inversion of the source with EP" in text
 
 
 def test_lightning_windows_say_whether_they_land_on_its_trained_levels(plugins, registry):
@@ -113,6 +117,6 @@ def test_lightning_windows_say_whether_they_land_on_its_trained_levels(plugins, 
     # 6 trailing steps: t = 999, 832, 666, 499, 332, 166; strength 0.4 runs the last two
     spec = spec_from_data({"inputs": [{"video": "a.mp4", "prompt": "p"}],
                            "models": {"idm": {"name": "EP"}, "vdm": {"name": "lightningEP", "steps": 6}}})
-    plan = make_plan(spec, registry, plugins.catalogue)
+    plan = make_plan(spec, registry, plugins)
     assert "off trained t=332 166" in format_plan(plan)
     assert any("t=[332, 166] are not among the timesteps it was distilled on" in note for note in plan.notes)

@@ -19,7 +19,7 @@ from evs_plugins.animatediff import AnimateDiffBackend
 def prepared(seed_config, tmp_path, plugins, registry, **changes):
     spec = load_spec(seed_config(**changes))
     spec = attrs.evolve(spec, output=attrs.evolve(spec.output, dir=tmp_path / "out"))
-    return spec, make_plan(spec, registry, plugins.catalogue)
+    return spec, make_plan(spec, registry, plugins)
 
 
 def frame_count_and_size(path):
@@ -33,7 +33,7 @@ def test_seed_example_runs_end_to_end(seed_config, tmp_path, plugins, registry, 
     assert result.error is None
     assert frame_count_and_size(result.output) == (8, (128, 96))  # 64x48 input, latents upscaled x2
     sidecar = json.loads(result.sidecar.read_text())
-    assert sidecar["unet_calls"] == {"idm": 40, "vdm": 2}
+    assert sidecar["unet_calls"] == {"idm": 60, "vdm": 2}  # 20 of them capture features for using_attn
     assert [s["unet_calls"] for s in sidecar["stages"]] == [24, 2, 16]
     assert sidecar["seed"] == 23 and sidecar["spec"]["models"]["idm"]["upscale"] == 2.0
     assert sidecar["versions"]["diffusers"] and sidecar["versions"]["torch"]

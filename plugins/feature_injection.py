@@ -1,0 +1,157 @@
+"""Selective Feature Injection (`using_attn`, the original's SFI.py), as a plugin on the video and step hooks.
+
+Before a video's plan runs, its clean source latent (at the T2I model's working size, so upscaled as the plan
+upscales it) is DDIM-inverted with the T2I model, unguided unless `inversion_guidance` says otherwise. On the way up,
+the chosen self-attention layers' keys and values (or attention maps) are cached at the noise levels that the
+chosen denoising steps will visit. During those steps the layers use the cached features instead of their own; a
+T2V model receiving them (`models: [idm, vdm]`) takes those of the nearest captured level. The settings are
+`injection:` in a native spec (evs_framework.spec.InjectionSettings); `using_attn: true` alone uses their defaults.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from evs_framework.errors import PlanError
+from evs_framework.hookspecs import hookimpl
+from evs_framework.plan import DenoiseOp, LatentOp, PlanExtra
+from evs_framework.transfer import TransferContext
+from evs_plugins.attention_features import GIB, FeatureCache, Injector, nearest_level, self_attention_layers
+from evs_plugins.transfers import ddim_inversion
+
+NAME = "feature_injection"
+
+
+@attrs.frozen
+class CapturePlan:
+    """Which denoising steps inject, at which captured level, and the inversion levels walked to capture them."""
+
+    inject_at: dict[tuple[int, int], float]  # (op index, step) -> the captured level (a T2I sigma) it uses
+    inversion_levels: tuple[float, ...]  # ascending from clean (0.0) up to the highest captured level
+
+    @property
+    def captured(self) -> set[float]:
+        return set(self.inject_at.values())
+
+
+def capture_plan(spec, plan) -> CapturePlan:
+    settings = spec.injection
+    idm = plan.models["idm"].schedule
+    positive = [level for level in idm.levels if level > 0]
+    inject_at = {}
+    for role in settings.models:
+        steps = [(index, step, op.sigmas[step]) for index, op in enumerate(plan.ops)
+                 if isinstance(op, DenoiseOp) and op.model == role for step in range(op.steps)]
+        for k, (index, step, sigma) in enumerate(steps):
+            if chosen(k, len(steps), settings):
+                inject_at[index, step] = sigma if role == "idm" else nearest_level(sigma, positive)
+    if not inject_at:
+        return CapturePlan({}, ())
+    top = max(inject_at.values())
+    return CapturePlan(inject_at, tuple(level for level in reversed(idm.levels) if level <= top))
+
+
+def chosen(k: int, total: int, settings) -> bool:
+    if settings.steps is not None:
+        return k in settings.steps
+    start, end = settings.window
+    return start * total <= k < end * total
+
+
+def working_source(video) -> torch.Tensor:
+    """The clean source as the T2I model first sees it: through the latent ops the plan applies before it."""
+    latents = video.source
+    for op in video.plan.ops:
+        if isinstance(op, LatentOp) and op.model == "idm":
+            latents = video.catalogue.get("latent_ops", op.name)(latents, **op.params)
+        if isinstance(op, DenoiseOp) and op.model == "idm":
+            break
+    return latents
+
+
+def capture(video, injector: Injector, plan: CapturePlan) -> None:
+    """DDIM-invert the source with the T2I model, recording features at the captured levels."""
+    denoiser = video.denoisers["idm"]
+
+    def recording(x, sigma, *, timestep_sigma=None, guidance=None):
+        level = sigma if timestep_sigma is None else timestep_sigma  # the level whose timestep the model sees
+        injector.mode, injector.level = ("record", level) if level in plan.captured else (None, None)
+        try:
+            return denoiser(x, sigma, timestep_sigma=timestep_sigma, guidance=guidance)
+        finally:
+            injector.mode = injector.level = None
+
+    source = working_source(video)
+    ddim_inversion(TransferContext(source, None, 0.0, plan.inversion_levels[-1], plan.inversion_levels, recording,
+                                   video.plan.inversion_guidance, video.generator))
+
+
+@attrs.define
+class Injection:
+    injector: Injector
+    plan: CapturePlan
+
+
+@hookimpl
+def plan_extras(spec, plan, context):
+    if not spec.using_attn:
+        return None
+    if "idm" not in plan.models:
+        raise PlanError(f"using_attn: Selective Feature Injection captures features with the T2I (idm) model, and "
+                        f"composition {plan.composition} has none; turn using_attn off or use a composition with idm")
+    missing = [role for role in spec.injection.models if role not in plan.models]
+    if missing:
+        raise PlanError(f"$.injection.models: {missing} not in composition {plan.composition}; inject into "
+                        f"{', '.join(plan.models)}")
+    captured = capture_plan(spec, plan)
+    calls = (len(captured.inversion_levels) - 1) * (1 if plan.inversion_guidance == 1.0 else 2)
+    settings = spec.injection
+    detail = (f"using_attn: DDIM inversion of the source with {plan.models['idm'].entry.name} capturing "
+              f"{settings.features} of layers {', '.join(settings.layers)} at {len(captured.captured)} levels, "
+              f"injected into {len(captured.inject_at)} steps of {', '.join(settings.models)}")
+    return PlanExtra(NAME, detail, {"idm": calls} if calls else {})
+
+
+@hookimpl
+def video_start(video):
+    spec = video.spec
+    if not spec.using_attn:
+        return
+    settings = spec.injection
+    device = torch.device("cpu") if settings.cache_device == "cpu" else None
+    injector = Injector(settings.features, FeatureCache(device, int(settings.max_cache_gib * GIB)))
+    plan = capture_plan(spec, video.plan)
+    video.state[NAME] = Injection(injector, plan)
+    layers = {}
+    for role in {"idm", *settings.models}:
+        layers |= self_attention_layers(video.backends[role].unet, settings.layers)
+    injector.install(layers)
+    if plan.inject_at:
+        capture(video, injector, plan)
+    video.report[NAME] = {"layers": sorted(layers), "levels": len(injector.cache.levels),
+                          "cache_bytes": injector.cache.bytes}
+
+
+@hookimpl
+def step_start(video, op, step, sigma):
+    injection = video.state.get(NAME)
+    if injection is None:
+        return
+    level = injection.plan.inject_at.get((video.plan.ops.index(op), step))
+    injection.injector.mode, injection.injector.level = ("inject", level) if level is not None else (None, None)
+
+
+@hookimpl
+def step_end(video, op, step, sigma, latents):
+    injection = video.state.get(NAME)
+    if injection is not None:
+        injection.injector.mode = injection.injector.level = None
+
+
+@hookimpl
+def video_end(video):
+    injection = video.state.pop(NAME, None)
+    if injection is not None:
+        injection.injector.uninstall()
+        injection.injector.cache.levels.clear()
