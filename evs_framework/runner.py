@@ -145,6 +145,21 @@ class _StepBar:
         self.hook.step_end(video=self.run, op=op, step=step, sigma=sigma, latents=latents)
 
 
+def run_plan(run: VideoRun, hook, progress: bool = False, label: str = "") -> tuple[torch.Tensor, list[OpRecord], float]:
+    """The plugins' video_start, the plan's ops, then video_end (also on failure): (clean latents, op records,
+    seconds spent in video_start)."""
+    steps = _StepBar(run, hook, progress, label)
+    started = time.perf_counter()
+    try:
+        hook.video_start(video=run)
+        prepare_seconds = time.perf_counter() - started
+        latents, records = execute(run.plan, run.denoisers, run.source, run.catalogue, run.generator, observer=steps)
+    finally:
+        steps.bar.close()
+        hook.video_end(video=run)
+    return latents, records, prepare_seconds
+
+
 def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, item: InputVideo, stem: str,
                   progress: bool) -> VideoResult:
     started = time.perf_counter()
@@ -156,17 +171,8 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
     source = encode_frames(codec, clip.frames, chunk).to(context.device)
     denoisers = make_denoisers(plan, backends, item.prompt, spec.negative_prompt, placement)
     generator = torch.Generator("cpu").manual_seed(spec.seed)
-    hook = context.plugins.hook
     run = VideoRun(spec, plan, backends, denoisers, source, generator, context.plugins.catalogue, context.device)
-    steps = _StepBar(run, hook, progress, item.video.name)
-    prepared = time.perf_counter()
-    try:
-        hook.video_start(video=run)
-        prepare_seconds = time.perf_counter() - prepared
-        latents, records = execute(plan, denoisers, source, context.plugins.catalogue, generator, observer=steps)
-    finally:
-        steps.bar.close()
-        hook.video_end(video=run)
+    latents, records, prepare_seconds = run_plan(run, context.plugins.hook, progress, item.video.name)
     placement.use(codec)
     frames = decode_latents(codec, latents, chunk)
     if not torch.isfinite(frames).all():

@@ -1,0 +1,92 @@
+"""Selective Feature Injection (using_attn): reconstruction, no-op settings, restored models, cache accounting."""
+
+import pytest
+import torch
+
+from evs_framework.plan import make_plan
+from evs_framework.runner import VideoRun, load_backends, make_denoisers, run_plan
+from evs_framework.spec import spec_from_data
+from evs_framework.vae import encode_frames
+from evs_framework.zoo import make_synthetic_clip
+
+ALL_SELF_ATTENTION = ["*attn1"]
+PROMPT = "a red ball rolling on grass"
+
+
+def inversion_spec(**injection):
+    """DDIM-invert the source with the T2I model to strength 0.6, then denoise it back with the same prompt."""
+    return spec_from_data({
+        "inputs": [{"video": "unused.mp4", "prompt": PROMPT}],
+        "models": {"idm": {"name": "SD", "guidance": 1.0, "steps": 20}},
+        "composition": {"stages": [{"model": "idm", "enter": "ddim_inversion", "start": 0.6, "stop": "end"}]},
+        "using_attn": bool(injection),
+        **({"injection": injection} if injection else {}),
+    })
+
+
+@pytest.fixture(scope="module")
+def source(zoo):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(zoo / "stable-diffusion-v1-5", subfolder="vae")
+    return encode_frames(vae, make_synthetic_clip(frames=4, width=96, height=64), chunk=4)
+
+
+def run(spec, source, plugins, registry, context):
+    plan = make_plan(spec, registry, plugins)
+    backends = load_backends(plan, context)
+    denoisers = make_denoisers(plan, backends, PROMPT, spec.negative_prompt)
+    video = VideoRun(spec, plan, backends, denoisers, source, torch.Generator().manual_seed(0), plugins.catalogue,
+                     context.device)
+    latents, _, _ = run_plan(video, plugins.hook)
+    return latents, video, plan
+
+
+def test_injecting_the_inversions_own_features_reconstructs_the_source_better(source, plugins, registry, context):
+    plain, _, _ = run(inversion_spec(), source, plugins, registry, context)
+    injected, video, _ = run(inversion_spec(layers=ALL_SELF_ATTENTION, window=[0.0, 1.0]), source, plugins, registry,
+                             context)
+    error_plain = (plain - source).pow(2).mean().item()
+    error_injected = (injected - source).pow(2).mean().item()
+    assert video.report["feature_injection"]["levels"] == 12  # strength 0.6 of 20 steps, every step injected
+    # Random-weight UNets invert poorly and their self-attention carries little of the signal, so the gain is small:
+    # measured 0.11617 without and 0.11533 with injection (mean squared latent error). Demand 2e-4 of it.
+    assert error_injected < error_plain - 2e-4, (error_injected, error_plain)
+
+
+def test_attention_maps_work_too(source, plugins, registry, context):
+    plain, _, _ = run(inversion_spec(), source, plugins, registry, context)
+    injected, video, _ = run(inversion_spec(features="attention_maps", layers=ALL_SELF_ATTENTION, window=[0.0, 1.0]),
+                             source, plugins, registry, context)
+    assert video.report["feature_injection"]["cache_bytes"] > 0
+    # measured 0.11617 without and 0.11330 with injected attention maps; demand 1e-3 of it
+    assert (injected - source).pow(2).mean() < (plain - source).pow(2).mean() - 1e-3
+
+
+@pytest.mark.parametrize("injection", [{"layers": ["no.such.layer"]}, {"window": [0.5, 0.5]}, {"steps": []}],
+                         ids=["no_layers", "empty_window", "no_steps"])
+def test_injection_that_selects_nothing_changes_nothing(source, plugins, registry, context, injection):
+    plain, _, _ = run(inversion_spec(), source, plugins, registry, context)
+    selected_nothing, _, _ = run(inversion_spec(**injection), source, plugins, registry, context)
+    assert torch.equal(plain, selected_nothing)
+
+
+def test_models_are_exactly_as_before_after_a_run_with_injection(source, plugins, registry, context):
+    unet = context.load(registry.get("SD")).unet
+    processors = dict(unet.attn_processors)
+    sample, text = torch.randn(2, 4, 8, 12), torch.randn(2, 77, 32)
+    with torch.no_grad():
+        before = unet(sample, 500, encoder_hidden_states=text).sample
+    run(inversion_spec(layers=ALL_SELF_ATTENTION, window=[0.0, 1.0]), source, plugins, registry, context)
+    assert unet.attn_processors == processors  # the very same processor objects are back
+    with torch.no_grad():
+        assert torch.equal(unet(sample, 500, encoder_hidden_states=text).sample, before)
+
+
+def test_a_cache_over_its_limit_stops_with_the_number(source, plugins, registry, context):
+    from evs_framework.errors import EVSError
+
+    with pytest.raises(EVSError, match=r"limit of 0\.00 GiB \(injection.max_cache_gib\)"):
+        run(inversion_spec(layers=ALL_SELF_ATTENTION, max_cache_gib=1e-6), source, plugins, registry, context)
+    unet = context.load(registry.get("SD")).unet
+    assert not [p for p in unet.attn_processors.values() if type(p).__name__ == "InjectionProcessor"]
