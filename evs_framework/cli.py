@@ -1,4 +1,4 @@
-"""The `evs` command: plan, run, demo, plugins, models."""
+"""The `evs` command: plan, run, demo, sfi, fetch, plugins, models."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from evs_framework.plan_text import format_plan
 from evs_framework.plugins import describe, load_plugins
 from evs_framework.registry import load_registry
 from evs_framework.runner import run_job
-from evs_framework.spec import load_spec
+from evs_framework.spec import INJECTION_FEATURES, load_spec, spec_from_data
 
 log = structlog.get_logger("evs")
 
@@ -60,11 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--zoo-dir", type=Path, default=None, help="where the tiny model zoo is cached")
     fetch = commands.add_parser("fetch", help="download models from the Hugging Face Hub (the only command that uses the network)")
     fetch.add_argument("names", nargs="+", metavar="NAME")
+    sfi = commands.add_parser("sfi", help="Selective Feature Injection on its own (the original's SFI.py): generate "
+                                          "for a prompt with the layout and motion of a source video")
+    sfi.add_argument("video", type=Path, help="the source video whose self-attention features are injected")
+    sfi.add_argument("--prompt", required=True, help="what to generate")
+    sfi.add_argument("--model", default="EP", help="text-to-image model (a registry name; default EP)")
+    sfi.add_argument("--strength", type=float, default=1.0,
+                     help="fraction of the model's schedule to run from the noised source (default 1.0: from pure noise)")
+    sfi.add_argument("--steps", type=int, default=None, help="the model's step count (default: its preset's)")
+    sfi.add_argument("--features", choices=INJECTION_FEATURES, default="kv")
+    sfi.add_argument("--layers", nargs="+", default=None, metavar="PATTERN",
+                     help="fnmatch patterns of self-attention module names (default: the decoder's middle resolutions)")
+    sfi.add_argument("--window", nargs=2, type=float, default=None, metavar=("START", "END"),
+                     help="fraction of the steps that receive features (default 0 0.5)")
+    sfi.add_argument("--seed", type=int, default=23)
     commands.add_parser("plugins", help="list loaded plugins and what each provides")
     commands.add_parser("models", help="list the registry's model names")
-    for sub in (plan, run, demo, fetch, commands.choices["plugins"], commands.choices["models"]):
+    for sub in (plan, run, demo, sfi, fetch, commands.choices["plugins"], commands.choices["models"]):
         _common(sub)
-    for sub in (run, demo):
+    for sub in (plan, run, demo, sfi):  # plan reads configs and sizes for the same weights, dtype and device
         _running(sub)
     return parser
 
@@ -88,7 +102,7 @@ def _report(results, started: float) -> int:
 
 def cmd_plan(args, plugins, registry) -> int:
     spec = load_spec(args.config)
-    print(format_plan(make_plan(spec, registry, plugins), str(args.config)))
+    print(format_plan(make_plan(spec, registry, plugins, _context(args, plugins, registry)), str(args.config)))
     print(f"inputs: {len(spec.inputs)} video(s), up to {spec.video.max_frames or 'all'} frames each")
     return 0
 
@@ -98,9 +112,10 @@ def cmd_run(args, plugins, registry) -> int:
     spec = load_spec(args.config)
     if args.output_dir:
         spec = attrs.evolve(spec, output=attrs.evolve(spec.output, dir=args.output_dir.resolve()))
-    plan = make_plan(spec, registry, plugins)
+    context = _context(args, plugins, registry)
+    plan = make_plan(spec, registry, plugins, context)
     log.info("plan_ready", composition=plan.composition, videos=len(spec.inputs), totals=plan.totals())
-    results = run_job(spec, plan, _context(args, plugins, registry), progress=not args.quiet, overwrite=args.overwrite)
+    results = run_job(spec, plan, context, progress=not args.quiet, overwrite=args.overwrite)
     return _report(results, started)
 
 
@@ -110,14 +125,32 @@ def cmd_demo(args, plugins, registry) -> int:
     started = time.perf_counter()
     out_dir = (args.output_dir or Path("outputs/demo")).resolve()
     spec, zoo = prepare_demo(out_dir, args.zoo_dir)
-    plan = make_plan(spec, registry, plugins)
-    print(format_plan(plan, "demo"))
     context = _context(args, plugins, registry, [zoo])
+    plan = make_plan(spec, registry, plugins, context)
+    print(format_plan(plan, "demo"))
     code = _report(run_job(spec, plan, context, progress=not args.quiet, overwrite=True), started)
     print(f"input clip: {spec.inputs[0].video}\nmodel zoo: {zoo}\n"
           "NOTE: the demo's models are tiny random-weight stand-ins in the real diffusers formats. The output is "
           "noise-like; it shows that the pipeline runs, not what EVS produces with real weights.")
     return code
+
+
+def cmd_sfi(args, plugins, registry) -> int:
+    started = time.perf_counter()
+    injection = {"features": args.features,
+                 **({"layers": args.layers} if args.layers else {}), **({"window": args.window} if args.window else {})}
+    spec = spec_from_data({
+        "inputs": [{"video": str(args.video), "prompt": args.prompt}],
+        "models": {"idm": {"name": args.model, **({"steps": args.steps} if args.steps else {})}},
+        "composition": "IDM",
+        "settings": {"idm_invert_mode": "random", "idm_inverse_strength": args.strength},
+        "using_attn": True, "injection": injection, "seed": args.seed,
+        "output": {"dir": str(args.output_dir or Path("outputs") / "sfi")},
+    }, source="evs sfi arguments")
+    context = _context(args, plugins, registry)
+    plan = make_plan(spec, registry, plugins, context)
+    print(format_plan(plan, "sfi"))
+    return _report(run_job(spec, plan, context, progress=not args.quiet, overwrite=True), started)
 
 
 def cmd_fetch(args, plugins, registry) -> int:
@@ -145,8 +178,8 @@ def cmd_models(args, plugins, registry) -> int:
     return 0
 
 
-COMMANDS = {"plan": cmd_plan, "run": cmd_run, "demo": cmd_demo, "fetch": cmd_fetch, "plugins": cmd_plugins,
-            "models": cmd_models}
+COMMANDS = {"plan": cmd_plan, "run": cmd_run, "demo": cmd_demo, "sfi": cmd_sfi, "fetch": cmd_fetch,
+            "plugins": cmd_plugins, "models": cmd_models}
 
 
 def main(argv=None) -> int:

@@ -93,6 +93,53 @@ class Injection:
     plan: CapturePlan
 
 
+def latent_size(spec, plan) -> tuple[int, int, int] | None:
+    """(frames, height, width) of the largest input's latents as the T2I model works on them; None if unreadable."""
+    from evs_framework import video_io
+    from evs_framework.errors import VideoError
+
+    sizes = []
+    for item in spec.inputs:
+        try:
+            info = video_io.probe_video(item.video)
+        except VideoError:
+            return None
+        frames = -(-info.frame_count // spec.video.stride)
+        frames = min(frames, spec.video.max_frames) if spec.video.max_frames else frames
+        fit = (lambda side: side // 8) if spec.video.fit == "crop" else (lambda side: -(-side // 8))
+        height, width = fit(info.height), fit(info.width)
+        factor = plan.models["idm"].choice.upscale
+        sizes.append((frames, round(height * factor), round(width * factor)))
+    return max(sizes, key=lambda size: size[0] * size[1] * size[2])
+
+
+def cache_bytes(spec, plan, context, levels: int) -> int | None:
+    """What the cache will hold: one recording forward pass of the T2I UNet, built from its config on the meta
+    device (no weights, no memory), times the captured levels. None when config or video cannot be read."""
+    from diffusers import UNet2DConditionModel
+
+    from evs_framework.errors import EVSError
+    from evs_plugins.sd15 import unet_config_folder
+
+    size = latent_size(spec, plan)
+    if context is None or size is None or not levels:
+        return None if levels else 0
+    try:
+        config = UNet2DConditionModel.load_config(unet_config_folder(plan.models["idm"].entry, context) / "unet")
+    except (EVSError, OSError):
+        return None
+    frames, height, width = size
+    batch = frames * (1 if plan.inversion_guidance == 1.0 else 2)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config).to(context.dtype)
+        injector = Injector(spec.injection.features, FeatureCache(None, limit_bytes=2**62), mode="record", level=1.0)
+        injector.install(self_attention_layers(unet, spec.injection.layers))
+        sample = torch.zeros(batch, unet.config.in_channels, height, width, dtype=context.dtype)
+        text = torch.zeros(batch, 77, unet.config.cross_attention_dim, dtype=context.dtype)
+        unet(sample, 500, encoder_hidden_states=text)
+    return injector.cache.bytes * levels
+
+
 @hookimpl
 def plan_extras(spec, plan, context):
     if not spec.using_attn:
@@ -110,7 +157,15 @@ def plan_extras(spec, plan, context):
     detail = (f"using_attn: DDIM inversion of the source with {plan.models['idm'].entry.name} capturing "
               f"{settings.features} of layers {', '.join(settings.layers)} at {len(captured.captured)} levels, "
               f"injected into {len(captured.inject_at)} steps of {', '.join(settings.models)}")
-    return PlanExtra(NAME, detail, {"idm": calls} if calls else {})
+    memory = cache_bytes(spec, plan, context, len(captured.captured))
+    limit = settings.max_cache_gib * GIB
+    if memory is not None and memory > limit:
+        raise PlanError(f"$.injection: the feature cache would hold {memory / GIB:.2f} GiB, over its limit of "
+                        f"{settings.max_cache_gib:g} GiB (injection.max_cache_gib); choose fewer layers or steps, "
+                        f"or raise the limit")
+    if memory is None and captured.captured:
+        detail += " (cache size known once the T2I model's config and the input videos can be read)"
+    return PlanExtra(NAME, detail, {"idm": calls} if calls else {}, memory)
 
 
 @hookimpl

@@ -84,6 +84,16 @@ def config_folder(entry, context) -> Path:
                            f"of the SD1.5 diffusers folder of registry entry {name!r} (option `config_from`); {exc}") from None
 
 
+def unet_config_folder(entry, context) -> Path:
+    """The diffusers folder whose unet/config.json describes the entry's UNet (read without loading weights)."""
+    if entry.kind == "sd15_lora":
+        return unet_config_folder(context.registry.get(entry.base), context)
+    path = context.weights_path(entry)
+    if path.is_dir() and (path / "unet").is_dir():
+        return path
+    return config_folder(entry, context)
+
+
 def sd15_parts(entry, context) -> SD15Parts:
     """The entry's components, loaded once per run and per weights path."""
     path = context.weights_path(entry)

@@ -163,3 +163,13 @@ def test_a_checkpoint_that_does_not_fit_names_the_file_and_keys(plugins, registr
         LoadContext(plugins, registry, WeightSettings([tmp_path, zoo])).load(registry.get("EP"))
     message = str(caught.value)
     assert str(broken) in message and f"{len(dropped)} missing keys" in message and dropped[0] in message
+
+
+@pytest.mark.parametrize("task", ["enhance", "edit", "real_edit", "style"])
+def test_native_task_specs_plan_as_the_original_configs(task, plugins, registry):
+    original = load_spec(PROJECT_ROOT / "configs" / f"{task}.json")
+    native = load_spec(PROJECT_ROOT / "configs" / "native" / f"{task}.yaml")
+    assert [i.video for i in native.inputs] == [i.video for i in original.inputs]
+    assert (native.settings, native.using_attn, native.injection) == (original.settings, original.using_attn,
+                                                                      original.injection)
+    assert make_plan(native, registry, plugins) == make_plan(original, registry, plugins)

@@ -33,3 +33,23 @@ def test_demo_runs_offline_and_says_what_it_is(tmp_path, capsys):
         assert tuple(reader.get_meta_data()["size"]) == (128, 96)
     with imageio.get_reader(tmp_path / "demo" / "demo_input.IDM_VDM_IDM.side_by_side.mp4", format="FFMPEG") as reader:
         assert tuple(reader.get_meta_data()["size"]) == (256, 96)
+
+
+def test_sfi_generates_for_a_prompt_with_the_source_features(clip_file, zoo, tmp_path, capsys):
+    import json
+
+    code = main(["sfi", str(clip_file), "--prompt", "a blue cube on sand", "--steps", "10", "--window", "0", "0.6",
+                 "--weights-dir", str(zoo), "--output-dir", str(tmp_path), "-q"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "+ feature_injection: using_attn: DDIM inversion of the source with EP" in out and "1 of 1 video(s) done" in out
+    sidecar = json.loads((tmp_path / "ball.IDM.json").read_text())
+    assert sidecar["prompt"] == "a blue cube on sand"
+    assert sidecar["plugins"]["feature_injection"]["levels"] == 6  # 60 % of 10 steps from pure noise
+    assert sidecar["unet_calls"] == {"idm": 10 * 2 + 10}  # 10 guided steps, 10 unguided inversion steps to capture
+    assert imageio.mimread(tmp_path / "ball.IDM.mp4")
+
+
+def test_sfi_arguments_are_checked_like_a_spec(clip_file, capsys):
+    assert main(["sfi", str(clip_file), "--prompt", "x", "--window", "0.6", "0.2"]) == 2
+    assert "$.injection.window: [0.6, 0.2] must be two fractions" in capsys.readouterr().err

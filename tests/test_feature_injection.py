@@ -90,3 +90,39 @@ def test_a_cache_over_its_limit_stops_with_the_number(source, plugins, registry,
         run(inversion_spec(layers=ALL_SELF_ATTENTION, max_cache_gib=1e-6), source, plugins, registry, context)
     unet = context.load(registry.get("SD")).unet
     assert not [p for p in unet.attn_processors.values() if type(p).__name__ == "InjectionProcessor"]
+
+
+@pytest.mark.parametrize("features", ["kv", "attention_maps"])
+def test_the_cache_size_in_the_plan_is_what_the_run_holds(features, seed_config, tmp_path, plugins, registry, context):
+    import json
+
+    from evs_framework.plan_text import format_plan
+    from evs_framework.runner import run_job
+    from evs_framework.spec import load_spec
+
+    config = seed_config()  # the seed's example: using_attn with the default layers and window, x2 upscale
+    data = json.loads(config.read_text())
+    native = {"inputs": [{"video": data["mp4_files"][0], "prompt": data["prompts"][0]}],
+              "models": {"idm": {"name": "EP", "upscale": 2.0}, "vdm": {"name": "lightningEP"}},
+              "using_attn": True, "injection": {"features": features, "layers": ALL_SELF_ATTENTION},
+              "output": {"dir": str(tmp_path / "out")}}
+    (tmp_path / "spec.json").write_text(json.dumps(native))
+    spec = load_spec(tmp_path / "spec.json")
+    plan = make_plan(spec, registry, plugins, context)
+    [extra] = plan.extras
+    assert extra.memory_bytes > 0 and f"holds {extra.memory_bytes / 2**20:.1f} MiB" in format_plan(plan)
+    [result] = run_job(spec, plan, context, progress=False)
+    sidecar = json.loads(result.sidecar.read_text())
+    assert sidecar["plugins"]["feature_injection"]["cache_bytes"] == extra.memory_bytes
+
+
+def test_a_plan_over_the_cache_limit_is_refused_with_the_number(seed_config, plugins, registry, context):
+    from evs_framework.errors import PlanError
+    from evs_framework.spec import load_spec
+
+    video = load_spec(seed_config()).inputs[0].video
+    tight = spec_from_data({"inputs": [{"video": str(video), "prompt": PROMPT}],
+                            "models": {"idm": {"name": "EP", "upscale": 2.0}, "vdm": {"name": "lightningEP"}},
+                            "using_attn": True, "injection": {"max_cache_gib": 1e-4}})
+    with pytest.raises(PlanError, match=r"would hold 0\.0\d+ GiB, over its limit of 0\.0001 GiB"):
+        make_plan(tight, registry, plugins, context)
