@@ -22,13 +22,12 @@ from pathlib import Path
 import attrs
 import torch
 
-from evs_framework.executor import execute
 from evs_framework.loading import LoadContext, WeightSettings
 from evs_framework.plan import make_plan
 from evs_framework.plugins import load_plugins
 from evs_framework.registry import load_registry
-from evs_framework.runner import load_backends, make_denoisers
-from evs_framework.spec import InputVideo, ModelChoice, Spec
+from evs_framework.runner import VideoRun, load_backends, make_denoisers, run_plan
+from evs_framework.spec import InjectionSettings, InputVideo, ModelChoice, Spec
 from evs_framework.vae import decode_latents, encode_frames
 from evs_framework.lora_write import write_kohya_lora
 from evs_framework.motion_adapter import write_motion_adapter_file
@@ -106,6 +105,9 @@ def main() -> None:
     parser.add_argument("--compositions", default="IDM_VDM_IDM,basic,IDM,VDM,IDM_VDM")
     parser.add_argument("--pairs", default="watercolor:lightningSD,EP:animatelcm",
                         help="other idm:vdm model pairs, run with IDM_VDM_IDM")
+    parser.add_argument("--injection", default="kv:up_blocks.1.attentions.*.attn1+up_blocks.2.attentions.*.attn1,"
+                                                   "attention_maps:up_blocks.1.attentions.*.attn1",
+                        help="using_attn runs of IDM_VDM_IDM, each features:layer+layer")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cuda")
@@ -128,11 +130,17 @@ def main() -> None:
     device = torch.device(args.device)
     context = LoadContext(plugins, registry, WeightSettings([weights]), device, torch.float16)
     clip = make_synthetic_clip(args.frames, 512, 320)
-    runs = [(name, "EP", "lightningEP", args.repeats) for name in args.compositions.split(",")]
-    runs += [("IDM_VDM_IDM", *pair.split(":"), 1) for pair in args.pairs.split(",") if pair]
-    for index, (name, idm, vdm, repeats) in enumerate(runs):
+    off = InjectionSettings()
+    runs = [(name, "EP", "lightningEP", args.repeats, False, off) for name in args.compositions.split(",")]
+    runs += [("IDM_VDM_IDM", *pair.split(":"), 1, False, off) for pair in args.pairs.split(",") if pair]
+    for run in args.injection.split(",") if args.injection else []:
+        features, layers = run.split(":")
+        runs.append(("IDM_VDM_IDM", "EP", "lightningEP", args.repeats, True,
+                     InjectionSettings(features=features, layers=tuple(layers.split("+")))))
+    for index, (name, idm, vdm, repeats, using_attn, injection) in enumerate(runs):
         spec = Spec(inputs=(InputVideo(Path("synthetic.mp4"), "a red car on a coastal road"),), composition=name,
-                    models={"idm": ModelChoice(idm, upscale=2.0), "vdm": ModelChoice(vdm)})
+                    models={"idm": ModelChoice(idm, upscale=2.0), "vdm": ModelChoice(vdm)}, using_attn=using_attn,
+                    injection=injection)
         plan = make_plan(spec, registry, plugins)
         started = time.perf_counter()
         needed = load_backends(plan, context)  # the context caches: each model loads once
@@ -143,6 +151,7 @@ def main() -> None:
             sharing(context, registry, record)
         for repeat in range(repeats):
             record(event="run", composition=name, models=[idm, vdm], repeat=repeat,
+                   injection=attrs.asdict(injection) if using_attn else None,
                    **timed_run(plan, needed, clip, spec, plugins, context))
     if args.offload_run and device.type == "cuda":
         del context, needed
@@ -169,14 +178,16 @@ def timed_run(plan, backends, clip, spec, plugins, context) -> dict:
     _sync(device)
     t1 = time.perf_counter()
     denoisers = make_denoisers(plan, backends, spec.inputs[0].prompt, spec.negative_prompt, placement)
-    latents, ops = execute(plan, denoisers, source, plugins.catalogue, torch.Generator().manual_seed(23))
+    video = VideoRun(spec, plan, backends, denoisers, source, torch.Generator().manual_seed(23), plugins.catalogue, device)
+    latents, ops, prepare_s = run_plan(video, plugins.hook)
     t2 = time.perf_counter()
     placement.use(vae)
     frames = decode_latents(vae, latents, 8)
     _sync(device)
     t3 = time.perf_counter()
     return dict(frames=len(frames), output_size=list(frames.shape[-2:]), encode_s=round(t1 - t0, 3),
-                denoise_s=round(t2 - t1, 3), decode_s=round(t3 - t2, 3), total_s=round(t3 - t0, 3),
+                denoise_s=round(t2 - t1, 3), prepare_s=round(prepare_s, 3), decode_s=round(t3 - t2, 3),
+                total_s=round(t3 - t0, 3), plugins=video.report,
                 unet_calls={r: d.calls for r, d in denoisers.items()},
                 ops=[(o.op, o.model, round(o.seconds, 3), o.unet_calls) for o in ops],
                 finite=bool(torch.isfinite(frames).all()), peak_gib=_gib(torch.cuda.max_memory_allocated, device))
