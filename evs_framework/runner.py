@@ -163,7 +163,8 @@ def run_plan(run: VideoRun, hook, progress: bool = False, label: str = "") -> tu
 def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, item: InputVideo, stem: str,
                   progress: bool) -> VideoResult:
     started = time.perf_counter()
-    clip = video_io.read_video(item.video, max_frames=spec.video.max_frames, stride=spec.video.stride, fit=spec.video.fit)
+    clip = video_io.read_video(item.video, max_frames=spec.video.max_frames, stride=spec.video.stride, fit=spec.video.fit,
+                               size=spec.video.size)
     codec = backends.get("idm", backends.get("vdm")).vae
     chunk = spec.output.decode_chunk
     placement = context.placement

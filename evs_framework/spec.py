@@ -85,6 +85,7 @@ class VideoOptions:
     max_frames: int | None = 16
     stride: int = 1
     fit: str = "crop"
+    size: tuple[int, int] | None = None  # (width, height) to resize to before fitting; real footage is often 1080p
 
 
 @attrs.frozen
@@ -206,6 +207,8 @@ def check_spec(spec: Spec) -> list[str]:
         problems.append(f"$.video.max_frames: {spec.video.max_frames} must be at least 1 (or null for all frames)")
     if spec.video.stride < 1:
         problems.append(f"$.video.stride: {spec.video.stride} must be at least 1")
+    if spec.video.size is not None and min(spec.video.size) < 8:
+        problems.append(f"$.video.size: {list(spec.video.size)} must be [width, height], each at least 8 pixels")
     if spec.video.fit not in FITS:
         problems.append(f"$.video.fit: {spec.video.fit!r}; use one of {', '.join(FITS)}")
     if spec.output.decode_chunk < 1:

@@ -104,9 +104,11 @@ def _fit_to_multiple(frames: torch.Tensor, multiple: int, fit: str) -> torch.Ten
     return F.pad(frames, padding, mode="replicate")
 
 
-def read_video(path, *, max_frames: int | None = 16, stride: int = 1, fit: str = "crop", multiple: int = 8) -> Clip:
-    """Reads frames 0, stride, 2*stride, ... (at most `max_frames`; None reads all) and makes both sides
-    multiples of `multiple`, by a centre crop or by replicating the edges."""
+def read_video(path, *, max_frames: int | None = 16, stride: int = 1, fit: str = "crop", multiple: int = 8,
+               size: tuple[int, int] | None = None) -> Clip:
+    """Reads frames 0, stride, 2*stride, ... (at most `max_frames`; None reads all), resizes them to `size`
+    (width, height) when given, and makes both sides multiples of `multiple`, by a centre crop or by replicating
+    the edges."""
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
     if stride < 1 or (max_frames is not None and max_frames < 1):
@@ -127,12 +129,16 @@ def read_video(path, *, max_frames: int | None = 16, stride: int = 1, fit: str =
         raise _unreadable(path, "it has no frames")
 
     frames = frames_to_float(np.stack(kept))
+    notes = []
+    if size is not None and tuple(frames.shape[-2:]) != (size[1], size[0]):
+        original = f"{frames.shape[-1]}x{frames.shape[-2]}"
+        frames = F.interpolate(frames, size=(size[1], size[0]), mode="bilinear", antialias=True, align_corners=False)
+        notes.append(f"resized {original} -> {size[0]}x{size[1]} (video.size)")
     height, width = frames.shape[-2:]
     if fit == "crop" and (height < multiple or width < multiple):
         raise VideoError(
             f"video {path} is {width}x{height}, under {multiple} pixels on a side; use a larger video or fit='pad'"
         )
-    notes = []
     if height % multiple or width % multiple:
         frames = _fit_to_multiple(frames, multiple, fit)
         new_height, new_width = frames.shape[-2:]

@@ -107,7 +107,8 @@ def latent_size(spec, plan) -> tuple[int, int, int] | None:
         frames = -(-info.frame_count // spec.video.stride)
         frames = min(frames, spec.video.max_frames) if spec.video.max_frames else frames
         fit = (lambda side: side // 8) if spec.video.fit == "crop" else (lambda side: -(-side // 8))
-        height, width = fit(info.height), fit(info.width)
+        width, height = spec.video.size or (info.width, info.height)
+        height, width = fit(height), fit(width)
         factor = plan.models["idm"].choice.upscale
         sizes.append((frames, round(height * factor), round(width * factor)))
     return max(sizes, key=lambda size: size[0] * size[1] * size[2])

@@ -102,3 +102,13 @@ def test_missing_or_malformed_file(tmp_path):
     listed.write_text(json.dumps([1, 2]))
     with pytest.raises(SpecError, match="top level must be a mapping"):
         load_spec(listed)
+
+
+def test_video_size_and_injection_settings_are_checked_together():
+    problems = _problems({"inputs": [{"video": "a.mp4", "prompt": "p"}], "models": {"idm": {"name": "SD"}},
+                          "video": {"size": [4, 320]},
+                          "injection": {"features": "queries", "window": [0.7, 0.2], "models": ["idm", "t2v"],
+                                        "cache_device": "gpu", "max_cache_gib": 0}})
+    assert any(p.startswith("$.video.size: [4, 320] must be [width, height]") for p in problems)
+    for path in ("features", "window", "models[1]", "cache_device", "max_cache_gib"):
+        assert any(p.startswith(f"$.injection.{path}:") for p in problems), path

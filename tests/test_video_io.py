@@ -257,3 +257,11 @@ def test_side_by_side_rounds_widths_to_even():
 
     # 20x20 scaled to height 30 is 30 wide; 31 is rounded to the even 32
     assert combined.shape == (2, 3, 30, 30 + 32)
+
+
+def test_size_resizes_before_fitting_and_notes_it(tmp_path):
+    path = write_video(tmp_path / "wide.mp4", moving_gradient(3, 96, 160), 8.0)
+    clip = read_video(path, size=(84, 52))
+    assert clip.frames.shape == (3, 3, 48, 80)  # 84x52 resized, then cropped to multiples of 8
+    assert clip.notes[0] == "resized 160x96 -> 84x52 (video.size)" and clip.notes[1].startswith("cropped 84x52 -> 80x48")
+    assert read_video(path, size=(160, 96)).notes == ()  # already that size: untouched
