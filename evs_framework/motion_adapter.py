@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
+from evs_framework.checkpoints import read_state_dict
 from evs_framework.errors import WeightsError
 
 LAYOUTS = ("diffusers", "original")
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # config keys a state dict cannot tell: they change no tensor shape
 SHAPELESS_CONFIG = ("motion_num_attention_heads", "motion_norm_num_groups")
 
@@ -52,33 +52,11 @@ def load_motion_adapter(path: Path, dtype: torch.dtype, config_overrides: dict |
             return MotionAdapter.from_pretrained(path, local_files_only=True, torch_dtype=dtype, **(config_overrides or {}))
         except (OSError, ValueError, RuntimeError) as exc:
             raise WeightsError(f"motion adapter folder {path} could not be loaded: {exc}") from exc
-    state = read_state_dict(path, allow_pickle)
+    state = read_state_dict(path, allow_pickle, "motion adapter weights")
     layout = detect_layout(state)
     if layout == "original":
         state = original_to_diffusers(state, path)
     return motion_adapter_from_state_dict(state, dtype, config_overrides, source=f"{path} ({layout} layout)")
-
-
-def read_state_dict(file: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    if not file.is_file():
-        raise WeightsError(f"motion adapter weights {file} do not exist; check the path or the weights folder")
-    suffix = file.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(file)
-    if suffix not in PICKLE_SUFFIXES:
-        raise WeightsError(f"{file}: unknown weights format {suffix!r}; expected .safetensors or a diffusers folder")
-    if not allow_pickle:
-        raise WeightsError(f"{file} is a pickle ({suffix}), which can run code when opened; convert it to "
-                           f".safetensors, or allow pickles for this model if you trust the file")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"{file} could not be read as a weights-only pickle: {exc}") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # some original .ckpt files wrap it
-        state = state["state_dict"]
-    return state
 
 
 def detect_layout(state: dict) -> str:

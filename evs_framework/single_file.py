@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
+from evs_framework.checkpoints import read_state_dict
 from evs_framework.errors import WeightsError
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_ENCODER_PREFIX = "cond_stage_model.transformer."
 COMPONENT_PREFIXES = (UNET_PREFIX, VAE_PREFIX, TEXT_ENCODER_PREFIX)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 CONFIG_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer")
 SD15_CONFIG_HINT = "it comes from the SD1.5 diffusers folder (registry entry 'SD', folder 'stable-diffusion-v1-5')"
 # Older transformers saved this buffer; current CLIPTextModel recomputes it, so its presence is harmless.
@@ -44,7 +44,7 @@ def load_sd15_single_file(file: Path, config_folder: Path, dtype: torch.dtype, *
 
     file, config_folder = Path(file), Path(config_folder)
     check_config_folder(config_folder)
-    checkpoint = read_checkpoint(file, allow_pickle)
+    checkpoint = read_state_dict(file, allow_pickle, "checkpoint")
     check_layout(file, checkpoint, config_folder)
     config = str(config_folder)
     common = dict(config=config, local_files_only=True, torch_dtype=dtype)
@@ -93,33 +93,6 @@ def check_config_folder(config_folder: Path) -> None:
     if missing:
         raise WeightsError(f"config folder {config_folder} is missing {', '.join(missing)}; single-file checkpoints take "
                            f"their configs and tokenizer from it, and {SD15_CONFIG_HINT}")
-
-
-def read_checkpoint(file: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    if not file.is_file():
-        raise WeightsError(f"checkpoint {file} does not exist")
-    suffix = file.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(file))
-        except Exception as error:  # safetensors raises its own SafetensorError (and OSError) on a bad file
-            raise WeightsError(f"could not read safetensors checkpoint {file}: {error}") from error
-    if suffix not in PICKLE_SUFFIXES:
-        raise WeightsError(f"checkpoint {file} is neither .safetensors nor a pickled {'/'.join(PICKLE_SUFFIXES)} file")
-    if not allow_pickle:
-        raise WeightsError(f"{file} is a pickled checkpoint, and pickled checkpoints can run code when loaded; pass "
-                           f"--allow-pickle if the file is trusted (or convert it to .safetensors)")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:  # weights_only refuses pickles holding anything but tensors and plain containers
-        raise WeightsError(f"could not read pickled checkpoint {file}: {error}; convert it to .safetensors") from error
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
-        checkpoint = checkpoint["state_dict"]  # PyTorch Lightning training checkpoints wrap the weights
-    if not isinstance(checkpoint, dict):
-        raise WeightsError(f"{file} holds a {type(checkpoint).__name__}, not a state dict")
-    return {key: value for key, value in checkpoint.items() if isinstance(value, torch.Tensor)}
 
 
 def check_layout(file: Path, checkpoint: dict[str, torch.Tensor], config_folder: Path) -> None:

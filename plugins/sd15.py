@@ -18,13 +18,13 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from evs_framework.checkpoints import CHECKPOINT_SUFFIXES
 from evs_framework.errors import WeightsError
 from evs_framework.hookspecs import hookimpl
 from evs_framework.lora import fuse_lora, read_lora
-from evs_framework.single_file import PICKLE_SUFFIXES, load_sd15_single_file
+from evs_framework.single_file import load_sd15_single_file
 
 REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer")
-CHECKPOINT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 DEFAULT_CONFIG_ENTRY = "SD"
 
 

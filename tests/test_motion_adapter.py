@@ -115,7 +115,7 @@ def test_pickles_need_allow_pickle(folder_adapter, tmp_path, suffix):
 
 
 def test_missing_file_and_unknown_format(tmp_path):
-    with pytest.raises(WeightsError, match="do not exist"):
+    with pytest.raises(WeightsError, match="does not exist"):
         load_motion_adapter(tmp_path / "nope.safetensors", torch.float32)
     (tmp_path / "adapter.gguf").write_bytes(b"GGUF")
     with pytest.raises(WeightsError, match="unknown weights format"):

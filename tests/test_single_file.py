@@ -142,7 +142,7 @@ def test_pickled_checkpoint_needs_allow_pickle(ep_file, zoo, ep_folder_models, t
 def test_other_file_types_are_refused(zoo, tmp_path):
     other = tmp_path / "ep.gguf"
     other.write_bytes(b"GGUF")
-    with pytest.raises(WeightsError, match="neither .safetensors nor a pickled"):
+    with pytest.raises(WeightsError, match="unknown weights format '.gguf'"):
         load_sd15_single_file(other, zoo / SD, torch.float32, allow_pickle=True)
 
 
