@@ -21,12 +21,12 @@ def configure_logging(verbosity: int = 0) -> None:
         logger_factory=lambda *args: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )
-    # diffusers and transformers announce every load; keep their warnings only
-    for noisy in ("diffusers", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.ERROR if verbosity <= 0 else logging.INFO)
-    if verbosity <= 0:
-        import diffusers.utils.logging
-        import transformers.utils.logging
+    # diffusers and transformers announce every load and cast; keep their errors only (their own set-up would
+    # reset a plain logging level on first use, so their verbosity functions are used)
+    import diffusers.utils.logging
+    import transformers.utils.logging
 
-        diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.disable_progress_bar()
+    for library in (diffusers.utils.logging, transformers.utils.logging):
+        library.set_verbosity(logging.ERROR if verbosity <= 0 else logging.INFO)
+        if verbosity <= 0:
+            library.disable_progress_bar()
