@@ -1,4 +1,4 @@
-"""The `evs` command: plan, run, demo, sfi, fetch, plugins, models."""
+"""The `evs` command: plan, run, demo, sfi, eval, fetch, plugins, models."""
 
 from __future__ import annotations
 
@@ -74,9 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     sfi.add_argument("--window", nargs=2, type=float, default=None, metavar=("START", "END"),
                      help="fraction of the steps that receive features (default 0 0.5)")
     sfi.add_argument("--seed", type=int, default=23)
+    evaluate = commands.add_parser("eval", help="score outputs and their source clips; write metrics.json and metrics.csv")
+    evaluate.add_argument("outputs", nargs="+", type=Path, metavar="OUTPUT.mp4")
+    evaluate.add_argument("--metrics", default=None, help="comma-separated metric names (default: every loaded one)")
+    evaluate.add_argument("--report-dir", type=Path, default=None,
+                          help="where metrics.json and metrics.csv go (default: the first output's folder)")
     commands.add_parser("plugins", help="list loaded plugins and what each provides")
     commands.add_parser("models", help="list the registry's model names")
-    for sub in (plan, run, demo, sfi, fetch, commands.choices["plugins"], commands.choices["models"]):
+    for sub in (plan, run, demo, sfi, evaluate, fetch, commands.choices["plugins"], commands.choices["models"]):
         _common(sub)
     for sub in (plan, run, demo, sfi):  # plan reads configs and sizes for the same weights, dtype and device
         _running(sub)
@@ -153,6 +158,17 @@ def cmd_sfi(args, plugins, registry) -> int:
     return _report(run_job(spec, plan, context, progress=not args.quiet, overwrite=True), started)
 
 
+def cmd_eval(args, plugins, registry) -> int:
+    from evs_framework.evaluate import choose_metrics, evaluate, format_table, write_reports
+
+    metrics = choose_metrics(plugins.catalogue, args.metrics.split(",") if args.metrics else None)
+    data = evaluate(args.outputs, metrics, progress=not args.quiet)
+    print(format_table(data))
+    for path in write_reports(data, args.report_dir or args.outputs[0].parent):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_fetch(args, plugins, registry) -> int:
     from evs_framework.fetch import fetch
 
@@ -178,7 +194,7 @@ def cmd_models(args, plugins, registry) -> int:
     return 0
 
 
-COMMANDS = {"plan": cmd_plan, "run": cmd_run, "demo": cmd_demo, "sfi": cmd_sfi, "fetch": cmd_fetch,
+COMMANDS = {"plan": cmd_plan, "run": cmd_run, "demo": cmd_demo, "sfi": cmd_sfi, "eval": cmd_eval, "fetch": cmd_fetch,
             "plugins": cmd_plugins, "models": cmd_models}
 
 

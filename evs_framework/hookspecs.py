@@ -55,6 +55,15 @@ def register_latent_ops(register):
     """
 
 
+@hookspec
+def register_metrics(register):
+    """Provide metrics for `evs eval`: `register(name, metric)` with an `evs_framework.metrics.Metric` of that name.
+
+    A metric declares its family (`vbench_exact`, `vbench_port` or `proxy`; a proxy's name starts with `proxy.`),
+    how a batch aggregates it, and `compute(frames, fps) -> MetricResult` over uint8 (T, H, W, 3) RGB frames.
+    """
+
+
 @hookspec(firstresult=True)
 def resolve_weights(location, settings):
     """Find the local files for a registry weight location; the first non-None answer wins.

@@ -30,6 +30,7 @@ BUILTIN_PLUGINS = (
     "evs_plugins.local_weights",
     "evs_plugins.hub_cache",
     "evs_plugins.feature_injection",
+    "evs_plugins.metrics_basic",
 )
 
 # catalogue section -> the hook that fills it
@@ -39,6 +40,7 @@ CATALOGUE_HOOKS = {
     "samplers": "register_samplers",
     "compositions": "register_compositions",
     "latent_ops": "register_latent_ops",
+    "metrics": "register_metrics",
 }
 
 

@@ -187,10 +187,14 @@ def write_video(path, frames, fps: float) -> Path:
 
 
 def write_json(path, data: dict) -> Path:
+    return write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_text(path, text: str) -> Path:
+    """Writes `text` to a temporary file beside `path`, then moves it into place."""
     path = Path(path)
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
     try:
-        with _replacing(path, ".json") as partial:
+        with _replacing(path, path.suffix) as partial:
             partial.write_text(text, encoding="utf-8")
     except OSError as error:
         raise VideoError(f"cannot write {path}: {error}; check the folder is writable and has space") from error

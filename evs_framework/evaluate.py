@@ -1,0 +1,83 @@
+"""`evs eval`: score outputs and their source clips with the loaded metrics, write metrics.json and metrics.csv."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import structlog
+from tqdm import tqdm
+
+from evs_framework import video_io
+from evs_framework.errors import EVSError
+from evs_framework.metrics import Metric, VideoScores, read_frames, report, report_csv, score_video
+
+log = structlog.get_logger(__name__)
+
+
+def source_of(output: Path) -> Path | None:
+    """The source clip an EVS output was made from, as its sidecar (`<output>.json`) records it."""
+    sidecar = output.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        source = json.loads(sidecar.read_text(encoding="utf-8")).get("source")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return Path(source) if source and Path(source).is_file() else None
+
+
+def choose_metrics(catalogue, names: list[str] | None) -> list[Metric]:
+    available = catalogue.names("metrics")
+    if not available:
+        raise EVSError("no plugin provides a metric; reinstall evs-framework (its metrics_basic plugin provides some)")
+    return [catalogue.get("metrics", name) for name in (names or available)]
+
+
+def evaluate(outputs: list[Path], metrics: list[Metric], progress: bool = True) -> dict:
+    scored = []
+    cost = {metric.name: 0.0 for metric in metrics}
+    for output in tqdm(outputs, desc="videos", unit="video", disable=None if progress else True):
+        frames, fps = read_frames(output)
+        source = source_of(output)
+        results = timed_scores(frames, fps, metrics, cost)
+        source_results = timed_scores(*read_frames(source), metrics, cost) if source else {}
+        values = {name: result.value for name, result in results.items()}
+        source_values = {name: result.value for name, result in source_results.items()}
+        scores = VideoScores(output, source, values, source_values, len(frames), (frames.shape[2], frames.shape[1]))
+        scored.append((scores, results, source_results))
+        log.info("video_scored", output=str(output), source=str(source) if source else None, values=values)
+    data = report(metrics, scored)
+    data["seconds_per_metric"] = {name: round(seconds, 3) for name, seconds in cost.items()}
+    return data
+
+
+def timed_scores(frames, fps, metrics, cost: dict) -> dict:
+    results = {}
+    for metric in metrics:
+        started = time.perf_counter()
+        results.update(score_video(frames, fps, [metric]))
+        cost[metric.name] += time.perf_counter() - started
+    return results
+
+
+def write_reports(data: dict, folder: Path) -> tuple[Path, Path]:
+    return (video_io.write_json(folder / "metrics.json", data),
+            video_io.write_text(folder / "metrics.csv", report_csv(data)))
+
+
+def format_table(data: dict) -> str:
+    names = list(data["metrics"])
+    rows = [("video", *names)]
+    for video in data["videos"]:
+        rows.append((Path(video["output"]).name, *(f"{video['values'][n]:.4f}" for n in names)))
+        if video["source"]:
+            rows.append(("  output - source", *(f"{video['deltas'][n]:+.4f}" for n in names)))
+    rows.append(("aggregate", *(f"{data['aggregate'][n]:.4f}" for n in names)))
+    if data["aggregate_delta"]:
+        rows.append(("  output - source", *(f"{data['aggregate_delta'].get(n, float('nan')):+.4f}" for n in names)))
+    rows.append(("seconds", *(f"{data['seconds_per_metric'][n]:.2f}" for n in names)))
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    families = "  ".join(f"{n} [{data['metrics'][n]['family']}]" for n in names)
+    return "\n".join(["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows] + [families])
