@@ -68,16 +68,17 @@ def write_reports(data: dict, folder: Path) -> tuple[Path, Path]:
 
 
 def format_table(data: dict) -> str:
-    names = list(data["metrics"])
-    rows = [("video", *names)]
-    for video in data["videos"]:
-        rows.append((Path(video["output"]).name, *(f"{video['values'][n]:.4f}" for n in names)))
-        if video["source"]:
-            rows.append(("  output - source", *(f"{video['deltas'][n]:+.4f}" for n in names)))
-    rows.append(("aggregate", *(f"{data['aggregate'][n]:.4f}" for n in names)))
-    if data["aggregate_delta"]:
-        rows.append(("  output - source", *(f"{data['aggregate_delta'].get(n, float('nan')):+.4f}" for n in names)))
-    rows.append(("seconds", *(f"{data['seconds_per_metric'][n]:.2f}" for n in names)))
+    """A row per metric: its family, each video's value (output minus source in brackets), the aggregate, seconds."""
+    videos = data["videos"]
+    rows = [("metric", "family", *(Path(v["output"]).name for v in videos), "aggregate", "seconds")]
+    for name, spec in data["metrics"].items():
+        cells = [_with_delta(v["values"][name], v["deltas"].get(name)) for v in videos]
+        total = _with_delta(data["aggregate"][name], data["aggregate_delta"].get(name))
+        rows.append((name, spec["family"], *cells, total, f"{data['seconds_per_metric'][name]:.2f}"))
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-    families = "  ".join(f"{n} [{data['metrics'][n]['family']}]" for n in names)
-    return "\n".join(["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows] + [families])
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines + ["(in brackets: output minus source; proxies are not comparable to VBench's numbers)"])
+
+
+def _with_delta(value: float, delta: float | None) -> str:
+    return f"{value:.4f}" + ("" if delta is None else f" ({delta:+.4f})")

@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
     "evs_plugins.hub_cache",
     "evs_plugins.feature_injection",
     "evs_plugins.metrics_basic",
+    "evs_plugins.metrics_flow",
 )
 
 # catalogue section -> the hook that fills it
