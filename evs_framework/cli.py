@@ -1,4 +1,4 @@
-"""The `evs` command: plan, run, demo, sfi, eval, fetch, plugins, models."""
+"""The `evs` command: plan, run, demo, sfi, eval, compare, fetch, plugins, models."""
 
 from __future__ import annotations
 
@@ -79,11 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--metrics", default=None, help="comma-separated metric names (default: every loaded one)")
     evaluate.add_argument("--report-dir", type=Path, default=None,
                           help="where metrics.json and metrics.csv go (default: the first output's folder)")
+    comparing = commands.add_parser("compare", help="run several compositions on the same inputs and seed; write a "
+                                                    "table, a labelled side-by-side video and a contact sheet")
+    comparing.add_argument("config", type=Path)
+    comparing.add_argument("--compositions", default="IDM,VDM,IDM_VDM_IDM,basic",
+                           help="comma-separated composition names (default: IDM,VDM,IDM_VDM_IDM,basic)")
     commands.add_parser("plugins", help="list loaded plugins and what each provides")
     commands.add_parser("models", help="list the registry's model names")
-    for sub in (plan, run, demo, sfi, evaluate, fetch, commands.choices["plugins"], commands.choices["models"]):
+    for sub in (plan, run, demo, sfi, evaluate, comparing, fetch, commands.choices["plugins"], commands.choices["models"]):
         _common(sub)
-    for sub in (plan, run, demo, sfi):  # plan reads configs and sizes for the same weights, dtype and device
+    for sub in (plan, run, demo, sfi, comparing):  # plan reads configs and sizes for the same weights, dtype and device
         _running(sub)
     return parser
 
@@ -169,6 +174,20 @@ def cmd_eval(args, plugins, registry) -> int:
     return 0
 
 
+def cmd_compare(args, plugins, registry) -> int:
+    from evs_framework.compare import compare, format_comparison
+
+    spec = load_spec(args.config)
+    if args.output_dir:
+        spec = attrs.evolve(spec, output=attrs.evolve(spec.output, dir=args.output_dir.resolve()))
+    names = [name.strip() for name in args.compositions.split(",") if name.strip()]
+    data = compare(spec, names, registry, plugins, _context(args, plugins, registry), progress=not args.quiet)
+    for entry in data["inputs"]:
+        print(f"{entry['source']}:\n{format_comparison(entry, names)}\n"
+              f"side by side: {entry['side_by_side']}\ncontact sheet: {entry['contact_sheet']}")
+    return 0
+
+
 def cmd_fetch(args, plugins, registry) -> int:
     from evs_framework.fetch import fetch
 
@@ -194,7 +213,8 @@ def cmd_models(args, plugins, registry) -> int:
     return 0
 
 
-COMMANDS = {"plan": cmd_plan, "run": cmd_run, "demo": cmd_demo, "sfi": cmd_sfi, "eval": cmd_eval, "fetch": cmd_fetch,
+COMMANDS = {"plan": cmd_plan, "run": cmd_run, "demo": cmd_demo, "sfi": cmd_sfi, "eval": cmd_eval,
+            "compare": cmd_compare, "fetch": cmd_fetch,
             "plugins": cmd_plugins, "models": cmd_models}
 
 

@@ -151,7 +151,7 @@ def read_video(path, *, max_frames: int | None = 16, stride: int = 1, fit: str =
 
 
 @contextlib.contextmanager
-def _replacing(path: Path, suffix: str):
+def atomic_path(path: Path, suffix: str):
     """Yields a temporary path next to `path`, moved onto `path` only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial{suffix}")
@@ -175,7 +175,7 @@ def write_video(path, frames, fps: float) -> Path:
         )
     try:
         # ffmpeg picks the container from the extension, so the temporary name must end in .mp4.
-        with _replacing(path, ".mp4") as partial:
+        with atomic_path(path, ".mp4") as partial:
             with imageio.get_writer(partial, fps=fps, **WRITER_SETTINGS) as writer:
                 for frame in pixels:
                     writer.append_data(frame)
@@ -194,7 +194,7 @@ def write_text(path, text: str) -> Path:
     """Writes `text` to a temporary file beside `path`, then moves it into place."""
     path = Path(path)
     try:
-        with _replacing(path, path.suffix) as partial:
+        with atomic_path(path, path.suffix) as partial:
             partial.write_text(text, encoding="utf-8")
     except OSError as error:
         raise VideoError(f"cannot write {path}: {error}; check the folder is writable and has space") from error
@@ -208,11 +208,12 @@ def side_by_side(panels: list[torch.Tensor]) -> torch.Tensor:
         raise ValueError("side_by_side needs at least one panel")
     height = max(panel.shape[-2] for panel in panels)
     frame_count = min(panel.shape[0] for panel in panels)
-    resized = []
-    for panel in panels:
-        panel = panel[:frame_count]
-        width = max(2, 2 * round(panel.shape[-1] * height / panel.shape[-2] / 2))
-        if panel.shape[-2:] != (height, width):
-            panel = F.interpolate(panel.float(), size=(height, width), mode="bilinear", align_corners=False)
-        resized.append(panel)
-    return torch.cat(resized, dim=-1)
+    return torch.cat([scale_to_height(panel[:frame_count], height) for panel in panels], dim=-1)
+
+
+def scale_to_height(frames: torch.Tensor, height: int) -> torch.Tensor:
+    """(F, 3, H, W) frames scaled to `height`, keeping the aspect ratio, to an even width."""
+    width = max(2, 2 * round(frames.shape[-1] * height / frames.shape[-2] / 2))
+    if frames.shape[-2:] == (height, width):
+        return frames
+    return F.interpolate(frames.float(), size=(height, width), mode="bilinear", align_corners=False)

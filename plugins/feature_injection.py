@@ -146,8 +146,8 @@ def plan_extras(spec, plan, context):
     if not spec.using_attn:
         return None
     if "idm" not in plan.models:
-        raise PlanError(f"using_attn: Selective Feature Injection captures features with the T2I (idm) model, and "
-                        f"composition {plan.composition} has none; turn using_attn off or use a composition with idm")
+        return PlanExtra(NAME, f"using_attn is off here: feature injection captures with the T2I (idm) model and "
+                               f"composition {plan.composition} has none")
     missing = [role for role in spec.injection.models if role not in plan.models]
     if missing:
         raise PlanError(f"$.injection.models: {missing} not in composition {plan.composition}; inject into "
@@ -172,7 +172,7 @@ def plan_extras(spec, plan, context):
 @hookimpl
 def video_start(video):
     spec = video.spec
-    if not spec.using_attn:
+    if not spec.using_attn or "idm" not in video.plan.models:
         return
     settings = spec.injection
     device = torch.device("cpu") if settings.cache_device == "cpu" else None

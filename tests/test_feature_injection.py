@@ -126,3 +126,15 @@ def test_a_plan_over_the_cache_limit_is_refused_with_the_number(seed_config, plu
                             "using_attn": True, "injection": {"max_cache_gib": 1e-4}})
     with pytest.raises(PlanError, match=r"would hold 0\.0\d+ GiB, over its limit of 0\.0001 GiB"):
         make_plan(tight, registry, plugins, context)
+
+
+def test_a_composition_without_the_t2i_model_says_injection_is_off(seed_config, plugins, registry, context):
+    from evs_framework.plan_text import format_plan
+    from evs_framework.runner import run_job
+    from evs_framework.spec import load_spec
+
+    spec = load_spec(seed_config(pipeline_mode="VDM"))
+    plan = make_plan(spec, registry, plugins, context)
+    assert "using_attn is off here" in format_plan(plan) and plan.totals()["vdm"]["unet_calls"] == 3
+    [result] = run_job(spec, plan, context, progress=False)
+    assert result.error is None

@@ -140,3 +140,31 @@ def test_brightness_flicker_worsens_warp_error_but_motion_does_not():
     assert warp_error(flicker, 8.0).value > 5 * warp_error(steady, 8.0).value
     assert compensated_flicker(flicker, 8.0).value < compensated_flicker(steady, 8.0).value - 0.03
     assert compensated_flicker(steady, 8.0).value > 0.99  # motion alone is compensated away
+
+
+def test_compare_writes_a_table_a_labelled_video_and_a_contact_sheet(seed_config, tmp_path, zoo, capsys):
+    from PIL import Image
+
+    names = ["IDM", "VDM", "IDM_VDM_IDM", "basic"]
+    code = main(["compare", str(seed_config()), "--compositions", ",".join(names), "--weights-dir", str(zoo),
+                 "--output-dir", str(tmp_path), "-q"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "unet calls" in printed and "idm 60 vdm 2" in printed and "idm 68 vdm 3" in printed  # EVS vs basic
+    data = json.loads((tmp_path / "compare" / "compare.json").read_text())
+    [entry] = data["inputs"]
+    assert list(entry["table"]) == ["source", *names]
+    assert all("temporal_flickering" in row for row in entry["table"].values())
+
+    with Image.open(entry["contact_sheet"]) as sheet:
+        pixels = np.asarray(sheet.convert("RGB"))
+    rows = np.split(pixels, 5)  # source and four compositions, 96 px each
+    assert sheet.size[1] == 5 * 96 and sheet.size[0] > 8 * 64
+    for i in range(5):
+        for j in range(i + 1, 5):
+            assert np.abs(rows[i].astype(int) - rows[j].astype(int)).mean() > 1, (i, j)  # every row shows another clip
+
+    import imageio.v2 as imageio
+
+    first = imageio.get_reader(entry["side_by_side"]).get_data(0)
+    assert first.shape[0] == 96 + 14 and first.shape[1] >= 5 * 128  # five labelled panels at the outputs' height
