@@ -11,21 +11,20 @@ from tqdm import tqdm
 
 from evs_framework import video_io
 from evs_framework.errors import EVSError
-from evs_framework.metrics import Metric, VideoScores, read_frames, report, report_csv, score_video
+from evs_framework.metrics import ClipInfo, Metric, VideoScores, read_frames, report, report_csv, score_video
 
 log = structlog.get_logger(__name__)
 
 
-def source_of(output: Path) -> Path | None:
-    """The source clip an EVS output was made from, as its sidecar (`<output>.json`) records it."""
+def made_from(output: Path) -> tuple[Path | None, str | None]:
+    """The source clip and prompt an EVS output was made from, as its sidecar (`<output>.json`) records them."""
     sidecar = output.with_suffix(".json")
-    if not sidecar.is_file():
-        return None
     try:
-        source = json.loads(sidecar.read_text(encoding="utf-8")).get("source")
+        data = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
     except (OSError, json.JSONDecodeError):
-        return None
-    return Path(source) if source and Path(source).is_file() else None
+        data = {}
+    source = data.get("source")
+    return (Path(source) if source and Path(source).is_file() else None), data.get("prompt")
 
 
 def choose_metrics(catalogue, names: list[str] | None) -> list[Metric]:
@@ -40,9 +39,13 @@ def evaluate(outputs: list[Path], metrics: list[Metric], progress: bool = True) 
     cost = {metric.name: 0.0 for metric in metrics}
     for output in tqdm(outputs, desc="videos", unit="video", disable=None if progress else True):
         frames, fps = read_frames(output)
-        source = source_of(output)
-        results = timed_scores(frames, fps, metrics, cost)
-        source_results = timed_scores(*read_frames(source), metrics, cost) if source else {}
+        source, prompt = made_from(output)
+        results = timed_scores(frames, ClipInfo(fps, prompt), metrics, cost)
+        if source:
+            source_frames, source_fps = read_frames(source)
+            source_results = timed_scores(source_frames, ClipInfo(source_fps, prompt), metrics, cost)
+        else:
+            source_results = {}
         values = {name: result.value for name, result in results.items()}
         source_values = {name: result.value for name, result in source_results.items()}
         scores = VideoScores(output, source, values, source_values, len(frames), (frames.shape[2], frames.shape[1]))
@@ -53,11 +56,11 @@ def evaluate(outputs: list[Path], metrics: list[Metric], progress: bool = True) 
     return data
 
 
-def timed_scores(frames, fps, metrics, cost: dict) -> dict:
+def timed_scores(frames, clip: ClipInfo, metrics, cost: dict) -> dict:
     results = {}
     for metric in metrics:
         started = time.perf_counter()
-        results.update(score_video(frames, fps, [metric]))
+        results.update(score_video(frames, clip, [metric]))
         cost[metric.name] += time.perf_counter() - started
     return results
 

@@ -27,6 +27,14 @@ VBENCH_DIMENSIONS = ("subject_consistency", "background_consistency", "temporal_
 
 
 @attrs.frozen
+class ClipInfo:
+    """What a metric may know of a clip besides its frames."""
+
+    fps: float
+    prompt: str | None = None  # the prompt the output was made for (text-alignment metrics need it)
+
+
+@attrs.frozen
 class MetricResult:
     """One video's score; `terms` are the per-frame (or per-pair) terms a frame-weighted aggregate sums."""
 
@@ -38,7 +46,7 @@ class MetricResult:
 class Metric:
     name: str
     family: str
-    compute: Callable[[np.ndarray, float], MetricResult]  # (frames uint8 (T, H, W, 3) RGB, fps) -> result
+    compute: Callable[[np.ndarray, ClipInfo], MetricResult]  # (frames uint8 (T, H, W, 3) RGB, clip) -> result
     aggregate: str = "video_mean"
     higher_is_better: bool = True
     description: str = ""
@@ -94,8 +102,8 @@ class VideoScores:
                 if name in self.source_values}
 
 
-def score_video(frames: np.ndarray, fps: float, metrics: list[Metric]) -> dict[str, MetricResult]:
-    return {metric.name: metric.compute(frames, fps) for metric in metrics}
+def score_video(frames: np.ndarray, clip: ClipInfo, metrics: list[Metric]) -> dict[str, MetricResult]:
+    return {metric.name: metric.compute(frames, clip) for metric in metrics}
 
 
 def report(metrics: list[Metric], scored: list[tuple[VideoScores, dict, dict]]) -> dict:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import numpy as np
 
 from evs_framework.hookspecs import hookimpl
-from evs_framework.metrics import Metric, MetricResult
+from evs_framework.metrics import ClipInfo, Metric, MetricResult
 
 HSV_BINS = (12, 6, 6)
 SUBJECT_FRACTION = 0.5  # the centre box's side, as a fraction of each frame side, stands in for the salient subject
 
 
-def temporal_flickering(frames: np.ndarray, fps: float) -> MetricResult:
+def temporal_flickering(frames: np.ndarray, clip: ClipInfo) -> MetricResult:
     """(255 - mean over consecutive pairs of the mean absolute difference) / 255, as VBench computes it."""
     if len(frames) < 2:
         return MetricResult(1.0)
@@ -24,7 +24,7 @@ def temporal_flickering(frames: np.ndarray, fps: float) -> MetricResult:
     return MetricResult((255.0 - float(np.mean(differences))) / 255.0)
 
 
-def tenengrad(frames: np.ndarray, fps: float) -> MetricResult:
+def tenengrad(frames: np.ndarray, clip: ClipInfo) -> MetricResult:
     """Mean squared Sobel gradient of the luma, averaged over frames. Sharpness only: noise raises it too."""
     luma = frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     padded = np.pad(luma, ((0, 0), (1, 1), (1, 1)), mode="edge")
@@ -69,11 +69,11 @@ def centre_mask(height: int, width: int) -> np.ndarray:
     return mask
 
 
-def subject_consistency_hist(frames: np.ndarray, fps: float) -> MetricResult:
+def subject_consistency_hist(frames: np.ndarray, clip: ClipInfo) -> MetricResult:
     return consistency(hsv_histograms(frames, centre_mask(*frames.shape[1:3])))
 
 
-def background_consistency_hist(frames: np.ndarray, fps: float) -> MetricResult:
+def background_consistency_hist(frames: np.ndarray, clip: ClipInfo) -> MetricResult:
     return consistency(hsv_histograms(frames, ~centre_mask(*frames.shape[1:3])))
 
 

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from evs_framework.hookspecs import hookimpl
-from evs_framework.metrics import Metric, MetricResult
+from evs_framework.metrics import ClipInfo, Metric, MetricResult
 
 # Farneback parameters measured to track uniform pans closely (10.15 px found for a 10 px pan)
 FARNEBACK = dict(pyr_scale=0.5, levels=4, winsize=21, iterations=5, poly_n=7, poly_sigma=1.5, flags=0)
@@ -35,7 +35,7 @@ def warp(image: np.ndarray, field: np.ndarray) -> np.ndarray:
                      borderMode=cv2.BORDER_REPLICATE)
 
 
-def motion_smoothness(frames: np.ndarray, fps: float) -> MetricResult:
+def motion_smoothness(frames: np.ndarray, clip: ClipInfo) -> MetricResult:
     evens, odds = frames[0::2], frames[1::2]
     errors = []
     for first, second, middle in zip(evens[:-1], evens[1:], odds):
@@ -58,14 +58,14 @@ def top_motion(frames: np.ndarray, fps: float) -> tuple[list[float], float, int]
     return magnitudes, 6.0 * min(frames.shape[1:3]) / 256.0, len(sampled)
 
 
-def dynamic_degree(frames: np.ndarray, fps: float) -> MetricResult:
-    magnitudes, threshold, count = top_motion(frames, fps)
+def dynamic_degree(frames: np.ndarray, clip: ClipInfo) -> MetricResult:
+    magnitudes, threshold, count = top_motion(frames, clip.fps)
     moving = sum(m > threshold for m in magnitudes)
     return MetricResult(float(bool(magnitudes) and moving >= round(4 * count / 16)))
 
 
-def dynamic_ratio(frames: np.ndarray, fps: float) -> MetricResult:
-    magnitudes, threshold, _ = top_motion(frames, fps)
+def dynamic_ratio(frames: np.ndarray, clip: ClipInfo) -> MetricResult:
+    magnitudes, threshold, _ = top_motion(frames, clip.fps)
     return MetricResult(float(np.mean(magnitudes)) / threshold if magnitudes else 0.0)
 
 
@@ -82,13 +82,13 @@ def aligned_pairs(frames: np.ndarray):
         yield previous.astype(np.float32), warp(current.astype(np.float32), forward), ~(occluded | boundary)
 
 
-def warp_error(frames: np.ndarray, fps: float) -> MetricResult:
+def warp_error(frames: np.ndarray, clip: ClipInfo) -> MetricResult:
     errors = [float((np.sum(((previous - warped) / 255.0) ** 2, axis=-1) * visible).sum() / max(visible.sum(), 1))
               for previous, warped, visible in aligned_pairs(frames)]
     return MetricResult(float(np.mean(errors)) if errors else 0.0)
 
 
-def compensated_flicker(frames: np.ndarray, fps: float) -> MetricResult:
+def compensated_flicker(frames: np.ndarray, clip: ClipInfo) -> MetricResult:
     differences = [float((np.abs(previous - warped).mean(axis=-1) * visible).sum() / max(visible.sum(), 1))
                    for previous, warped, visible in aligned_pairs(frames)]
     return MetricResult(1.0 - float(np.mean(differences)) / 255.0 if differences else 1.0)

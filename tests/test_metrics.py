@@ -8,11 +8,13 @@ import pytest
 
 from evs_framework.cli import main
 from evs_framework.errors import PluginError
-from evs_framework.metrics import Metric, MetricResult, aggregate
+from evs_framework.metrics import ClipInfo, Metric, MetricResult, aggregate
+
 from evs_framework.video_io import write_video
 from evs_plugins.metrics_basic import (
     background_consistency_hist, consistency, subject_consistency_hist, temporal_flickering, tenengrad,
 )
+CLIP = ClipInfo(fps=8.0)
 
 
 def textured_clip(frames=8, height=64, width=96, seed=0, shift=0):
@@ -24,8 +26,8 @@ def textured_clip(frames=8, height=64, width=96, seed=0, shift=0):
 def test_temporal_flickering_matches_the_closed_form():
     levels = [10, 30, 25, 25, 90]  # a grey clip whose level jumps by 20, 5, 0, 65
     frames = np.stack([np.full((8, 8, 3), level, dtype=np.uint8) for level in levels])
-    assert temporal_flickering(frames, 8.0).value == pytest.approx((255 - (20 + 5 + 0 + 65) / 4) / 255)
-    assert temporal_flickering(frames[:1], 8.0).value == 1.0
+    assert temporal_flickering(frames, CLIP).value == pytest.approx((255 - (20 + 5 + 0 + 65) / 4) / 255)
+    assert temporal_flickering(frames[:1], CLIP).value == 1.0
 
 
 def test_blur_lowers_sharpness():
@@ -33,7 +35,7 @@ def test_blur_lowers_sharpness():
     blurred = clip.astype(np.float32)
     for axis in (1, 2):  # a 3-tap box blur along each side
         blurred = (np.roll(blurred, 1, axis) + blurred + np.roll(blurred, -1, axis)) / 3
-    assert tenengrad(blurred.astype(np.uint8), 8.0).value < 0.5 * tenengrad(clip, 8.0).value
+    assert tenengrad(blurred.astype(np.uint8), CLIP).value < 0.5 * tenengrad(clip, CLIP).value
 
 
 def test_consistency_follows_vbench_rule():
@@ -47,12 +49,12 @@ def test_a_scene_cut_lowers_both_histogram_consistencies():
     steady = textured_clip(seed=0)
     cut = np.concatenate([steady[:4], (255 - textured_clip(seed=1)[4:]) // 3])  # another, darker scene
     for proxy in (subject_consistency_hist, background_consistency_hist):
-        assert proxy(steady, 8.0).value > 0.99
-        assert proxy(cut, 8.0).value < proxy(steady, 8.0).value - 0.2
+        assert proxy(steady, CLIP).value > 0.99
+        assert proxy(cut, CLIP).value < proxy(steady, CLIP).value - 0.2
 
 
 def test_frame_weighted_aggregation_counts_frames_not_videos():
-    metric = Metric("proxy.x", "proxy", lambda frames, fps: MetricResult(0.0), aggregate="frame_weighted")
+    metric = Metric("proxy.x", "proxy", lambda frames, clip: MetricResult(0.0), aggregate="frame_weighted")
     results = [MetricResult(1.0, (1.0, 1.0, 1.0)), MetricResult(0.0, (0.0,))]
     assert aggregate(metric, results) == 0.75
     assert aggregate(Metric("proxy.y", "proxy", metric.compute), results) == 0.5
@@ -65,7 +67,7 @@ def test_frame_weighted_aggregation_counts_frames_not_videos():
 ])
 def test_metric_specs_follow_the_naming_rule(name, family, message):
     with pytest.raises(PluginError, match=message):
-        Metric(name, family, lambda frames, fps: MetricResult(0.0))
+        Metric(name, family, lambda frames, clip: MetricResult(0.0))
 
 
 def test_eval_scores_outputs_against_their_sources(seed_config, tmp_path, zoo, plugins, capsys):
@@ -119,7 +121,7 @@ def test_a_jerky_pan_is_less_smooth_than_a_steady_one():
 
     steady = pan([4 * t for t in range(9)])
     jerky = pan([0, 1, 9, 10, 18, 19, 27, 28, 36])  # the same 36 px, in uneven steps
-    assert motion_smoothness(steady, 8.0).value > motion_smoothness(jerky, 8.0).value + 0.005
+    assert motion_smoothness(steady, CLIP).value > motion_smoothness(jerky, CLIP).value + 0.005
 
 
 def test_a_10_px_pan_at_320x512_is_dynamic_and_a_still_clip_is_not():
@@ -127,8 +129,8 @@ def test_a_10_px_pan_at_320x512_is_dynamic_and_a_still_clip_is_not():
 
     moving = pan([10 * t for t in range(8)], height=320, width=512)
     still = pan([0] * 8, height=320, width=512)
-    assert dynamic_degree(moving, 8.0).value == 1.0 and dynamic_degree(still, 8.0).value == 0.0
-    assert dynamic_ratio(moving, 8.0).value > 1.0 > dynamic_ratio(still, 8.0).value  # threshold 7.5 px here
+    assert dynamic_degree(moving, CLIP).value == 1.0 and dynamic_degree(still, CLIP).value == 0.0
+    assert dynamic_ratio(moving, CLIP).value > 1.0 > dynamic_ratio(still, CLIP).value  # threshold 7.5 px here
 
 
 def test_brightness_flicker_worsens_warp_error_but_motion_does_not():
@@ -137,9 +139,9 @@ def test_brightness_flicker_worsens_warp_error_but_motion_does_not():
     steady = pan([3 * t for t in range(6)])
     flicker = np.clip(steady.astype(np.int16) + np.array([0, 20, 0, 20, 0, 20])[:, None, None, None], 0, 255)
     flicker = flicker.astype(np.uint8)
-    assert warp_error(flicker, 8.0).value > 5 * warp_error(steady, 8.0).value
-    assert compensated_flicker(flicker, 8.0).value < compensated_flicker(steady, 8.0).value - 0.03
-    assert compensated_flicker(steady, 8.0).value > 0.99  # motion alone is compensated away
+    assert warp_error(flicker, CLIP).value > 5 * warp_error(steady, CLIP).value
+    assert compensated_flicker(flicker, CLIP).value < compensated_flicker(steady, CLIP).value - 0.03
+    assert compensated_flicker(steady, CLIP).value > 0.99  # motion alone is compensated away
 
 
 def test_compare_writes_a_table_a_labelled_video_and_a_contact_sheet(seed_config, tmp_path, zoo, capsys):
