@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="score outputs and their source clips; write metrics.json and metrics.csv")
     evaluate.add_argument("outputs", nargs="+", type=Path, metavar="OUTPUT.mp4")
     evaluate.add_argument("--metrics", default=None, help="comma-separated metric names (default: every loaded one)")
+    evaluate.add_argument("--weights", type=Path, default=None, metavar="YAML",
+                          help="weight files for the network metrics (dino_vitb16, clip_vit_b32, clip_vit_l14, "
+                               "laion_aesthetic_head: paths); never downloaded")
     evaluate.add_argument("--report-dir", type=Path, default=None,
                           help="where metrics.json and metrics.csv go (default: the first output's folder)")
     comparing = commands.add_parser("compare", help="run several compositions on the same inputs and seed; write a "
@@ -84,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     comparing.add_argument("config", type=Path)
     comparing.add_argument("--compositions", default="IDM,VDM,IDM_VDM_IDM,basic",
                            help="comma-separated composition names (default: IDM,VDM,IDM_VDM_IDM,basic)")
+    comparing.add_argument("--weights", type=Path, default=None, metavar="YAML", help="as for `evs eval`")
     commands.add_parser("plugins", help="list loaded plugins and what each provides")
     commands.add_parser("models", help="list the registry's model names")
     for sub in (plan, run, demo, sfi, evaluate, comparing, fetch, commands.choices["plugins"], commands.choices["models"]):
@@ -166,7 +170,10 @@ def cmd_sfi(args, plugins, registry) -> int:
 def cmd_eval(args, plugins, registry) -> int:
     from evs_framework.evaluate import choose_metrics, evaluate, format_table, write_reports
 
-    metrics = choose_metrics(plugins.catalogue, args.metrics.split(",") if args.metrics else None)
+    from evs_framework.metrics import load_weight_paths
+
+    weights = load_weight_paths(args.weights) if args.weights else None
+    metrics = choose_metrics(plugins, args.metrics.split(",") if args.metrics else None, weights)
     data = evaluate(args.outputs, metrics, progress=not args.quiet)
     print(format_table(data))
     for path in write_reports(data, args.report_dir or args.outputs[0].parent):
@@ -181,7 +188,10 @@ def cmd_compare(args, plugins, registry) -> int:
     if args.output_dir:
         spec = attrs.evolve(spec, output=attrs.evolve(spec.output, dir=args.output_dir.resolve()))
     names = [name.strip() for name in args.compositions.split(",") if name.strip()]
-    data = compare(spec, names, registry, plugins, _context(args, plugins, registry), progress=not args.quiet)
+    from evs_framework.metrics import load_weight_paths
+
+    weights = load_weight_paths(args.weights) if args.weights else None
+    data = compare(spec, names, registry, plugins, _context(args, plugins, registry), not args.quiet, weights)
     for entry in data["inputs"]:
         print(f"{entry['source']}:\n{format_comparison(entry, names)}\n"
               f"side by side: {entry['side_by_side']}\ncontact sheet: {entry['contact_sheet']}")

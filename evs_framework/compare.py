@@ -58,8 +58,9 @@ def compare_one(index: int, names: list[str], results: dict, metrics, folder: Pa
             "metrics": scores["metrics"]}
 
 
-def compare(spec: Spec, names: list[str], registry, plugins, context, progress: bool = True) -> dict:
-    metrics = choose_metrics(plugins.catalogue, None)
+def compare(spec: Spec, names: list[str], registry, plugins, context, progress: bool = True,
+            weights: dict | None = None) -> dict:
+    metrics = choose_metrics(plugins, None, weights)
     results = run_compositions(spec, names, registry, plugins, context, progress)
     folder = spec.output.dir / "compare"
     data = {"compositions": names, "inputs": [compare_one(i, names, results, metrics, folder, progress)

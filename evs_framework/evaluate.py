@@ -10,7 +10,7 @@ import structlog
 from tqdm import tqdm
 
 from evs_framework import video_io
-from evs_framework.errors import EVSError
+from evs_framework.errors import EVSError, did_you_mean
 from evs_framework.metrics import ClipInfo, Metric, VideoScores, read_frames, report, report_csv, score_video
 
 log = structlog.get_logger(__name__)
@@ -27,11 +27,23 @@ def made_from(output: Path) -> tuple[Path | None, str | None]:
     return (Path(source) if source and Path(source).is_file() else None), data.get("prompt")
 
 
-def choose_metrics(catalogue, names: list[str] | None) -> list[Metric]:
-    available = catalogue.names("metrics")
+def choose_metrics(plugins, names: list[str] | None, weights: dict | None = None) -> list[Metric]:
+    """The named metrics (default: all) among the catalogue's and those the given weight files enable."""
+    available = {name: plugins.catalogue.get("metrics", name) for name in plugins.catalogue.names("metrics")}
+    if weights:
+        def register(name, metric):
+            if name in available:
+                raise EVSError(f"metric {name!r} is provided twice; uninstall one of the plugins")
+            available[name] = metric
+
+        plugins.hook.register_weighted_metrics(register=register, weights=weights)
     if not available:
         raise EVSError("no plugin provides a metric; reinstall evs-framework (its metrics_basic plugin provides some)")
-    return [catalogue.get("metrics", name) for name in (names or available)]
+    unknown = [name for name in names or () if name not in available]
+    if unknown:
+        raise EVSError(f"unknown metric(s) {', '.join(map(repr, unknown))}{did_you_mean(unknown[0], available)}; "
+                       f"`evs plugins` lists them (weight-based ones need --weights)")
+    return [available[name] for name in (names or sorted(available))]
 
 
 def evaluate(outputs: list[Path], metrics: list[Metric], progress: bool = True) -> dict:

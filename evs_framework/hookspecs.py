@@ -64,6 +64,12 @@ def register_metrics(register):
     """
 
 
+@hookspec
+def register_weighted_metrics(register, weights):
+    """Provide metrics that need weight files: `register(name, metric)` for those whose files are in `weights`
+    (a dict from the keys of `evs_framework.metrics.WEIGHT_FILES` to existing local paths). Never download."""
+
+
 @hookspec(firstresult=True)
 def resolve_weights(location, settings):
     """Find the local files for a registry weight location; the first non-None answer wins.

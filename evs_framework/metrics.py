@@ -22,6 +22,14 @@ from evs_framework.errors import PluginError, VideoError
 
 FAMILIES = ("vbench_exact", "vbench_port", "proxy")
 AGGREGATES = ("frame_weighted", "video_mean", "fraction")
+# the weight files a user may name for the weights tier (never downloaded): key -> what it is
+WEIGHT_FILES = {
+    "dino_vitb16": "DINO ViT-B/16 as a transformers folder (facebook/dino-vitb16), for subject_consistency",
+    "clip_vit_b32": "CLIP ViT-B/32 as a transformers folder (openai/clip-vit-base-patch32), for background_consistency "
+                    "and clip_score",
+    "clip_vit_l14": "CLIP ViT-L/14 as a transformers folder (openai/clip-vit-large-patch14), for aesthetic_quality",
+    "laion_aesthetic_head": "LAION's aesthetic head sa_0_4_vit_l_14_linear.pth, for aesthetic_quality (with clip_vit_l14)",
+}
 VBENCH_DIMENSIONS = ("subject_consistency", "background_consistency", "temporal_flickering", "motion_smoothness",
                      "dynamic_degree", "aesthetic_quality", "imaging_quality")
 
@@ -62,6 +70,28 @@ class Metric:
                               f"carries a VBench dimension's name); rename it to 'proxy.{self.name}'")
         if self.family != "proxy" and self.name.startswith("proxy."):
             raise PluginError(f"metric {self.name!r} is named as a proxy but its family is {self.family!r}")
+
+
+def load_weight_paths(file: Path) -> dict[str, Path]:
+    """The `key: path` mapping of a weights file (YAML; relative paths from its folder), every file checked."""
+    import yaml
+
+    from evs_framework.errors import SpecError
+
+    file = Path(file)
+    if not file.is_file():
+        raise SpecError([f"{file}: no such file; give the YAML file that maps {', '.join(WEIGHT_FILES)} to paths"],
+                        str(file))
+    data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise SpecError(["$: the top level must map weight names to paths"], str(file))
+    problems = [f"$.{key}: unknown weight; known: {', '.join(WEIGHT_FILES)}" for key in data if key not in WEIGHT_FILES]
+    paths = {key: (file.parent / str(value)).expanduser() for key, value in data.items() if key in WEIGHT_FILES}
+    problems += [f"$.{key}: {path} does not exist; it should be {WEIGHT_FILES[key]}"
+                 for key, path in paths.items() if not path.exists()]
+    if problems:
+        raise SpecError(problems, str(file))
+    return paths
 
 
 def read_frames(path: Path) -> tuple[np.ndarray, float]:

@@ -32,6 +32,7 @@ BUILTIN_PLUGINS = (
     "evs_plugins.feature_injection",
     "evs_plugins.metrics_basic",
     "evs_plugins.metrics_flow",
+    "evs_plugins.metrics_weights",
 )
 
 # catalogue section -> the hook that fills it
