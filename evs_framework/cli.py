@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weights", type=Path, default=None, metavar="YAML",
                           help="weight files for the network metrics (dino_vitb16, clip_vit_b32, clip_vit_l14, "
                                "laion_aesthetic_head: paths); never downloaded")
+    evaluate.add_argument("--vbench", default=None, metavar="DIMENSIONS",
+                          help="also run the real VBench (its own environment) for these comma-separated dimensions")
+    evaluate.add_argument("--vbench-python", type=Path, default=Path(".vbench/bin/python"),
+                          help="the VBench environment's python (default .vbench/bin/python)")
+    evaluate.add_argument("--vbench-cache", type=Path, default=Path("~/.cache/vbench").expanduser(),
+                          help="VBENCH_CACHE_DIR, holding its weights (default ~/.cache/vbench)")
+    evaluate.add_argument("--torch-home", type=Path, default=Path("~/.cache/torch").expanduser(),
+                          help="TORCH_HOME, holding hub/checkpoints/dino_vitbase16_pretrain.pth")
     evaluate.add_argument("--report-dir", type=Path, default=None,
                           help="where metrics.json and metrics.csv go (default: the first output's folder)")
     comparing = commands.add_parser("compare", help="run several compositions on the same inputs and seed; write a "
@@ -174,7 +182,17 @@ def cmd_eval(args, plugins, registry) -> int:
 
     weights = load_weight_paths(args.weights) if args.weights else None
     metrics = choose_metrics(plugins, args.metrics.split(",") if args.metrics else None, weights)
+    if args.vbench:
+        from evs_framework.vbench_extra import VBenchSetup, preflight
+
+        setup = VBenchSetup(args.vbench_python, args.vbench_cache, args.torch_home)
+        dimensions = [d.strip() for d in args.vbench.split(",") if d.strip()]
+        preflight(setup, dimensions)  # before any scoring: a missing file is known at once
     data = evaluate(args.outputs, metrics, progress=not args.quiet)
+    if args.vbench:
+        from evs_framework.evaluate import add_vbench
+
+        add_vbench(data, setup, dimensions)
     print(format_table(data))
     for path in write_reports(data, args.report_dir or args.outputs[0].parent):
         print(f"wrote {path}")

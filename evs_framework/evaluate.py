@@ -68,6 +68,37 @@ def evaluate(outputs: list[Path], metrics: list[Metric], progress: bool = True) 
     return data
 
 
+def add_vbench(data: dict, setup, dimensions: list[str]) -> dict:
+    """Score the same outputs and sources with the real VBench (its own environment) and merge its numbers in."""
+    from evs_framework.vbench_extra import run_vbench
+
+    videos = {}
+    for i, video in enumerate(data["videos"]):
+        videos[f"{i:03d}_output"] = Path(video["output"])
+        if video["source"]:
+            videos[f"{i:03d}_source"] = Path(video["source"])
+    scores = run_vbench(setup, videos, dimensions)
+    for dimension, values in scores.items():
+        name = f"vbench.{dimension}"
+        data["metrics"][name] = {"family": "vbench_exact", "aggregate": "video_mean", "higher_is_better": True,
+                                 "description": f"VBench's own {dimension}, run in its environment"}
+        outputs, sources = [], []
+        for i, video in enumerate(data["videos"]):
+            if f"{i:03d}_output" in values:
+                video["values"][name] = values[f"{i:03d}_output"]
+                outputs.append(video["values"][name])
+            if f"{i:03d}_source" in values:
+                video["source_values"][name] = values[f"{i:03d}_source"]
+                video["deltas"][name] = video["values"][name] - video["source_values"][name]
+                sources.append(video["source_values"][name])
+        data["aggregate"][name] = sum(outputs) / len(outputs)
+        if sources:
+            data["source_aggregate"][name] = sum(sources) / len(sources)
+            data["aggregate_delta"][name] = data["aggregate"][name] - data["source_aggregate"][name]
+        data["seconds_per_metric"].setdefault(name, 0.0)
+    return data
+
+
 def timed_scores(frames, clip: ClipInfo, metrics, cost: dict) -> dict:
     results = {}
     for metric in metrics:
