@@ -52,10 +52,10 @@ def evaluate(outputs: list[Path], metrics: list[Metric], progress: bool = True) 
     for output in tqdm(outputs, desc="videos", unit="video", disable=None if progress else True):
         frames, fps = read_frames(output)
         source, prompt = made_from(output)
-        results = timed_scores(frames, ClipInfo(fps, prompt), metrics, cost)
+        results = timed_scores(frames, ClipInfo(fps, prompt), metrics, cost, progress)
         if source:
             source_frames, source_fps = read_frames(source)
-            source_results = timed_scores(source_frames, ClipInfo(source_fps, prompt), metrics, cost)
+            source_results = timed_scores(source_frames, ClipInfo(source_fps, prompt), metrics, cost, progress)
         else:
             source_results = {}
         values = {name: result.value for name, result in results.items()}
@@ -99,9 +99,9 @@ def add_vbench(data: dict, setup, dimensions: list[str]) -> dict:
     return data
 
 
-def timed_scores(frames, clip: ClipInfo, metrics, cost: dict) -> dict:
+def timed_scores(frames, clip: ClipInfo, metrics, cost: dict, progress: bool = False) -> dict:
     results = {}
-    for metric in metrics:
+    for metric in tqdm(metrics, desc="metrics", unit="metric", leave=False, disable=None if progress else True):
         started = time.perf_counter()
         results.update(score_video(frames, clip, [metric]))
         cost[metric.name] += time.perf_counter() - started
