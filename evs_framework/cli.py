@@ -19,7 +19,8 @@ from evs_framework.plan_text import format_plan
 from evs_framework.plugins import describe, load_plugins
 from evs_framework.registry import load_registry
 from evs_framework.runner import run_job
-from evs_framework.spec import INJECTION_FEATURES, load_spec, spec_from_data
+from evs_framework import video_io
+from evs_framework.spec import INJECTION_FEATURES, load_spec, spec_from_data, spec_to_data
 
 log = structlog.get_logger("evs")
 
@@ -151,7 +152,10 @@ def cmd_demo(args, plugins, registry) -> int:
     plan = make_plan(spec, registry, plugins, context)
     print(format_plan(plan, "demo"))
     code = _report(run_job(spec, plan, context, progress=not args.quiet, overwrite=True), started)
-    print(f"input clip: {spec.inputs[0].video}\nmodel zoo: {zoo}\n"
+    spec_file = video_io.write_json(out_dir / "demo_spec.json", spec_to_data(spec))
+    print(f"input clip: {spec.inputs[0].video}\nmodel zoo: {zoo}\nits spec: {spec_file}\n"
+          f"next: evs eval {out_dir / (spec.inputs[0].video.stem + '.' + spec.composition_name + '.mp4')}\n"
+          f"      evs compare {spec_file} --weights-dir {zoo}\n"
           "NOTE: the demo's models are tiny random-weight stand-ins in the real diffusers formats. The output is "
           "noise-like; it shows that the pipeline runs, not what EVS produces with real weights.")
     return code

@@ -53,3 +53,17 @@ def test_sfi_generates_for_a_prompt_with_the_source_features(clip_file, zoo, tmp
 def test_sfi_arguments_are_checked_like_a_spec(clip_file, capsys):
     assert main(["sfi", str(clip_file), "--prompt", "x", "--window", "0.6", "0.2"]) == 2
     assert "$.injection.window: [0.6, 0.2] must be two fractions" in capsys.readouterr().err
+
+
+def test_the_demo_spec_feeds_eval_and_compare(tmp_path, capsys):
+    from evs_framework.spec import load_spec
+
+    assert main(["demo", "--output-dir", str(tmp_path / "demo"), "--zoo-dir", str(tmp_path / "zoo"), "-q"]) == 0
+    spec_file = tmp_path / "demo" / "demo_spec.json"
+    assert f"evs compare {spec_file} --weights-dir {tmp_path / 'zoo'}" in capsys.readouterr().out
+    spec = load_spec(spec_file)  # the spec the demo ran, loadable as it is
+    assert spec.models["idm"].upscale == 2.0 and spec.composition == "IDM_VDM_IDM"
+    assert main(["eval", str(tmp_path / "demo" / "demo_input.IDM_VDM_IDM.mp4"), "-q"]) == 0
+    assert main(["compare", str(spec_file), "--compositions", "IDM,IDM_VDM_IDM", "--weights-dir", str(tmp_path / "zoo"),
+                 "-q"]) == 0
+    assert (tmp_path / "demo" / "compare" / "demo_input.contact_sheet.png").is_file()
