@@ -109,7 +109,9 @@ def timed_scores(frames, clip: ClipInfo, metrics, cost: dict, progress: bool = F
 
 
 def write_reports(data: dict, folder: Path) -> tuple[Path, Path]:
-    return (video_io.write_json(folder / "metrics.json", data),
+    """metrics.json (a metric that does not apply, NaN, is written as null: strict JSON has no NaN) and metrics.csv."""
+    strict = json.loads(json.dumps(data), parse_constant=lambda constant: None)
+    return (video_io.write_json(folder / "metrics.json", strict),
             video_io.write_text(folder / "metrics.csv", report_csv(data)))
 
 

