@@ -80,7 +80,8 @@ def add_vbench(data: dict, setup, dimensions: list[str]) -> dict:
     scores = run_vbench(setup, videos, dimensions)
     for dimension, values in scores.items():
         name = f"vbench.{dimension}"
-        data["metrics"][name] = {"family": "vbench_exact", "aggregate": "video_mean", "higher_is_better": True,
+        data["metrics"][name] = {"family": "vbench_exact", "comparable_to_vbench": True, "aggregate": "video_mean",
+                                 "higher_is_better": True,
                                  "description": f"VBench's own {dimension}, run in its environment"}
         outputs, sources = [], []
         for i, video in enumerate(data["videos"]):

@@ -145,7 +145,9 @@ def report(metrics: list[Metric], scored: list[tuple[VideoScores, dict, dict]]) 
         if sources:
             source_aggregates[metric.name] = aggregate(metric, sources)
     return {
-        "metrics": {m.name: {"family": m.family, "aggregate": m.aggregate, "higher_is_better": m.higher_is_better,
+        # ports stay not comparable until someone cross-checks them against VBench itself
+        "metrics": {m.name: {"family": m.family, "comparable_to_vbench": m.family == "vbench_exact",
+                             "aggregate": m.aggregate, "higher_is_better": m.higher_is_better,
                              "description": m.description} for m in metrics},
         "videos": [{"output": str(v.output), "source": str(v.source) if v.source else None, "frames": v.frames,
                     "size": list(v.size), "values": v.values, "source_values": v.source_values, "deltas": v.deltas()}

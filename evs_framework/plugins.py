@@ -34,6 +34,7 @@ BUILTIN_PLUGINS = (
     "evs_plugins.metrics_flow",
     "evs_plugins.metrics_weights",
     "evs_plugins.metrics_niqe",
+    "evs_plugins.metrics_brisque",
 )
 
 # catalogue section -> the hook that fills it

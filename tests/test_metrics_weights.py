@@ -43,6 +43,7 @@ def test_network_metrics_run_as_ports(weights, seed_config, tmp_path, zoo, capsy
                  "--metrics", "subject_consistency,background_consistency,aesthetic_quality,clip_score", "-q"]) == 0
     data = json.loads((tmp_path / "metrics.json").read_text())
     assert {spec["family"] for spec in data["metrics"].values()} == {"vbench_port"}
+    assert not any(spec["comparable_to_vbench"] for spec in data["metrics"].values())
     [video] = data["videos"]
     for name in ("subject_consistency", "background_consistency"):
         assert 0.0 <= video["values"][name] <= 1.0 and 0.0 <= video["source_values"][name] <= 1.0
