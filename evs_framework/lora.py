@@ -1,6 +1,10 @@
 """LoRA files (kohya/civitai, diffusers, peft) read from .safetensors and fused into a UNet and CLIP text encoder.
 
 Fusing writes W += scale * alpha / rank * up @ down into the base weights, so no peft and no runtime adapter.
+Not diffusers' `load_lora_weights` + `fuse_lora`: they need peft, read pickles unasked and load non-strictly (a layer
+that matches no module is only logged); nor its kohya converter (`lora_conversion_utils`), which maps SD1.5 LDM names
+by string matching: `input_blocks_1` also catches `input_blocks_10`/`_11` (a KeyError) and `output_blocks_2_1_conv`,
+up block 0's upsampler, becomes `up_blocks.0.attentions.2.conv`. Names here resolve against the model's own modules.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ settings that change no shape (attention heads, norm groups) come from MotionAda
   `...attention_blocks.0.to_q.weight`, `...attention_blocks.0.pos_encoder.pe`), e.g. the `_comfyui` file.
 
 Loading is strict: any missing, unexpected or mis-shaped key is a WeightsError, never a partial load.
+The original layout is renamed by diffusers' own converter (the one `MotionAdapter.from_single_file` uses); the file
+is not loaded by `from_single_file`, which needs a config folder a bare file lacks (without one it fetches the config
+of a Hub repository it guesses from the keys: an OSError offline) and loads non-strictly (unexpected keys are only
+logged, missing ones fail as "Cannot copy out of meta tensor", naming no key).
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ LAYOUTS = ("diffusers", "original")
 # config keys a state dict cannot tell: they change no tensor shape
 SHAPELESS_CONFIG = ("motion_num_attention_heads", "motion_norm_num_groups")
 
-# (diffusers, original) key segments; the positional encoding is handled apart (one table in diffusers,
-# one per attention block in the original)
+# (diffusers, original) key segments, for writing the original layout (reading uses diffusers' converter); the
+# positional encoding is handled apart (one table in diffusers, one per attention block in the original)
 _SEGMENTS = (
     (".attn1.", ".attention_blocks.0."),
     (".attn2.", ".attention_blocks.1."),
@@ -54,9 +58,11 @@ def load_motion_adapter(path: Path, dtype: torch.dtype, config_overrides: dict |
             raise WeightsError(f"motion adapter folder {path} could not be loaded: {exc}") from exc
     state = read_state_dict(path, allow_pickle, "motion adapter weights")
     layout = detect_layout(state)
+    source = f"{path} ({layout} layout)"
     if layout == "original":
-        state = original_to_diffusers(state, path)
-    return motion_adapter_from_state_dict(state, dtype, config_overrides, source=f"{path} ({layout} layout)")
+        state, implied = original_to_diffusers(state, source)
+        config_overrides = {**implied, **(config_overrides or {})}
+    return motion_adapter_from_state_dict(state, dtype, config_overrides, source)
 
 
 def detect_layout(state: dict) -> str:
@@ -68,20 +74,17 @@ def detect_layout(state: dict) -> str:
     return "unknown"
 
 
-def original_to_diffusers(state: dict, file: Path | str = "state dict") -> dict[str, torch.Tensor]:
-    converted = {}
-    for key, value in state.items():
-        new_key = key.replace(".temporal_transformer.", ".")
-        if _ORIGINAL_PE.search(new_key):
-            new_key = _ORIGINAL_PE.sub(_DIFFUSERS_PE, new_key)
-            if new_key in converted and not torch.equal(converted[new_key], value):
-                raise WeightsError(f"{file}: the two attention blocks of {key.rsplit('.attention_blocks', 1)[0]} have "
-                                   f"different positional encodings; diffusers' MotionAdapter holds one per block")
-        else:
-            for diffusers_segment, original_segment in _SEGMENTS:
-                new_key = new_key.replace(original_segment, diffusers_segment)
-        converted[new_key] = value
-    return converted
+def original_to_diffusers(state: dict, source: str = "state dict") -> tuple[dict[str, torch.Tensor], dict]:
+    """(diffusers-layout state, config it implies). diffusers' converter drops the positional tables (fixed
+    sinusoids, recomputed on loading), so their length, the adapter's longest clip, is read here first."""
+    from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
+
+    lengths = {value.shape[1] for key, value in state.items() if _ORIGINAL_PE.search(key)}
+    if len(lengths) > 1:
+        raise WeightsError(f"{source}: positional tables of different lengths {sorted(lengths)}; a MotionAdapter has "
+                           f"one length for all (motion_max_seq_length): is the file complete and unmodified?")
+    implied = {"motion_max_seq_length": lengths.pop()} if lengths else {}
+    return convert_animatediff_checkpoint_to_diffusers(state), implied
 
 
 def diffusers_to_original(state: dict) -> dict[str, torch.Tensor]:

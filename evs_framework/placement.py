@@ -3,7 +3,10 @@
 With offloading, every model loads into CPU memory and only the modules at work (a text encoder, the VAE, one
 UNet) sit on the compute device; asking for others moves the idle ones back first. Modules shared between models
 (a motion UNet's spatial layers are the T2I UNet's) end up on the device whenever either model asks for them,
-because idle modules leave before the asked-for ones arrive.
+because idle modules leave before the asked-for ones arrive. Not accelerate's `cpu_offload_with_hook` (under diffusers'
+`enable_model_cpu_offload`): each hook offloads one fixed predecessor, and skips the move when the model's first
+parameter is already on the device; with the shared conv_in, the T2I UNet run after the motion UNet then found its own
+layers on the CPU ("Expected all tensors to be on the same device").
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Loading goes through diffusers' own single-file converters; configs and the tokenizer come from a local SD1.5
 diffusers folder, so nothing is downloaded. Before diffusers sees the file, its keys and shapes are checked
-against the layout that folder describes: diffusers loads a checkpoint with missing keys without an error
-(the missing weights stay uninitialised), so the check must be ours.
+against the layout that folder describes: diffusers only logs unexpected keys, and missing keys fail late, as
+"Cannot copy out of meta tensor", naming no key, so the check must be ours.
 """
 
 from __future__ import annotations

@@ -57,6 +57,24 @@ def test_original_layout_keeps_each_attention_blocks_positional_table(folder_ada
     assert not any(".attn1." in k or ".norm1." in k for k in state)
 
 
+def test_original_layout_keeps_the_positional_table_length(tmp_path):
+    """diffusers' converter drops the tables (fixed sinusoids); their length, the longest clip (24 frames in
+    AnimateDiff v1), is read from the file first, and tables of two lengths are refused."""
+    torch.manual_seed(0)
+    reference = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, use_motion_mid_block=False,
+                              motion_max_seq_length=24)
+    file = write_motion_adapter_file(reference, tmp_path / "v1.safetensors", "original")
+    assert_same_adapter(load_motion_adapter(file, torch.float32), reference)
+
+    state = load_file(file)
+    key = next(k for k in state if k.endswith(".attention_blocks.1.pos_encoder.pe"))
+    state[key] = torch.zeros(1, 16, state[key].shape[2])
+    save_file(state, tmp_path / "mixed.safetensors")
+    with pytest.raises(WeightsError, match=r"mixed.safetensors \(original layout\): positional tables of different "
+                                           r"lengths \[16, 24\]"):
+        load_motion_adapter(tmp_path / "mixed.safetensors", torch.float32)
+
+
 def test_loading_in_half_precision(folder_adapter, tmp_path):
     file = write_motion_adapter_file(folder_adapter, tmp_path / "a.safetensors", "diffusers")
     loaded = load_motion_adapter(file, torch.float16, config_overrides=HEADS)
