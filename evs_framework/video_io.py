@@ -2,7 +2,9 @@
 
 Files are read and written with ffmpeg (through imageio). Every output is written atomically: to a
 temporary file next to the destination, then moved onto it, so an interrupted run never leaves a
-half-written video or JSON file under the real name.
+half-written video or JSON file under the real name. A video is moved only once its frames count back
+from the file, since ffmpeg failing at the end (a full disk) raises nothing through imageio. Partial files
+that a killed process leaves behind are removed by the next run (output_guard).
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import attrs
 import imageio.v2 as imageio
+import imageio_ffmpeg
 import numpy as np
 import structlog
 import torch
@@ -61,8 +66,12 @@ def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 def _reason(error: Exception) -> str:
     # ffmpeg's own explanation is the last line of the (long) message imageio passes on.
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    return _last_line(str(error)) or type(error).__name__
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def _unreadable(path: Path, reason: str) -> VideoError:
@@ -176,14 +185,60 @@ def write_video(path, frames, fps: float) -> Path:
     try:
         # ffmpeg picks the container from the extension, so the temporary name must end in .mp4.
         with atomic_path(path, ".mp4") as partial:
-            with imageio.get_writer(partial, fps=fps, **WRITER_SETTINGS) as writer:
+            with _ffmpeg_writer(partial, fps) as writer:
                 for frame in pixels:
                     writer.append_data(frame)
+            _check_written(partial, len(pixels))
     except _FFMPEG_ERRORS as error:
         raise VideoError(
             f"cannot write video {path}: {_reason(error)}; check the folder is writable and has space"
         ) from error
     return path
+
+
+class _AbandonWrite(BaseException):
+    """Thrown into imageio-ffmpeg's frame generator to stop ffmpeg: a plain close (GeneratorExit) makes the generator
+    wait while ffmpeg encodes every frame it holds, any other BaseException makes it kill ffmpeg."""
+
+
+@contextlib.contextmanager
+def _ffmpeg_writer(partial: Path, fps: float):
+    """imageio's ffmpeg writer; when the block fails or is interrupted (Ctrl-C, SIGTERM), ffmpeg is killed at once
+    instead of finishing a file that is about to be deleted."""
+    writer = imageio.get_writer(partial, fps=fps, **WRITER_SETTINGS)
+    try:
+        yield writer
+    except BaseException:
+        frame_sink = getattr(writer, "_write_gen", None)  # imageio's handle on ffmpeg; None before the first frame
+        if frame_sink is not None:
+            with contextlib.suppress(_AbandonWrite, StopIteration):
+                frame_sink.throw(_AbandonWrite())
+        raise
+    finally:
+        writer.close()
+
+
+def _count_written_frames(path: Path) -> int:
+    """The frames in the first video stream of the file just written, counted from its packets without decoding
+    them (tens of milliseconds); raises RuntimeError with ffmpeg's reason when it cannot read the file back."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", f"file:{path}",
+               "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
+    result = subprocess.run(command, capture_output=True, text=True, errors="replace")
+    counts = re.findall(r"frame=\s*(\d+)", result.stderr)
+    if result.returncode != 0 or not counts:
+        reason = _last_line(result.stderr) or f"exit status {result.returncode}"
+        raise RuntimeError(f"ffmpeg cannot read back the file it wrote ({reason})")
+    return int(counts[-1])
+
+
+def _check_written(partial: Path, frame_count: int) -> None:
+    """imageio ignores ffmpeg's exit status, so a write that fails at the end (a full disk's "Error writing
+    trailer") leaves a truncated file and no error; count the frames that really reached the file instead."""
+    if not partial.is_file() or partial.stat().st_size == 0:
+        raise RuntimeError("ffmpeg wrote nothing")
+    written = _count_written_frames(partial)
+    if written != frame_count:
+        raise RuntimeError(f"ffmpeg wrote {written} of {frame_count} frames")
 
 
 def write_json(path, data: dict) -> Path:
