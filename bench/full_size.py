@@ -6,7 +6,7 @@ its spatial LoRA) at the real sizes with random fp16 weights, loads them through
 - measures what sharing the spatial UNet saves (lightningEP next to EP, against UNetMotionModel.from_unet2d's copy);
 - runs each composition on a synthetic 16-frame 512x320 clip with the seed's example settings (x2 upscale);
 - runs the other model pairs (watercolor + lightningSD, EP + animatelcm) once each.
-Writes one JSON line per measurement to $OUT/bench.jsonl (or ./bench.jsonl) as it goes.
+Writes one JSON line per measurement to $OUT/bench.jsonl (or bench/results/bench.jsonl) as it goes.
 
     python bench/full_size.py [--compositions IDM_VDM_IDM,basic,IDM,VDM] [--frames 16] [--repeats 2]
 """
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--no-offload-run", dest="offload_run", action="store_false",
                         help="skip the last run, which measures --offload (weights in CPU memory)")
     args = parser.parse_args()
-    out = Path(os.environ.get("OUT", ".")) / "bench.jsonl"
+    out = Path(os.environ["OUT"]) / "bench.jsonl" if "OUT" in os.environ else Path(__file__).parent / "results" / "bench.jsonl"
 
     def record(**fields):
         print(json.dumps(fields), flush=True)

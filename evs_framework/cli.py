@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import attrs
 import structlog
-import torch
 
-from evs_framework.errors import EVSError
-from evs_framework.loading import DTYPES, LoadContext, WeightSettings, default_weight_folders
+from evs_framework.errors import EVSError, PlanError, SpecError
 from evs_framework.logs import configure_logging
-from evs_framework.plan import make_plan
-from evs_framework.plan_text import format_plan
 from evs_framework.plugins import describe, load_plugins
 from evs_framework.registry import load_registry
-from evs_framework.runner import run_job
-from evs_framework import video_io
-from evs_framework.spec import INJECTION_FEATURES, load_spec, spec_from_data, spec_to_data
 
 log = structlog.get_logger("evs")
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
+# Outputs differ in the last bits with the thread count (float sums in another order); a fixed count by default
+# keeps runs on one machine reproducible, and `--threads` trades that for speed.
+DEFAULT_THREADS = 2
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -35,10 +36,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _running(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights-dir", action="append", default=[], metavar="DIR",
                         help="folder holding model weights, searched before $EVS_WEIGHTS_DIR and ./pretrained_models")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help=f"CPU threads for torch (default {DEFAULT_THREADS}, or $OMP_NUM_THREADS); outputs can differ "
+                             f"in the last bits between thread counts, so keep it fixed to reproduce a run")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                         help="model precision (default: float16 on GPU, float32 on CPU)")
-    parser.add_argument("--vae-dtype", choices=sorted(DTYPES), default="float32",
+    parser.add_argument("--vae-dtype", choices=DTYPE_NAMES, default="float32",
                         help="VAE precision (default float32: half-precision VAEs can overflow into black frames)")
     parser.add_argument("--offload", action="store_true",
                         help="keep weights in CPU memory and move each model to the GPU only while it works "
@@ -54,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     plan = commands.add_parser("plan", help="show the schedule a config runs, without loading weights")
     plan.add_argument("config", type=Path)
+    plan.add_argument("--allow-missing", action="store_true",
+                      help="show the plan even when input videos or weight files are missing (they are listed as warnings)")
     run = commands.add_parser("run", help="run a config (original EVS JSON or native YAML/JSON spec)")
     run.add_argument("config", type=Path)
     run.add_argument("--overwrite", action="store_true", help="redo videos whose outputs already match the spec")
@@ -69,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     sfi.add_argument("--strength", type=float, default=1.0,
                      help="fraction of the model's schedule to run from the noised source (default 1.0: from pure noise)")
     sfi.add_argument("--steps", type=int, default=None, help="the model's step count (default: its preset's)")
-    sfi.add_argument("--features", choices=INJECTION_FEATURES, default="kv")
+    sfi.add_argument("--features", choices=("kv", "attention_maps"), default="kv")
     sfi.add_argument("--layers", nargs="+", default=None, metavar="PATTERN",
                      help="fnmatch patterns of self-attention module names (default: the decoder's middle resolutions)")
     sfi.add_argument("--window", nargs=2, type=float, default=None, metavar=("START", "END"),
@@ -106,44 +112,107 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _context(args, plugins, registry, extra_folders=()) -> LoadContext:
-    device = torch.device(args.device)
+def _context(args, plugins, registry, extra_folders=(), device=None):
+    """The LoadContext the arguments describe; `device`, when given, replaces --device (already checked)."""
+    import torch
+
+    from evs_framework.loading import DTYPES, LoadContext, WeightSettings, default_weight_folders
+    from evs_framework.preflight import parse_device
+
+    torch.set_num_threads(args.threads or int(os.environ.get("OMP_NUM_THREADS") or DEFAULT_THREADS))
+    device = device or parse_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     folders = default_weight_folders([*extra_folders, *args.weights_dir])
     return LoadContext(plugins, registry, WeightSettings(folders), device, dtype, DTYPES[args.vae_dtype], args.allow_pickle,
                        args.offload)
 
 
+@attrs.frozen
+class Job:
+    spec: object  # Spec
+    plan: object  # Plan
+    context: object  # LoadContext
+    missing: tuple[str, ...]  # missing input videos and weight files (only when they were allowed)
+
+
+def prepare_job(args, plugins, registry, allow_missing: bool = False) -> Job:
+    """Spec, plan and machine checked in one round: every problem is in one error, before any weight loads."""
+    import torch
+
+    from evs_framework.plan import make_plan
+    from evs_framework.preflight import input_problems, weight_problems
+    from evs_framework.spec import read_spec
+
+    parsed = read_spec(args.config)
+    spec = parsed.spec
+    if getattr(args, "output_dir", None):
+        spec = attrs.evolve(spec, output=attrs.evolve(spec.output, dir=args.output_dir.resolve()))
+    problems = list(parsed.problems)
+    try:
+        context = _context(args, plugins, registry)
+    except EVSError as exc:
+        problems.append(str(exc))
+        context = _context(args, plugins, registry, device=torch.device("cpu"))  # to look for weights all the same
+    plan = None
+    try:
+        plan = make_plan(spec, registry, plugins, context, parsed.broken_roles)
+    except PlanError as exc:
+        problems += exc.problems
+    except EVSError as exc:
+        problems.append(str(exc))
+    entries = [m.entry for m in plan.models.values()] if plan else \
+        [registry.entries[c.name] for c in spec.models.values() if c.name in registry.entries]
+    missing = input_problems(spec, plan) + weight_problems(entries, context)
+    if missing and not allow_missing:
+        problems += missing
+    if problems:
+        raise SpecError(problems, str(args.config))
+    return Job(spec, plan, context, tuple(missing))
+
+
 def _report(results, started: float) -> int:
     failed = [r for r in results if r.error]
+    elsewhere = [r for r in results if r.skip_reason]  # another evs process holds their locks
     for r in results:
+        if r.skip_reason:
+            print(f"{r.source.name}: skipped ({r.skip_reason})")
+            continue
         state = "skipped (already done)" if r.skipped else "FAILED" if r.error else f"{r.seconds:.1f} s"
         print(f"{r.source.name}: {state} -> {r.output if not r.error else r.error}")
-    print(f"{len(results) - len(failed)} of {len(results)} video(s) done in {time.perf_counter() - started:.1f} s")
+    left = f", {len(elsewhere)} left to other evs processes" if elsewhere else ""
+    print(f"{len(results) - len(failed) - len(elsewhere)} of {len(results)} video(s) done in "
+          f"{time.perf_counter() - started:.1f} s{left}")
     return 1 if failed else 0
 
 
 def cmd_plan(args, plugins, registry) -> int:
-    spec = load_spec(args.config)
-    print(format_plan(make_plan(spec, registry, plugins, _context(args, plugins, registry)), str(args.config)))
-    print(f"inputs: {len(spec.inputs)} video(s), up to {spec.video.max_frames or 'all'} frames each")
+    from evs_framework.plan_text import format_plan
+
+    job = prepare_job(args, plugins, registry, allow_missing=args.allow_missing)
+    print(format_plan(job.plan, str(args.config)))
+    print(f"inputs: {len(job.spec.inputs)} video(s), up to {job.spec.video.max_frames or 'all'} frames each")
+    for problem in job.missing:
+        print(f"warning (--allow-missing): {problem}")
     return 0
 
 
 def cmd_run(args, plugins, registry) -> int:
+    from evs_framework.runner import run_job
+
     started = time.perf_counter()
-    spec = load_spec(args.config)
-    if args.output_dir:
-        spec = attrs.evolve(spec, output=attrs.evolve(spec.output, dir=args.output_dir.resolve()))
-    context = _context(args, plugins, registry)
-    plan = make_plan(spec, registry, plugins, context)
-    log.info("plan_ready", composition=plan.composition, videos=len(spec.inputs), totals=plan.totals())
-    results = run_job(spec, plan, context, progress=not args.quiet, overwrite=args.overwrite)
+    job = prepare_job(args, plugins, registry)
+    log.info("plan_ready", composition=job.plan.composition, videos=len(job.spec.inputs))
+    results = run_job(job.spec, job.plan, job.context, progress=not args.quiet, overwrite=args.overwrite)
     return _report(results, started)
 
 
 def cmd_demo(args, plugins, registry) -> int:
+    from evs_framework import video_io
     from evs_framework.demo import prepare_demo
+    from evs_framework.plan import make_plan
+    from evs_framework.plan_text import format_plan
+    from evs_framework.runner import run_job
+    from evs_framework.spec import spec_to_data
 
     started = time.perf_counter()
     out_dir = (args.output_dir or Path("outputs/demo")).resolve()
@@ -162,6 +231,11 @@ def cmd_demo(args, plugins, registry) -> int:
 
 
 def cmd_sfi(args, plugins, registry) -> int:
+    from evs_framework.plan import make_plan
+    from evs_framework.plan_text import format_plan
+    from evs_framework.runner import run_job
+    from evs_framework.spec import spec_from_data
+
     started = time.perf_counter()
     injection = {"features": args.features,
                  **({"layers": args.layers} if args.layers else {}), **({"window": args.window} if args.window else {})}
@@ -205,6 +279,7 @@ def cmd_eval(args, plugins, registry) -> int:
 
 def cmd_compare(args, plugins, registry) -> int:
     from evs_framework.compare import compare, format_comparison
+    from evs_framework.spec import load_spec
 
     spec = load_spec(args.config)
     if args.output_dir:
@@ -221,13 +296,28 @@ def cmd_compare(args, plugins, registry) -> int:
 
 
 def cmd_fetch(args, plugins, registry) -> int:
-    from evs_framework.fetch import fetch
+    from evs_framework.fetch import fetch, hub_unreachable
+    from evs_framework.loading import default_weight_folders
 
-    entries = [registry.get(name) for name in args.names]
-    for entry in entries:
-        path = fetch(entry, default_weight_folders()[0])
-        print(f"{entry.name}: {path}")
+    unknown = []
+    for name in args.names:
+        try:
+            registry.get(name)
+        except EVSError as exc:
+            unknown.append(str(exc))
+    if unknown:
+        raise EVSError("\n".join(unknown))
+    unreachable = hub_unreachable() if any(registry.get(name).weights.hub for name in args.names) else None
+    failed = []
+    for name in args.names:
+        try:
+            print(f"{name}: {fetch(registry.get(name), default_weight_folders()[0], unreachable)}")
+        except EVSError as exc:
+            failed.append(str(exc))
+    if failed:
+        raise EVSError(f"{len(failed)} of {len(args.names)} model(s) not fetched:\n" + "\n".join(f"  - {f}" for f in failed))
     return 0
+
 
 
 def cmd_plugins(args, plugins, registry) -> int:
@@ -250,16 +340,41 @@ COMMANDS = {"plan": cmd_plan, "run": cmd_run, "demo": cmd_demo, "sfi": cmd_sfi, 
             "plugins": cmd_plugins, "models": cmd_models}
 
 
+INTERRUPTED = "interrupted; finished videos are kept, rerun the same command to continue"
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """A SIGTERM (`kill`, a job scheduler) stops a command the way Ctrl-C does, so partial files are removed and
+    locks released on the way out."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(-1 if args.quiet else args.verbose)
     try:
-        plugins = load_plugins()
-        registry = load_registry(args.registry)
-        return COMMANDS[args.command](args, plugins, registry)
+        with _sigterm_as_interrupt():
+            plugins = load_plugins()
+            registry = load_registry(args.registry)
+            return COMMANDS[args.command](args, plugins, registry)
     except EVSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from evs_framework import video_io
 from evs_framework.contact_sheet import contact_sheet, labelled, save_png
 from evs_framework.errors import EVSError
 from evs_framework.evaluate import choose_metrics, evaluate
-from evs_framework.metrics import read_frames
+from evs_framework.metrics import format_value, read_frames
 from evs_framework.plan import make_plan
 from evs_framework.runner import run_job
 from evs_framework.spec import Spec
@@ -79,6 +79,6 @@ def format_comparison(entry: dict, names: list[str]) -> str:
     rows.append(("unet calls", "-", *(" ".join(f"{role} {calls}" for role, calls in table[n]["unet_calls"].items())
                                       for n in names)))
     for metric, spec in entry["metrics"].items():
-        rows.append((f"{metric} [{spec['family']}]", *(f"{table[c][metric]:.4f}" for c in columns)))
+        rows.append((f"{metric} [{spec['family']}]", *(format_value(table[c][metric]) for c in columns)))
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)

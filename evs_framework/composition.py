@@ -17,15 +17,16 @@ Each stage says:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import attrs
-import yaml
-
 from evs_framework.convert import structure
-from evs_framework.errors import SpecError
+from evs_framework.datafile import read_data_file
+from evs_framework.errors import SpecError, short_repr
 
 ROLES = ("idm", "vdm")
+NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,63}")
 STOPS = ("window", "end")
 
 
@@ -53,6 +54,9 @@ class Composition:
 def check_composition(composition: Composition, path: str = "$") -> list[str]:
     """Problems in the composition's own shape (values that come from settings are checked by the planner)."""
     problems = []
+    if not NAME.fullmatch(composition.name):
+        problems.append(f"{path}.name: {short_repr(composition.name)} goes into output file names; use letters, digits "
+                        f"and _ . + - only")
     if not composition.stages:
         problems.append(f"{path}.stages: a composition needs at least one stage")
     for group in ("stages", "per_window"):
@@ -80,6 +84,4 @@ def parse_composition(data: dict, name: str, source: str, path: str = "$") -> Co
 
 
 def load_composition_file(file: Path) -> Composition:
-    with open(file, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle)
-    return parse_composition(data, Path(file).stem, str(file))
+    return parse_composition(read_data_file(file, "composition"), Path(file).stem, str(file))

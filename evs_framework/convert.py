@@ -12,9 +12,11 @@ from pathlib import Path
 
 import attrs
 import cattrs
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+import cattrs.gen
+from cattrs.errors import (AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError,
+                           IterableValidationError, IterableValidationNote)
 
-from evs_framework.errors import SpecError
+from evs_framework.errors import SpecError, short_repr
 
 _PRIMITIVES = {
     bool: lambda v: isinstance(v, bool),
@@ -31,7 +33,7 @@ def _primitive_hook(kind):
 
     def structure(value, _):
         if not accepts(value):
-            raise TypeError(f"expected {_TYPE_WORDS[kind]}, got {type(value).__name__} {value!r}")
+            raise TypeError(f"expected {_TYPE_WORDS[kind]}, got {type(value).__name__} {short_repr(value)}")
         return float(value) if kind is float else value
 
     return structure
@@ -59,7 +61,68 @@ def _union_hook(t):
             if _PRIMITIVES[member](value):
                 return float(value) if member is float and not isinstance(value, float) and int not in members else value
         words = " or ".join([_TYPE_WORDS[m] for m in members] + (["a mapping"] if record else []))
-        raise TypeError(f"expected {words}, got {type(value).__name__} {value!r}")
+        raise TypeError(f"expected {words}, got {type(value).__name__} {short_repr(value)}")
+
+    return structure
+
+
+def _is_sequence(t) -> bool:
+    return typing.get_origin(t) in (tuple, list)
+
+
+def _sequence_hook(t):
+    """Lists only: cattrs would split a string into characters (`mp4_files: "ab"` as two videos)."""
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    fixed = origin is tuple and not (len(args) == 2 and args[1] is Ellipsis)
+
+    def structure(value, _):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected a list, got {type(value).__name__} {short_repr(value)}; write it as [...]")
+        if fixed and len(value) != len(args):
+            raise TypeError(f"expected a list of {len(args)} values, got {len(value)}")
+        items, errors = [], []
+        for index, (item, kind) in enumerate(zip(value, args if fixed else [args[0]] * len(value))):
+            try:
+                items.append(CONVERTER.structure(item, kind))
+            except Exception as exc:  # noqa: BLE001 - collected and re-raised with its index, as cattrs does
+                exc.__notes__ = [*getattr(exc, "__notes__", []), IterableValidationNote(f"@ index {index}", index, kind)]
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"while structuring {t!r}", errors, t)
+        return tuple(items) if origin is tuple else items
+
+    return structure
+
+
+def _mapping_hook(t):
+    """Mappings only, each value structured with its key in the error path."""
+    key_type, value_type = typing.get_args(t) or (str, object)
+
+    def structure(value, _):
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a mapping of keys to values, got {type(value).__name__} {short_repr(value)}")
+        items, errors = {}, []
+        for key, item in value.items():
+            try:
+                items[CONVERTER.structure(key, key_type)] = CONVERTER.structure(item, value_type)
+            except Exception as exc:  # noqa: BLE001 - collected and re-raised with its key, as cattrs does
+                exc.__notes__ = [*getattr(exc, "__notes__", []), IterableValidationNote(f"@ key {key!r}", str(key), value_type)]
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"while structuring {t!r}", errors, t)
+        return items
+
+    return structure
+
+
+def _record_hook(cls):
+    """attrs classes from mappings only (cattrs' own error for `settings: null` is Python's, not ours)."""
+    fields = cattrs.gen.make_dict_structure_fn(cls, CONVERTER, _cattrs_forbid_extra_keys=True)
+
+    def structure(value, _):
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a mapping of keys to values, got {type(value).__name__} {short_repr(value)}")
+        return fields(value, cls)
 
     return structure
 
@@ -69,6 +132,9 @@ def make_converter() -> cattrs.Converter:
     for kind in (bool, int, float, str):
         converter.register_structure_hook(kind, _primitive_hook(kind))
     converter.register_structure_hook_factory(lambda t: _union_parts(t) is not None, _union_hook)
+    converter.register_structure_hook_factory(_is_sequence, _sequence_hook)
+    converter.register_structure_hook_factory(lambda t: typing.get_origin(t) is dict or t is dict, _mapping_hook)
+    converter.register_structure_hook_factory(attrs.has, _record_hook)
     converter.register_structure_hook(Path, lambda v, _: Path(_primitive_hook(str)(v, None)))
     return converter
 
@@ -83,10 +149,11 @@ def _problems(exc: BaseException, path: str) -> list[str]:
     if isinstance(exc, (ClassValidationError, IterableValidationError)):
         lines = []
         for inner in exc.exceptions:
-            note = next((n for n in getattr(inner, "__notes__", []) if hasattr(n, "name") or hasattr(n, "index")), None)
-            if note is not None and hasattr(note, "name"):
+            notes = getattr(inner, "__notes__", [])
+            note = next((n for n in notes if isinstance(n, (AttributeValidationNote, IterableValidationNote))), None)
+            if isinstance(note, AttributeValidationNote):
                 lines += _problems(inner, f"{path}.{note.name}")
-            elif note is not None and hasattr(note, "index"):
+            elif isinstance(note, IterableValidationNote):
                 key = note.index
                 lines += _problems(inner, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]")
             else:
@@ -111,3 +178,29 @@ def structure(data, cls, source: str, path: str = "$"):
         raise SpecError(_problems(exc, path), source) from None
     except (TypeError, ValueError) as exc:
         raise SpecError([f"{path}: {exc}"], source) from None
+
+
+def structure_fields(data, cls, path: str = "$") -> tuple[dict, list[str]]:
+    """Structure each top-level key of `data` as the matching field of `cls` on its own: (the values that
+    structured, every problem), so one bad key does not hide the problems of the others."""
+    if not isinstance(data, dict):
+        return {}, [f"{path}: expected a mapping of keys to values, got {type(data).__name__}"]
+    attrs.resolve_types(cls)
+    fields = {field.alias: field for field in attrs.fields(cls)}
+    problems = []
+    unknown = sorted(set(map(str, data)) - set(fields))
+    if unknown:
+        problems.append(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}{_known_keys(cls)}")
+    values = {}
+    for alias, field in fields.items():
+        if alias not in data:
+            if field.default is attrs.NOTHING:
+                problems.append(f"{path}.{alias}: required key is missing")
+            continue
+        try:
+            values[alias] = CONVERTER.structure(data[alias], field.type)
+        except (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as exc:
+            problems += _problems(exc, f"{path}.{alias}")
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{path}.{alias}: {exc}")
+    return values, problems

@@ -18,7 +18,16 @@ class SpecError(EVSError):
 
 
 class PlanError(EVSError):
-    """The schedule a spec asks for cannot be run (found before any weight is loaded)."""
+    """The schedule a spec asks for cannot be run (found before any weight is loaded); holds every problem."""
+
+    def __init__(self, problems: list[str] | str):
+        if isinstance(problems, str):
+            self.problems = [problems]
+            super().__init__(problems)
+        else:
+            self.problems = list(problems)
+            super().__init__(f"the schedule cannot run ({len(self.problems)} problem(s)):\n" +
+                             "\n".join(f"  - {p}" for p in self.problems))
 
 
 class RegistryError(EVSError):
@@ -50,3 +59,9 @@ def did_you_mean(name: str, choices) -> str:
     if close:
         return f" (did you mean {' or '.join(repr(c) for c in close)}?)"
     return f" (known: {', '.join(choices) if choices else 'none'})"
+
+
+def short_repr(value, limit: int = 80, quote: bool = True) -> str:
+    """repr(value) (str(value) without `quote`) cut to `limit` characters, so an error never echoes a huge input."""
+    text = repr(value) if quote else str(value)
+    return text if len(text) <= limit else f"{text[:limit - 15]}... ({len(text)} chars)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from tqdm import tqdm
 
 from evs_framework import video_io
 from evs_framework.errors import EVSError, did_you_mean
-from evs_framework.metrics import ClipInfo, Metric, VideoScores, read_frames, report, report_csv, score_video
+from evs_framework.metrics import (ClipInfo, Metric, VideoScores, format_value, read_frames, report, report_csv,
+                                   score_video)
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +64,7 @@ def evaluate(outputs: list[Path], metrics: list[Metric], progress: bool = True) 
         source_values = {name: result.value for name, result in source_results.items()}
         scores = VideoScores(output, source, values, source_values, len(frames), (frames.shape[2], frames.shape[1]))
         scored.append((scores, results, source_results))
-        log.info("video_scored", output=str(output), source=str(source) if source else None, values=values)
+        log.info("video_scored", output=output.name, metrics=len(values))
     data = report(metrics, scored)
     data["seconds_per_metric"] = {name: round(seconds, 3) for name, seconds in cost.items()}
     return data
@@ -130,4 +132,5 @@ def format_table(data: dict) -> str:
 
 
 def _with_delta(value: float, delta: float | None) -> str:
-    return f"{value:.4f}" + ("" if delta is None else f" ({delta:+.4f})")
+    shown_delta = "" if delta is None or math.isnan(delta) else f" ({delta:+.4f})"
+    return format_value(value) + shown_delta

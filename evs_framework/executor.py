@@ -30,7 +30,7 @@ class Trajectory:
 
 @attrs.frozen
 class OpRecord:
-    index: int
+    index: int  # counts from 1, as `evs plan` numbers ops and stages
     stage: int
     op: str
     model: str
@@ -89,6 +89,6 @@ def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, ca
         _check_finite(state.x, index, op, state.sigma)
         if state.x.device.type == "cuda":
             torch.cuda.synchronize(state.x.device)
-        records.append(OpRecord(index, op.stage, type(op).__name__, op.model, time.perf_counter() - started,
+        records.append(OpRecord(index + 1, op.stage + 1, type(op).__name__, op.model, time.perf_counter() - started,
                                 sum(d.calls for d in denoisers.values()) - calls_before))
     return state.x, records

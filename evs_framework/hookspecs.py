@@ -81,6 +81,16 @@ def resolve_weights(location, settings):
 
 
 @hookspec
+def required_models(entry, context):
+    """Other registry entries whose weight files loading `entry` reads (a base model, a folder of configs): return a
+    list of `ModelEntry`, or None for kinds you do not provide.
+
+    Called before any model loads, so that every missing weight file of a job is reported at once. `context` is a
+    `LoadContext`; use it to look at where files are (`context.weights_path`), never to load them.
+    """
+
+
+@hookspec
 def plan_extras(spec, plan, context):
     """Add work to a plan that its ops do not show (a pass over the source, say): return an
     `evs_framework.plan.PlanExtra` (its UNet calls count in the totals, its memory is shown), or None.

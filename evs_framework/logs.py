@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
@@ -21,12 +22,15 @@ def configure_logging(verbosity: int = 0) -> None:
         logger_factory=lambda *args: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )
-    # diffusers and transformers announce every load and cast; keep their errors only (their own set-up would
-    # reset a plain logging level on first use, so their verbosity functions are used)
-    import diffusers.utils.logging
-    import transformers.utils.logging
-
-    for library in (diffusers.utils.logging, transformers.utils.logging):
-        library.set_verbosity(logging.ERROR if verbosity <= 0 else logging.INFO)
-        if verbosity <= 0:
-            library.disable_progress_bar()
+    # diffusers and transformers announce every load and cast; keep their errors only. They read these variables
+    # when first imported (which only commands that load a model do); one already imported is set directly.
+    quiet = verbosity <= 0
+    os.environ["DIFFUSERS_VERBOSITY"] = os.environ["TRANSFORMERS_VERBOSITY"] = "error" if quiet else "info"
+    if quiet:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("diffusers.utils.logging", "transformers.utils.logging"):
+        library = sys.modules.get(name)
+        if library is not None:
+            library.set_verbosity(logging.ERROR if quiet else logging.INFO)
+            if quiet:
+                library.disable_progress_bar()

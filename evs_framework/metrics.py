@@ -74,15 +74,14 @@ class Metric:
 
 def load_weight_paths(file: Path) -> dict[str, Path]:
     """The `key: path` mapping of a weights file (YAML; relative paths from its folder), every file checked."""
-    import yaml
-
+    from evs_framework.datafile import read_data_file
     from evs_framework.errors import SpecError
 
     file = Path(file)
     if not file.is_file():
         raise SpecError([f"{file}: no such file; give the YAML file that maps {', '.join(WEIGHT_FILES)} to paths"],
                         str(file))
-    data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    data = read_data_file(file, "weights file") or {}
     if not isinstance(data, dict):
         raise SpecError(["$: the top level must map weight names to paths"], str(file))
     problems = [f"$.{key}: unknown weight; known: {', '.join(WEIGHT_FILES)}" for key in data if key not in WEIGHT_FILES]
@@ -166,10 +165,15 @@ def report_csv(data: dict) -> str:
     writer.writerow(["output", "metric", "value", "source_value", "delta"])
     for video in data["videos"]:
         for name, value in video["values"].items():
-            writer.writerow([video["output"], name, f"{value:.6f}", _cell(video["source_values"].get(name)),
-                             _cell(video["deltas"].get(name))])
+            writer.writerow([video["output"], name, format_value(value, 6),
+                             format_value(video["source_values"].get(name), 6, absent=""),
+                             format_value(video["deltas"].get(name), 6, absent="")])
     return buffer.getvalue()
 
 
-def _cell(value) -> str:
-    return "" if value is None else f"{value:.6f}"
+def format_value(value, digits: int = 4, absent: str = "null") -> str:
+    """A metric value as tables and CSV print it: `null` where it does not apply (NaN), as metrics.json says;
+    `absent` where there is no value at all (no source clip to compare with)."""
+    if value is None:
+        return absent
+    return "null" if math.isnan(value) else f"{value:.{digits}f}"

@@ -18,6 +18,9 @@ from evs_framework.sigmas import ModelSchedule
 from evs_framework.spec import ModelChoice, Spec
 
 ROLE_TYPES = {"idm": "t2i", "vdm": "t2v"}
+# a later stage entering above this multiple of the first stage's level is reported (the example config's
+# T2V window enters at 1.3x)
+RENOISE_WARNING = 1.5
 
 
 @attrs.frozen
@@ -117,15 +120,16 @@ def resolve_composition(spec: Spec, catalogue: Catalogue) -> Composition:
 class _Planner:
     """Walks the stages once, collecting ops and every problem found."""
 
-    def __init__(self, spec: Spec, registry: Registry, catalogue: Catalogue):
+    def __init__(self, spec: Spec, registry: Registry, catalogue: Catalogue, broken_roles=frozenset()):
         self.spec, self.registry, self.catalogue = spec, registry, catalogue
         self.problems: list[str] = []
         self.notes: list[str] = []
         self.ops: list = []
         self.models: dict[str, PlannedModel] = {}
-        self.failed: set[str] = set()  # roles whose model or a stage already had a problem
+        self.failed: set[str] = set(broken_roles)  # roles whose model or a stage already had a problem
         # the trajectory so far
         self.sigma, self.has_prediction = 0.0, False
+        self.start_sigma: float | None = None  # where the first transfer put the trajectory
         self.resume: dict[str, int] = {}  # role -> the level where it stopped
         self.used_windows = 0
 
@@ -199,8 +203,7 @@ class _Planner:
             else:
                 self.notes.append(f"stable_steps {list(windows)} unused: composition {composition.name} has no window")
         if self.problems:
-            raise PlanError(f"the schedule cannot run ({len(self.problems)} problem(s)):\n" +
-                            "\n".join(f"  - {p}" for p in self.problems))
+            raise PlanError(self.problems)
         return Plan(composition.name, self.models, tuple(self.ops), tuple(self.notes), self.spec.settings.inversion_guidance)
 
     def stage_ops(self, index: int, stage: Stage, where: str) -> None:
@@ -249,6 +252,9 @@ class _Planner:
             stop = total
 
         self.enter(index, model, enter, first, where)
+        # a resumed model picks up at its own next level, a small step down by design
+        if start != "resume" and isinstance(self.ops[-1], TransferOp):
+            self.note_level_jump(where, model, self.ops[-1].sigma_to)
         sigmas = schedule.levels[first:stop + 1]
         if any(b >= a for a, b in zip(sigmas, sigmas[1:])):
             self.problem(f"{where}: sigma does not decrease over levels {first}..{stop} ({sigmas}); "
@@ -287,6 +293,21 @@ class _Planner:
         calls = transfer.model_steps(len(levels) - 1) * guidance_calls
         self.ops.append(TransferOp(index, model.role, mode, first, self.sigma, schedule.levels[first], levels, calls))
 
+    def note_level_jump(self, where: str, model: PlannedModel, sigma_to: float) -> None:
+        """Hand-overs that are legal but probably not meant: below the current level, or far above the start."""
+        if self.start_sigma is None:
+            self.start_sigma = sigma_to
+            return
+        if sigma_to < self.sigma:
+            self.notes.append(f"{where}: warning: {model.entry.name} enters at sigma {sigma_to:.4f}, below the current "
+                              f"{self.sigma:.4f}, so the hand-over removes noise without a model step; raise the stage's "
+                              f"strength if that is not meant")
+        elif sigma_to > RENOISE_WARNING * self.start_sigma:
+            self.notes.append(f"{where}: warning: {model.entry.name} re-noises to sigma {sigma_to:.4f}, "
+                              f"{sigma_to / self.start_sigma:.1f}x the level the trajectory started at "
+                              f"({self.start_sigma:.4f}), discarding more of the source than the first stage did; "
+                              f"lower the stage's strength if that is not meant")
+
 
 def untrained_timesteps(preset, timesteps) -> tuple[int, ...]:
     """The timesteps a distilled model (one with `trained_timesteps`) was not trained on; empty for other models."""
@@ -295,8 +316,11 @@ def untrained_timesteps(preset, timesteps) -> tuple[int, ...]:
     return tuple(t for t in timesteps if t not in preset.trained_timesteps)
 
 
-def make_plan(spec: Spec, registry: Registry, plugins: Plugins, context=None) -> Plan:
-    """The checked plan of `spec`, with what plugins add to it (`context`, a LoadContext, lets them read configs)."""
-    plan = _Planner(spec, registry, plugins.catalogue).plan(resolve_composition(spec, plugins.catalogue))
+def make_plan(spec: Spec, registry: Registry, plugins: Plugins, context=None, broken_roles=frozenset()) -> Plan:
+    """The checked plan of `spec`, with what plugins add to it (`context`, a LoadContext, lets them read configs).
+
+    `broken_roles` are roles whose model key the spec could not read (already reported): they are not planned.
+    """
+    plan = _Planner(spec, registry, plugins.catalogue, broken_roles).plan(resolve_composition(spec, plugins.catalogue))
     extras = [extra for extra in plugins.hook.plan_extras(spec=spec, plan=plan, context=context) if extra is not None]
     return attrs.evolve(plan, extras=tuple(extras))

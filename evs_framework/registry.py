@@ -8,18 +8,21 @@ a later file's entry replaces an earlier one of the same name.
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 
 import attrs
 import structlog
-import yaml
 
 from evs_framework.convert import structure
+from evs_framework.datafile import read_data_file
 from evs_framework.errors import RegistryError, SpecError, did_you_mean
 from evs_framework.sigmas import BETA_SCHEDULES, SPACINGS, ModelSchedule, TrainSchedule
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_REGISTRY = PROJECT_ROOT / "registry.yaml"
+# registry.yaml and compositions/ sit at the repository's top level; the package reaches them through
+# evs_framework/data (links in a checkout, copies in a wheel), so an installed EVS finds them too.
+PACKAGE_DATA = files("evs_framework") / "data"
+DEFAULT_REGISTRY = Path(str(PACKAGE_DATA / "registry.yaml"))
 REGISTRY_ENV = "EVS_REGISTRY"
 MODEL_TYPES = ("t2i", "t2v")
 
@@ -42,6 +45,8 @@ class Preset:
     original_steps: int = 50  # "lcm" spacing only: LCMScheduler's original_inference_steps
     # timesteps the model was distilled on (AnimateDiff-Lightning); the plan says which steps land on them
     trained_timesteps: tuple[int, ...] = ()
+    # the most frames one call can see (a motion module's positional encoding); None: frames are independent
+    frame_window: int | None = None
 
     def schedule(self, steps: int | None = None) -> ModelSchedule:
         train = TrainSchedule(self.beta_schedule, self.beta_start, self.beta_end, self.train_steps)
@@ -102,19 +107,22 @@ class Registry:
         return self.entries[name]
 
 
-def _entries_of(file: Path) -> dict[str, ModelEntry]:
+def _entries_of(file: Path, known_presets: dict[str, Preset]) -> tuple[dict[str, ModelEntry], dict[str, Preset]]:
+    """The file's entries, and the presets it defines; a preset name may refer to one of an earlier file."""
     if not file.is_file():
         raise RegistryError(f"registry file {file} does not exist; check {REGISTRY_ENV} or --registry")
-    data = structure(yaml.safe_load(file.read_text(encoding="utf-8")), RegistryFile, str(file))
+    data = structure(read_data_file(file, "registry file"), RegistryFile, str(file))
+    presets = {**known_presets, **data.presets}
     problems, entries = [], {}
     for name, entry in data.models.items():
         where = f"$.models.{name}"
         preset = entry.preset
         if isinstance(preset, str):
-            if preset not in data.presets:
-                problems.append(f"{where}.preset: no preset {preset!r} in this file{did_you_mean(preset, data.presets)}")
+            if preset not in presets:
+                problems.append(f"{where}.preset: no preset {preset!r} in this file or the registry files before it"
+                                f"{did_you_mean(preset, presets)}")
                 continue
-            preset = data.presets[preset]
+            preset = presets[preset]
         if preset.beta_schedule not in BETA_SCHEDULES:
             problems.append(f"{where}.preset.beta_schedule: {preset.beta_schedule!r}; use one of {', '.join(BETA_SCHEDULES)}")
         if preset.spacing not in SPACINGS:
@@ -125,7 +133,7 @@ def _entries_of(file: Path) -> dict[str, ModelEntry]:
                                    str(file), dict(entry.options))
     if problems:
         raise SpecError(problems, str(file))
-    return entries
+    return entries, presets
 
 
 def registry_files(extra=()) -> list[Path]:
@@ -135,8 +143,10 @@ def registry_files(extra=()) -> list[Path]:
 
 def load_registry(extra=()) -> Registry:
     entries: dict[str, ModelEntry] = {}
+    presets: dict[str, Preset] = {}
     for file in registry_files(extra):
-        for name, entry in _entries_of(file).items():
+        file_entries, presets = _entries_of(file, presets)
+        for name, entry in file_entries.items():
             if name in entries:
                 log.info("registry_override", name=name, was=entries[name].source, now=entry.source)
             entries[name] = entry

@@ -8,11 +8,8 @@ rerunning the same spec skips videos whose outputs already match it.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-import platform
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import attrs
@@ -20,18 +17,19 @@ import structlog
 import torch
 from tqdm import tqdm
 
-from evs_framework import video_io
+from evs_framework import output_guard, video_io
 from evs_framework.denoiser import Denoiser
 from evs_framework.errors import EVSError, NumericalError, VideoError
 from evs_framework.executor import OpRecord, execute
+from evs_framework.identity import RunIdentity, package_versions, run_identity, weight_fingerprints
 from evs_framework.loading import LoadContext
 from evs_framework.placement import Placement
+from evs_framework.preflight import input_problems
 from evs_framework.plan import DenoiseOp, Plan
 from evs_framework.spec import InputVideo, Spec, spec_to_data
 from evs_framework.vae import decode_latents, encode_frames
 
 log = structlog.get_logger(__name__)
-PACKAGES = ("evs-framework", "torch", "diffusers", "transformers", "pluggy", "imageio-ffmpeg")
 
 
 @attrs.frozen
@@ -44,43 +42,32 @@ class VideoResult:
     error: str | None = None
     skipped: bool = False
     unet_calls: dict = attrs.Factory(dict)
+    skip_reason: str | None = None  # set when another process holds the video's lock; None: outputs already match
 
 
 def output_stems(spec: Spec) -> list[str]:
-    """`{video stem}.{composition}`, with -2, -3... where two inputs share a stem."""
-    stems, seen = [], {}
-    for item in spec.inputs:
-        stem = f"{item.video.stem}.{spec.composition_name}"
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{item.video.stem}-{seen[stem]}.{spec.composition_name}")
+    """`{video stem}.{composition}` per input; where stems repeat, -2, -3... picked so that no two inputs share a
+    name, not even with an input whose own stem ends that way (`clip`, `clip`, `clip-2`)."""
+    natural = [f"{item.video.stem}.{spec.composition_name}" for item in spec.inputs]
+    reserved, taken, stems = set(natural), set(), []
+    for item, stem in zip(spec.inputs, natural):
+        candidate, counter = stem, 2
+        while candidate in taken or (candidate != stem and candidate in reserved):
+            candidate, counter = f"{item.video.stem}-{counter}.{spec.composition_name}", counter + 1
+        taken.add(candidate)
+        stems.append(candidate)
     return stems
 
 
-def job_key(spec: Spec, item: InputVideo) -> str:
-    """What an output depends on; a rerun skips a video whose sidecar holds the same key."""
-    data = spec_to_data(attrs.evolve(spec, inputs=(item,)))
-    data.pop("output")
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+def video_identity(spec: Spec, item: InputVideo, weights: dict, context: LoadContext):
+    """What this video's output depends on (evs_framework.identity); a rerun skips a video whose sidecar has its key."""
+    return run_identity(spec_to_data(attrs.evolve(spec, inputs=(item,))), item.video, weights, context)
 
 
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def check_inputs(spec: Spec) -> None:
-    """Every input video exists and decodes, before any weight is loaded; all failures in one error."""
-    problems = []
-    for item in spec.inputs:
-        try:
-            video_io.probe_video(item.video)
-        except VideoError as exc:
-            problems.append(str(exc))
+def check_inputs(spec: Spec, plan: Plan | None = None) -> None:
+    """Every input video exists, decodes and fits the plan's models, before any weight is loaded; all failures in one
+    error."""
+    problems = input_problems(spec, plan)
     if problems:
         raise VideoError(f"{len(problems)} input video(s) cannot be used:\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -105,7 +92,7 @@ def make_denoisers(plan: Plan, backends: dict, prompt: str, negative_prompt: str
 def _stage_timings(records: list[OpRecord]) -> list[dict]:
     stages: dict[int, dict] = {}
     for r in records:
-        stage = stages.setdefault(r.stage, {"stage": r.stage + 1, "model": r.model, "seconds": 0.0, "unet_calls": 0})
+        stage = stages.setdefault(r.stage, {"stage": r.stage, "model": r.model, "seconds": 0.0, "unet_calls": 0})
         stage["seconds"] += r.seconds
         stage["unet_calls"] += r.unet_calls
     return list(stages.values())
@@ -161,7 +148,7 @@ def run_plan(run: VideoRun, hook, progress: bool = False, label: str = "") -> tu
 
 
 def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, item: InputVideo, stem: str,
-                  progress: bool) -> VideoResult:
+                  progress: bool, identity: RunIdentity) -> VideoResult:
     started = time.perf_counter()
     clip = video_io.read_video(item.video, max_frames=spec.video.max_frames, stride=spec.video.stride, fit=spec.video.fit,
                                size=spec.video.size)
@@ -187,7 +174,7 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
     calls = {role: d.calls for role, d in denoisers.items()}
     seconds = time.perf_counter() - started
     sidecar = video_io.write_json(folder / f"{stem}.json", {
-        "job_key": job_key(spec, item),
+        "job_key": identity.key,
         "source": str(item.video),
         "prompt": item.prompt,
         "seed": spec.seed,
@@ -208,45 +195,64 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
         "offload": context.offload,
         "dtype": str(context.dtype).removeprefix("torch."),
         "versions": package_versions(),
+        "identity": identity.parts,  # what job_key is made of: input hash, weight files, precision, device type
         "spec": spec_to_data(attrs.evolve(spec, inputs=(item,))),
     })
     return VideoResult(item.video, item.prompt, output, sidecar, seconds, unet_calls=calls)
 
 
-def _already_done(spec: Spec, item: InputVideo, stem: str) -> bool:
+def _already_done(spec: Spec, stem: str, identity: RunIdentity) -> bool:
     sidecar = spec.output.dir / f"{stem}.json"
     if not (sidecar.is_file() and (spec.output.dir / f"{stem}.mp4").is_file()):
         return False
     try:
-        return json.loads(sidecar.read_text()).get("job_key") == job_key(spec, item)
+        return json.loads(sidecar.read_text()).get("job_key") == identity.key
     except (OSError, json.JSONDecodeError):
         return False
 
 
+def _skipped(spec: Spec, item: InputVideo, stem: str, busy_reason: str | None = None) -> VideoResult:
+    """A video left alone: its outputs already match the spec, or another process works on it (`busy_reason`)."""
+    if busy_reason:
+        log.warning("video_skipped", source=str(item.video), reason=busy_reason)
+        return VideoResult(item.video, item.prompt, None, None, 0.0, skipped=True, skip_reason=busy_reason)
+    output, sidecar = spec.output.dir / f"{stem}.mp4", spec.output.dir / f"{stem}.json"
+    log.info("video_skipped", source=str(item.video), output=str(output), reason="outputs match this spec")
+    return VideoResult(item.video, item.prompt, output, sidecar, 0.0, skipped=True)
+
+
 def run_job(spec: Spec, plan: Plan, context: LoadContext, progress: bool = True, overwrite: bool = False
             ) -> list[VideoResult]:
-    check_inputs(spec)
+    check_inputs(spec, plan)
+    output_guard.prepare_output_folder(spec.output.dir)
+    weights = weight_fingerprints(plan, context)
+    identities = {item: video_identity(spec, item, weights, context) for item in spec.inputs}
     work = list(zip(spec.inputs, output_stems(spec)))
-    done = [] if overwrite else [(item, stem) for item, stem in work if _already_done(spec, item, stem)]
-    results = [VideoResult(item.video, item.prompt, spec.output.dir / f"{stem}.mp4", spec.output.dir / f"{stem}.json",
-                           0.0, skipped=True) for item, stem in done]
-    for result in results:
-        log.info("video_skipped", source=str(result.source), output=str(result.output), reason="outputs match this spec")
+    done = [] if overwrite else [(item, stem) for item, stem in work if _already_done(spec, stem, identities[item])]
+    results = [_skipped(spec, item, stem) for item, stem in done]
     todo = [pair for pair in work if pair not in done]
     if not todo:
         return results
     backends = load_backends(plan, context)
     hook = context.plugins.hook
     for item, stem in tqdm(todo, desc="videos", unit="video", disable=None if progress else True):
+        claim = output_guard.claim_stem(spec.output.dir, stem)
+        # checked again under the lock: another process may have finished the video since the run began
+        if claim.busy_reason or (not overwrite and _already_done(spec, stem, identities[item])):
+            claim.release()
+            results.append(_skipped(spec, item, stem, claim.busy_reason))
+            continue
         hook.plan_ready(plan=plan, video=item.video)
         try:
-            result = process_video(spec, plan, backends, context, item, stem, progress)
+            result = process_video(spec, plan, backends, context, item, stem, progress, identities[item])
         except (EVSError, torch.OutOfMemoryError) as exc:
             result = VideoResult(item.video, item.prompt, None, None, 0.0, error=str(exc))
             log.error("video_failed", source=str(item.video), error=str(exc))
         else:
             log.info("video_done", source=str(item.video), output=str(result.output), seconds=round(result.seconds, 2),
                      unet_calls=result.unet_calls)
+        finally:
+            claim.release()
         hook.video_done(result=result)
         results.append(result)
     return results

@@ -73,6 +73,9 @@ def sampling_timesteps(steps: int, train_steps: int = 1000, spacing: str = "lead
         ts = lcm_timesteps(steps, train_steps, original_steps)
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; use one of {', '.join(SPACINGS)}")
+    if max(ts) >= train_steps or min(ts) < 0:
+        raise ValueError(f"{steps} steps with {spacing} spacing (offset {steps_offset}) reach timestep {max(ts)}, beyond "
+                         f"the model's {train_steps} training timesteps; use fewer steps")
     return sorted(ts, reverse=True)
 
 

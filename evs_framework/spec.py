@@ -8,21 +8,23 @@ Relative video paths are read from the spec file's folder.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 
 import attrs
-import yaml
-
 from evs_framework.composition import Composition, check_composition
-from evs_framework.convert import CONVERTER, structure
-from evs_framework.errors import SpecError
+from evs_framework.convert import CONVERTER, structure_fields
+from evs_framework.datafile import read_data_file
+from evs_framework.errors import SpecError, short_repr
 
 DEFAULT_NEGATIVE_PROMPT = "worst quality, low quality, blurry, distorted, deformed, watermark, text"
 FITS = ("crop", "pad")
 UPSCALE_MODES = ("bicubic", "bilinear", "nearest-exact")
+MIN_UPSCALE, MAX_UPSCALE = 0.25, 8.0
+MAX_SIDE = 8192  # pixels, before upscaling
+MAX_FRAMES = 4096
+ROLES = ("idm", "vdm")
 
 
 @attrs.frozen
@@ -90,7 +92,7 @@ class VideoOptions:
 
 @attrs.frozen
 class OutputOptions:
-    dir: Path = Path("outputs")
+    dir: Path | None = None  # None: ./outputs/<spec file name>
     side_by_side: bool = True
     decode_chunk: int = 8
 
@@ -146,35 +148,62 @@ def parse_idm_type(idm_type: str) -> ModelChoice:
     return ModelChoice(name=match["name"], upscale=float(match["scale"]))
 
 
-def seed_to_spec(config: SeedConfig) -> Spec:
-    if len(config.mp4_files) != len(config.prompts):
-        raise SpecError([f"$: {len(config.mp4_files)} mp4_files but {len(config.prompts)} prompts; "
-                         "give one prompt per video, in the same order"], "config")
-    settings = Settings(**{f.name: getattr(config, f.name) for f in attrs.fields(Settings) if hasattr(config, f.name)})
-    return Spec(
-        inputs=tuple(InputVideo(v, p) for v, p in zip(config.mp4_files, config.prompts)),
-        models={"idm": parse_idm_type(config.idm_type), "vdm": ModelChoice(name=config.vdm_type)},
-        composition=config.pipeline_mode,
-        settings=settings,
-        seed=config.seed,
-        using_attn=config.using_attn,
-    )
+SEED_ROLE_KEYS = {"idm": "idm_type", "vdm": "vdm_type"}
 
 
-def _native_data(data: dict) -> dict:
+@attrs.frozen
+class ParsedSpec:
+    """A spec read as far as it could be, every problem found on the way, and the model roles whose key could not
+    be read (the planner leaves those alone instead of reporting them a second time)."""
+
+    spec: Spec
+    problems: tuple[str, ...]
+    broken_roles: frozenset[str] = frozenset()
+
+
+def _seed_spec(data: dict) -> ParsedSpec:
+    values, problems = structure_fields(data, SeedConfig)
+    videos, prompts = values.get("mp4_files"), values.get("prompts")
+    if videos is not None and prompts is not None and len(videos) != len(prompts):
+        problems.append(f"$: {len(videos)} mp4_files but {len(prompts)} prompts; give one prompt per video, in the same order")
+    if videos == ():
+        problems.append("$.mp4_files: no videos given")
+    models = {}
+    if "idm_type" in values:
+        models["idm"] = parse_idm_type(values["idm_type"])
+    if "vdm_type" in values:
+        models["vdm"] = ModelChoice(name=values["vdm_type"])
+    settings = Settings(**{name: values[name] for name in attrs.fields_dict(Settings) if name in values})
+    spec = Spec(inputs=tuple(InputVideo(v, p) for v, p in zip(videos or (), prompts or ())), models=models,
+                composition=values.get("pipeline_mode", "IDM_VDM_IDM"), settings=settings, seed=values.get("seed", 23),
+                using_attn=values.get("using_attn", False))
+    return ParsedSpec(spec, tuple(problems), frozenset(role for role, key in SEED_ROLE_KEYS.items() if key not in values))
+
+
+def _native_data(data: dict) -> tuple[dict, list[str]]:
     """Accept `videos:` + `prompts:` lists as a shorthand for `inputs:`."""
     if "videos" not in data and "prompts" not in data:
-        return data
+        return data, []
     data = dict(data)
     videos, prompts = data.pop("videos", []), data.pop("prompts", [])
     if not isinstance(videos, list) or not isinstance(prompts, list) or len(videos) != len(prompts):
-        raise SpecError([f"$: `videos` and `prompts` must be lists of equal length "
-                         f"(got {len(videos) if isinstance(videos, list) else videos!r} videos and "
-                         f"{len(prompts) if isinstance(prompts, list) else prompts!r} prompts); give one prompt per video"], "spec")
+        return data, [f"$: `videos` and `prompts` must be lists of equal length (got "
+                      f"{len(videos) if isinstance(videos, list) else short_repr(videos)} videos and "
+                      f"{len(prompts) if isinstance(prompts, list) else short_repr(prompts)} prompts); give one prompt per video"]
     if "inputs" in data:
-        raise SpecError(["$: give either `inputs` or `videos` + `prompts`, not both"], "spec")
+        return data, ["$: give either `inputs` or `videos` + `prompts`, not both"]
     data["inputs"] = [{"video": v, "prompt": p} for v, p in zip(videos, prompts)]
-    return data
+    return data, []
+
+
+def _native_spec(data: dict) -> ParsedSpec:
+    data, problems = _native_data(data)
+    values, structure_problems = structure_fields(data, Spec)
+    problems += structure_problems
+    if values.get("inputs") == ():
+        problems.append("$.inputs: no videos given")
+    spec = Spec(**{"inputs": (), "models": {}, **values})
+    return ParsedSpec(spec, tuple(problems), frozenset() if "models" in values else frozenset(ROLES))
 
 
 def check_spec(spec: Spec) -> list[str]:
@@ -190,25 +219,29 @@ def check_spec(spec: Spec) -> list[str]:
             problems.append(f"$.settings.stable_steps[{i}]: {steps} is negative; it counts T2I steps left at the switch")
     if s.stable_num < 1:
         problems.append(f"$.settings.stable_num: {s.stable_num}; the T2V model needs at least 1 step")
-    if not spec.inputs:
-        problems.append("$.inputs: no videos given")
+    if not 0 <= spec.seed < 2**64:
+        problems.append(f"$.seed: {spec.seed} is outside 0..2**64-1; use a smaller non-negative integer")
+    if not (s.inversion_guidance >= 1) or math.isinf(s.inversion_guidance):
+        problems.append(f"$.settings.inversion_guidance: {s.inversion_guidance}; use a number of at least 1 "
+                        f"(1 inverts without guidance)")
     for role, choice in spec.models.items():
-        if role not in ("idm", "vdm"):
+        if role not in ROLES:
             problems.append(f"$.models.{role}: unknown role; use idm (text-to-image) and vdm (text-to-video)")
-        if not (choice.upscale > 0) or math.isinf(choice.upscale):
-            problems.append(f"$.models.{role}.upscale: {choice.upscale} must be a positive factor")
+        if not MIN_UPSCALE <= choice.upscale <= MAX_UPSCALE:
+            problems.append(f"$.models.{role}.upscale: {choice.upscale} is outside {MIN_UPSCALE}..{MAX_UPSCALE}; "
+                            f"latents are resized by this factor (2.0 doubles each side)")
         if choice.upscale_mode not in UPSCALE_MODES:
             problems.append(f"$.models.{role}.upscale_mode: {choice.upscale_mode!r}; use one of {', '.join(UPSCALE_MODES)}")
-        if choice.guidance is not None and choice.guidance < 1:
-            problems.append(f"$.models.{role}.guidance: {choice.guidance} < 1; use 1 for no guidance")
+        if choice.guidance is not None and not (1 <= choice.guidance < math.inf):
+            problems.append(f"$.models.{role}.guidance: {choice.guidance}; use a number of at least 1 (1: no guidance)")
         if choice.steps is not None and choice.steps < 1:
             problems.append(f"$.models.{role}.steps: {choice.steps} must be at least 1")
-    if spec.video.max_frames is not None and spec.video.max_frames < 1:
-        problems.append(f"$.video.max_frames: {spec.video.max_frames} must be at least 1 (or null for all frames)")
-    if spec.video.stride < 1:
-        problems.append(f"$.video.stride: {spec.video.stride} must be at least 1")
-    if spec.video.size is not None and min(spec.video.size) < 8:
-        problems.append(f"$.video.size: {list(spec.video.size)} must be [width, height], each at least 8 pixels")
+    if spec.video.max_frames is not None and not 1 <= spec.video.max_frames <= MAX_FRAMES:
+        problems.append(f"$.video.max_frames: {spec.video.max_frames} must be in 1..{MAX_FRAMES} (or null for all frames)")
+    if not 1 <= spec.video.stride <= MAX_FRAMES:
+        problems.append(f"$.video.stride: {spec.video.stride} must be in 1..{MAX_FRAMES}")
+    if spec.video.size is not None and not all(8 <= side <= MAX_SIDE for side in spec.video.size):
+        problems.append(f"$.video.size: {list(spec.video.size)} must be [width, height], each 8..{MAX_SIDE} pixels")
     if spec.video.fit not in FITS:
         problems.append(f"$.video.fit: {spec.video.fit!r}; use one of {', '.join(FITS)}")
     if spec.output.decode_chunk < 1:
@@ -232,41 +265,51 @@ def check_injection(settings: InjectionSettings, path: str = "$.injection") -> l
             problems.append(f"{path}.models[{i}]: {role!r} is not a role; use idm and/or vdm")
     if settings.cache_device not in CACHE_DEVICES:
         problems.append(f"{path}.cache_device: {settings.cache_device!r}; use one of {', '.join(CACHE_DEVICES)}")
-    if not settings.max_cache_gib > 0:
+    if not 0 < settings.max_cache_gib < math.inf:
         problems.append(f"{path}.max_cache_gib: {settings.max_cache_gib} must be positive")
     return problems
 
 
-def _resolve_paths(spec: Spec, folder: Path) -> Spec:
+def _resolve_paths(spec: Spec, folder: Path, stem: str | None) -> Spec:
+    """Inputs and an explicit output folder are read from the spec's folder; without one, outputs go to
+    ./outputs/<spec file name> (the current folder), so the task configs do not overwrite each other."""
     inputs = tuple(attrs.evolve(i, video=(folder / i.video).resolve()) for i in spec.inputs)
-    output = attrs.evolve(spec.output, dir=(folder / spec.output.dir).resolve())
-    return attrs.evolve(spec, inputs=inputs, output=output)
-
-
-def spec_from_data(data, source: str = "spec", folder: Path | None = None) -> Spec:
-    if not isinstance(data, dict):
-        raise SpecError(["$: the top level must be a mapping of keys to values"], source)
-    if "mp4_files" in data:
-        spec = seed_to_spec(structure(data, SeedConfig, source))
+    if spec.output.dir is None:
+        out_dir = Path.cwd() / "outputs" / stem if stem else Path.cwd() / "outputs"
     else:
-        spec = structure(_native_data(data), Spec, source)
-    problems = check_spec(spec)
-    if problems:
-        raise SpecError(problems, source)
-    return _resolve_paths(spec, folder or Path.cwd())
+        out_dir = folder / spec.output.dir
+    return attrs.evolve(spec, inputs=inputs, output=attrs.evolve(spec.output, dir=out_dir.resolve()))
+
+
+def parse_spec(data, source: str = "spec", folder: Path | None = None, stem: str | None = None) -> ParsedSpec:
+    """The spec in `data` (an original EVS config or a native spec) with every structural and value problem."""
+    if not isinstance(data, dict):
+        return ParsedSpec(Spec(inputs=(), models={}), ("$: the top level must be a mapping of keys to values",),
+                          frozenset(ROLES))
+    parsed = _seed_spec(data) if "mp4_files" in data else _native_spec(data)
+    spec = _resolve_paths(parsed.spec, folder or Path.cwd(), stem)
+    return attrs.evolve(parsed, spec=spec, problems=parsed.problems + tuple(check_spec(spec)))
+
+
+def spec_from_data(data, source: str = "spec", folder: Path | None = None, stem: str | None = None) -> Spec:
+    parsed = parse_spec(data, source, folder, stem)
+    if parsed.problems:
+        raise SpecError(list(parsed.problems), source)
+    return parsed.spec
+
+
+def read_spec(path) -> ParsedSpec:
+    """Read an original EVS JSON config or a native YAML/JSON spec, collecting its problems."""
+    path = Path(path)
+    return parse_spec(read_data_file(path, "config"), str(path), path.parent.resolve(), path.stem)
 
 
 def load_spec(path) -> Spec:
-    """Read an original EVS JSON config or a native YAML/JSON spec."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError([f"{path}: no such file; check the path to the config"], str(path))
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SpecError([f"$: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"], str(path)) from None
-    return spec_from_data(data, str(path), path.parent.resolve())
+    """Read an original EVS JSON config or a native YAML/JSON spec; SpecError lists every problem."""
+    parsed = read_spec(path)
+    if parsed.problems:
+        raise SpecError(list(parsed.problems), str(path))
+    return parsed.spec
 
 
 def spec_to_data(spec: Spec) -> dict:

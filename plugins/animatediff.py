@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import attrs
 import torch
-from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
 from evs_framework.errors import WeightsError
 from evs_framework.hookspecs import hookimpl
@@ -57,6 +56,8 @@ def motion_unet_over(unet: UNet2DConditionModel, adapter: MotionAdapter) -> UNet
     `UNetMotionModel.from_unet2d` copies every spatial weight; here the model is laid out on the meta
     device (no memory) and its submodules are replaced by the existing ones.
     """
+    from diffusers import UNetMotionModel  # imported late: diffusers takes seconds to import
+
     if adapter.config.get("conv_in_channels"):
         raise WeightsError("motion adapters with their own conv_in (PIA) are not supported; use a plain AnimateDiff adapter")
     with torch.device("meta"):
@@ -92,6 +93,13 @@ def load_animatediff(entry, context) -> AnimateDiffBackend:
     adapter = load_motion_adapter(path, context.dtype, allow_pickle=context.allow_pickle)
     adapter.to(context.placement.load_device).eval().requires_grad_(False)
     return AnimateDiffBackend(motion_unet_over(parts.unet, adapter), parts)
+
+
+@hookimpl
+def required_models(entry, context):
+    if entry.kind != "animatediff":
+        return None
+    return [context.registry.get(entry.base)] if entry.base in context.registry.entries else []
 
 
 @hookimpl

@@ -13,7 +13,6 @@ import math
 import attrs
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention
 
 from evs_framework.errors import EVSError
 
@@ -22,6 +21,8 @@ GIB = 2**30
 
 def self_attention_layers(model: torch.nn.Module, patterns) -> dict[str, Attention]:
     """Spatial self-attention modules (`...attn1`, outside motion modules) whose names match any fnmatch pattern."""
+    from diffusers.models.attention_processor import Attention  # imported late: diffusers takes seconds to import
+
     return {name: module for name, module in model.named_modules()
             if isinstance(module, Attention) and name.endswith(".attn1") and "motion_modules" not in name
             and any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)}

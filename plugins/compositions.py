@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from evs_framework.composition import load_composition_file
 from evs_framework.hookspecs import hookimpl
-from evs_framework.registry import PROJECT_ROOT
+from evs_framework.registry import PACKAGE_DATA
 
-COMPOSITIONS_DIR = PROJECT_ROOT / "compositions"
+COMPOSITIONS_DIR = Path(str(PACKAGE_DATA / "compositions"))
 
 
 @hookimpl

@@ -21,6 +21,7 @@ from evs_plugins.attention_features import GIB, FeatureCache, Injector, nearest_
 from evs_plugins.transfers import ddim_inversion
 
 NAME = "feature_injection"
+MIN_LATENT_SIDE = 8  # the SD1.5 UNet halves a latent three times
 
 
 @attrs.frozen
@@ -97,20 +98,16 @@ def latent_size(spec, plan) -> tuple[int, int, int] | None:
     """(frames, height, width) of the largest input's latents as the T2I model works on them; None if unreadable."""
     from evs_framework import video_io
     from evs_framework.errors import VideoError
+    from evs_framework.preflight import working_size
 
     sizes = []
     for item in spec.inputs:
         try:
-            info = video_io.probe_video(item.video)
+            frames, height, width = working_size(spec, video_io.probe_video(item.video))
         except VideoError:
             return None
-        frames = -(-info.frame_count // spec.video.stride)
-        frames = min(frames, spec.video.max_frames) if spec.video.max_frames else frames
-        fit = (lambda side: side // 8) if spec.video.fit == "crop" else (lambda side: -(-side // 8))
-        width, height = spec.video.size or (info.width, info.height)
-        height, width = fit(height), fit(width)
         factor = plan.models["idm"].choice.upscale
-        sizes.append((frames, round(height * factor), round(width * factor)))
+        sizes.append((frames, round(height // 8 * factor), round(width // 8 * factor)))
     return max(sizes, key=lambda size: size[0] * size[1] * size[2])
 
 
@@ -130,14 +127,24 @@ def cache_bytes(spec, plan, context, levels: int) -> int | None:
     except (EVSError, OSError):
         return None
     frames, height, width = size
+    if min(height, width) < MIN_LATENT_SIDE:
+        return None  # the input is too small to run at all, which the input checks report
     batch = frames * (1 if plan.inversion_guidance == 1.0 else 2)
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(config).to(context.dtype)
         injector = Injector(spec.injection.features, FeatureCache(None, limit_bytes=2**62), mode="record", level=1.0)
-        injector.install(self_attention_layers(unet, spec.injection.layers))
+        layers = self_attention_layers(unet, spec.injection.layers)
+        if not layers:
+            raise PlanError(f"$.injection.layers: {list(spec.injection.layers)} match no self-attention layer of the T2I "
+                            f"UNet; use names such as up_blocks.1.attentions.0.attn1 (fnmatch patterns)")
+        injector.install(layers)
         sample = torch.zeros(batch, unet.config.in_channels, height, width, dtype=context.dtype)
         text = torch.zeros(batch, 77, unet.config.cross_attention_dim, dtype=context.dtype)
-        unet(sample, 500, encoder_hidden_states=text)
+        try:
+            unet(sample, 500, encoder_hidden_states=text)
+        except RuntimeError as exc:
+            raise PlanError(f"the T2I UNet cannot run on {frames} frames of {height}x{width} latents "
+                            f"({' '.join(str(exc).split())[:200]}); check video.size and the upscale factor") from None
     return injector.cache.bytes * levels
 
 
@@ -153,6 +160,11 @@ def plan_extras(spec, plan, context):
         raise PlanError(f"$.injection.models: {missing} not in composition {plan.composition}; inject into "
                         f"{', '.join(plan.models)}")
     captured = capture_plan(spec, plan)
+    if not captured.inject_at:
+        chooser = f"steps {list(spec.injection.steps)}" if spec.injection.steps is not None else \
+            f"window {list(spec.injection.window)}"
+        raise PlanError(f"$.injection: {chooser} selects none of the denoising steps of {', '.join(spec.injection.models)}; "
+                        f"widen it, or turn using_attn off")
     calls = (len(captured.inversion_levels) - 1) * (1 if plan.inversion_guidance == 1.0 else 2)
     settings = spec.injection
     detail = (f"using_attn: DDIM inversion of the source with {plan.models['idm'].entry.name} capturing "
@@ -182,6 +194,9 @@ def video_start(video):
     layers = {}
     for role in {"idm", *settings.models}:
         layers |= self_attention_layers(video.backends[role].unet, settings.layers)
+    if not layers:
+        raise PlanError(f"$.injection.layers: {list(settings.layers)} match no self-attention layer of the models; use "
+                        f"names such as up_blocks.1.attentions.0.attn1 (fnmatch patterns)")
     injector.install(layers)
     if plan.inject_at:
         capture(video, injector, plan)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from huggingface_hub import hf_hub_download, snapshot_download
-from huggingface_hub.errors import LocalEntryNotFoundError
-
 from evs_framework.hookspecs import hookimpl
 
 
@@ -14,6 +11,9 @@ from evs_framework.hookspecs import hookimpl
 def resolve_weights(location, settings):
     if not location.hub:
         return None
+    from huggingface_hub import hf_hub_download, snapshot_download  # imported late: only a lookup needs it
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
     settings.searched.append(f"Hugging Face cache: {location.hub}" + (f" / {location.file}" if location.file else ""))
     try:
         if location.file:

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import attrs
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
 
 from evs_framework.checkpoints import CHECKPOINT_SUFFIXES
 from evs_framework.errors import WeightsError
@@ -52,6 +50,10 @@ def weights_file(path: Path, what: str) -> Path:
 def read_sd15_parts(path: Path, entry, context) -> SD15Parts:
     """Fresh components from a diffusers folder or a single checkpoint (not shared with anything)."""
     if path.is_dir() and (path / "unet").is_dir():
+        # diffusers and transformers take seconds to import: only commands that load a model pay for them
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
         missing = [name for name in REQUIRED_SUBFOLDERS if not (path / name).is_dir()]
         if missing:
             raise WeightsError(f"{path} is not a diffusers SD1.5 folder: it lacks {', '.join(missing)}/; "
@@ -162,6 +164,21 @@ def load_sd15_lora(entry, context) -> SD15Backend:
         raise WeightsError(f"LoRA model {entry.name!r} has no `base` in the registry; name the SD1.5 model it applies to")
     scale = float(entry.options.get("scale", 1.0))
     return SD15Backend(parts_with_lora(context.registry.get(entry.base), context.weights_path(entry), scale, context))
+
+
+@hookimpl
+def required_models(entry, context):
+    if entry.kind == "sd15_lora":
+        return [context.registry.get(entry.base)] if entry.base in context.registry.entries else []
+    if entry.kind != "sd15":
+        return None
+    try:
+        path = context.weights_path(entry)
+    except WeightsError:
+        return []  # its own files are reported; which configs a checkpoint needs shows once it is there
+    if path.is_dir() and (path / "unet").is_dir():
+        return []
+    return [context.registry.get(entry.options.get("config_from", DEFAULT_CONFIG_ENTRY))]
 
 
 @hookimpl

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +14,9 @@ from evs_framework.loading import LoadContext, WeightSettings
 from evs_framework.runner import run_job
 from evs_framework.spec import load_spec
 from evs_framework.plan import make_plan
-from evs_framework.registry import PROJECT_ROOT
 from evs_framework.zoo import ANIMATELCM_FOLDER, ANIMATELCM_LORA, SINGLE_FILES, WATERCOLOR_LORA
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 EP_FILE = next(iter(SINGLE_FILES))
 

@@ -5,10 +5,21 @@ import imageio.v2 as imageio
 from evs_framework.cli import main
 
 
-def test_plan_prints_the_schedule(seed_config, capsys):
-    assert main(["plan", str(seed_config())]) == 0
+def test_plan_prints_the_schedule(seed_config, zoo, capsys):
+    assert main(["plan", str(seed_config()), "--weights-dir", str(zoo)]) == 0
     out = capsys.readouterr().out
     assert "composition IDM_VDM_IDM" in out and "ddim_renoise" in out and "all models: 62 unet calls" in out
+    assert "warning" not in out
+
+
+def test_plan_without_weights_or_inputs_fails_unless_allowed(seed_config, tmp_path, capsys):
+    config = seed_config(videos=[tmp_path / "gone.mp4"])
+    assert main(["plan", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "gone.mp4 does not exist" in err and "weights for model 'EP'" in err and "weights for model 'lightningEP'" in err
+    assert main(["plan", str(config), "--allow-missing"]) == 0
+    out = capsys.readouterr().out
+    assert "all models: 62 unet calls" in out and "warning (--allow-missing): video" in out
 
 
 def test_plan_errors_are_one_message_and_exit_2(seed_config, capsys):

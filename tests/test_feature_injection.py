@@ -1,8 +1,11 @@
 """Selective Feature Injection (using_attn): reconstruction, no-op settings, restored models, cache accounting."""
 
+import re
+
 import pytest
 import torch
 
+from evs_framework.errors import PlanError
 from evs_framework.plan import make_plan
 from evs_framework.runner import VideoRun, load_backends, make_denoisers, run_plan
 from evs_framework.spec import spec_from_data
@@ -63,12 +66,13 @@ def test_attention_maps_work_too(source, plugins, registry, context):
     assert (injected - source).pow(2).mean() < (plain - source).pow(2).mean() - 1e-3
 
 
-@pytest.mark.parametrize("injection", [{"layers": ["no.such.layer"]}, {"window": [0.5, 0.5]}, {"steps": []}],
-                         ids=["no_layers", "empty_window", "no_steps"])
-def test_injection_that_selects_nothing_changes_nothing(source, plugins, registry, context, injection):
-    plain, _, _ = run(inversion_spec(), source, plugins, registry, context)
-    selected_nothing, _, _ = run(inversion_spec(**injection), source, plugins, registry, context)
-    assert torch.equal(plain, selected_nothing)
+@pytest.mark.parametrize("injection, named", [({"layers": ["no.such.layer"]}, "match no self-attention layer"),
+                                              ({"window": [0.5, 0.5]}, "window [0.5, 0.5] selects none"),
+                                              ({"steps": [40]}, "steps [40] selects none")],
+                         ids=["no_layers", "empty_window", "steps_beyond_the_run"])
+def test_injection_that_selects_nothing_is_refused(source, plugins, registry, context, injection, named):
+    with pytest.raises(PlanError, match=re.escape(named)):
+        run(inversion_spec(**injection), source, plugins, registry, context)
 
 
 def test_models_are_exactly_as_before_after_a_run_with_injection(source, plugins, registry, context):

@@ -73,10 +73,10 @@ def test_a_failing_video_does_not_lose_the_others(seed_config, tmp_path, plugins
     spec, plan = prepared(seed_config, tmp_path, plugins, registry, videos=[clip_file] * 3, prompts=["a", "b", "c"])
     real = runner.process_video
 
-    def fail_second(spec, plan, backends, context, item, stem, progress):
+    def fail_second(spec, plan, backends, context, item, *rest):
         if item.prompt == "b":
             raise EVSError("simulated failure")
-        return real(spec, plan, backends, context, item, stem, progress)
+        return real(spec, plan, backends, context, item, *rest)
 
     monkeypatch.setattr(runner, "process_video", fail_second)
     results = run_job(spec, plan, context, progress=False)

@@ -1,5 +1,7 @@
 """Finding weights: local folders, the Hugging Face cache (offline), and `evs fetch`."""
 
+import time
+
 import huggingface_hub.constants
 import pytest
 
@@ -65,10 +67,13 @@ def test_fetch_without_network_says_so(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     # nothing listens there: the connection is refused at once, as on a machine with no network
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
-    assert main(["fetch", "lightningSD"]) == 2
+    started = time.perf_counter()
+    assert main(["fetch", "lightningSD", "EP", "SD"]) == 2
+    assert time.perf_counter() - started < 10  # one connection attempt, not a retry loop per name
     err = capsys.readouterr().err
     assert "could not download 'lightningSD' from the Hugging Face Hub (ByteDance/AnimateDiff-Lightning)" in err
-    assert "check the network connection" in err
+    assert "3 of 3 model(s) not fetched" in err and "'EP' is not on the Hugging Face Hub" in err
+    assert "could not download 'SD'" in err and "check the network connection" in err
 
 
 def test_fetch_of_a_model_not_on_the_hub_says_where_to_get_it(capsys):
@@ -87,6 +92,7 @@ def test_fetch_downloads_only_the_files_a_model_needs(monkeypatch, tmp_path, cap
         return str(tmp_path / repo)
 
     monkeypatch.setattr(fetch, "snapshot_download", fake_snapshot)
+    monkeypatch.setattr(fetch, "hub_unreachable", lambda: None)
     assert main(["fetch", "SD", "animatelcm"]) == 0
     sd, lcm = asked["stable-diffusion-v1-5/stable-diffusion-v1-5"], asked["wangfuyun/AnimateLCM"]
     assert "unet/diffusion_pytorch_model.safetensors" in sd["allow_patterns"]

@@ -1,0 +1,94 @@
+"""Everything about a job that can be checked before a weight loads, reported in one round.
+
+The spec's own problems and the plan's come from spec.py and plan.py; this module adds what depends on the
+machine: the device, the input videos (they exist, decode, are large enough, fit the motion module's frame
+window) and every weight file of every model (with the entries they build on).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from evs_framework import video_io
+from evs_framework.errors import EVSError, VideoError, WeightsError
+from evs_framework.plan import Plan
+from evs_framework.spec import Spec
+
+MULTIPLE = 8  # the VAE's downsampling: frame sides are cropped or padded to multiples of it
+
+
+def parse_device(name: str) -> torch.device:
+    """The torch device `name` names, checked to exist on this machine."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise EVSError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EVSError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu, "
+                           f"or install the torch build for your CUDA")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise EVSError(f"--device {name}: this machine has {count} GPU(s), cuda:0..cuda:{count - 1}; pick one of them")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise EVSError(f"--device {name}: Apple MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise EVSError(f"--device {name}: device type {device.type!r} is not supported; use cpu, cuda or cuda:N")
+    return device
+
+
+def working_size(spec: Spec, info: video_io.VideoInfo) -> tuple[int, int, int]:
+    """(frames, height, width) of a clip as the run will read it: strided, capped, resized and fitted."""
+    frames = -(-info.frame_count // spec.video.stride)
+    frames = min(frames, spec.video.max_frames) if spec.video.max_frames else frames
+    width, height = spec.video.size or (info.width, info.height)
+    if spec.video.fit == "crop":
+        return frames, height - height % MULTIPLE, width - width % MULTIPLE
+    return frames, height + -height % MULTIPLE, width + -width % MULTIPLE
+
+
+def input_problems(spec: Spec, plan: Plan | None) -> list[str]:
+    """Each input video exists and decodes, leaves a picture after fitting, and fits every model's frame window."""
+    windows = {} if plan is None else {m.entry.name: m.entry.preset.frame_window for m in plan.models.values()
+                                       if m.entry.preset.frame_window}
+    problems = []
+    for item in spec.inputs:
+        try:
+            info = video_io.probe_video(item.video)
+        except VideoError as exc:
+            problems.append(str(exc))
+            continue
+        frames, height, width = working_size(spec, info)
+        if min(height, width) < MULTIPLE:
+            problems.append(f"video {item.video} is {info.width}x{info.height}: cropping to multiples of {MULTIPLE} leaves "
+                            f"nothing; use a larger video, video.size, or video.fit: pad")
+        for name, window in windows.items():
+            if frames > window:
+                problems.append(f"video {item.video}: {frames} frames, but {name}'s motion module sees at most {window} "
+                                f"at once; set video.max_frames to {window} or less (or raise video.stride)")
+    return problems
+
+
+def has_files(entry) -> bool:
+    """False for an entry that names no weights at all (a plugin backend that builds its model from code)."""
+    return bool(entry.weights.local or entry.weights.hub)
+
+
+def weight_problems(entries, context) -> list[str]:
+    """Every missing weight file of these registry entries and of those they build on, without loading any."""
+    pending = list(entries)
+    seen, problems = set(), []
+    while pending:
+        entry = pending.pop(0)
+        if entry.name in seen:
+            continue
+        seen.add(entry.name)
+        try:
+            if has_files(entry):
+                context.weights_path(entry)
+        except WeightsError as exc:
+            problems.append(str(exc))
+        for needed in context.plugins.hook.required_models(entry=entry, context=context):
+            pending.extend(needed or [])
+    return problems

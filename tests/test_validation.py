@@ -1,0 +1,217 @@
+"""One round of validation before any weight loads: every problem of a job in one error, bounded and in our words."""
+
+import json
+import re
+
+import pytest
+
+from evs_framework import runner, video_io
+from evs_framework.cli import main
+from evs_framework.errors import SpecError
+from evs_framework.plan import make_plan
+from evs_framework.runner import output_stems
+from evs_framework.spec import load_spec, read_spec, spec_from_data
+from evs_framework.zoo import make_synthetic_clip
+from tests.conftest import SEED_EXAMPLE
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fails the test if any model starts to load."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded although the job had problems")
+
+    monkeypatch.setattr(runner, "load_backends", refuse)
+
+
+def error_of(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err, err
+    return err
+
+
+def test_every_kind_of_problem_comes_in_one_round(seed_config, tmp_path, capsys, no_loading):
+    config = seed_config(videos=[tmp_path / "gone.mp4"], prompts=["a", "b"], idm_inverse_strength=1.5,
+                         vdm_type="lightningXP", stable_steps=[8, 9], seed="23")
+    assert main(["run", str(config), "--device", "banana"]) == 2
+    err = error_of(capsys)
+    for expected in ("$.seed: expected an integer", "1 mp4_files but 2 prompts", "idm_inverse_strength: 1.5",
+                     "unknown model name 'lightningXP'", "unknown device 'banana'", "gone.mp4 does not exist",
+                     "weights for model 'EP'"):
+        assert expected in err, expected
+
+
+def test_every_missing_weight_file_is_named_before_any_model_loads(seed_config, zoo, tmp_path, capsys, no_loading):
+    config = seed_config()
+    assert main(["run", str(config), "--weights-dir", str(tmp_path / "empty")]) == 2
+    err = error_of(capsys)
+    assert "weights for model 'EP'" in err and "weights for model 'lightningEP'" in err
+
+
+def test_a_checkpoint_model_needs_its_config_folder_too(seed_config, zoo, tmp_path, capsys, no_loading):
+    # EP is a single file read with SD's configs: with EP present and SD absent, SD is what is missing
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for name in ("epiCRealism", "animatediff_lightning_8step_diffusers.safetensors"):
+        (weights / name).symlink_to(zoo / name)
+    assert main(["run", str(seed_config()), "--weights-dir", str(weights)]) == 2
+    err = error_of(capsys)
+    assert "weights for model 'SD'" in err and "'EP'" not in err.split("weights for model 'SD'")[0]
+
+
+@pytest.mark.parametrize("device, named", [("gpu", "unknown device 'gpu'"), ("cuda:7", "--device cuda:7"),
+                                           ("cuda", "CUDA is not available")])
+def test_devices_are_checked_before_loading(seed_config, zoo, capsys, device, named, no_loading):
+    assert main(["run", str(seed_config()), "--weights-dir", str(zoo), "--device", device]) == 2
+    assert named in error_of(capsys)
+
+
+def test_frames_beyond_the_motion_modules_window_are_refused_at_plan_time(seed_config, zoo, tmp_path, capsys):
+    long_clip = video_io.write_video(tmp_path / "long.mp4", make_synthetic_clip(40, 32, 24), 8.0)
+    config = tmp_path / "long.yaml"
+    config.write_text(f"inputs: [{{video: {long_clip}, prompt: a ball}}]\nmodels: {{idm: {{name: EP}}, "
+                      f"vdm: {{name: lightningEP}}}}\nvideo: {{max_frames: null}}\n")
+    assert main(["plan", str(config), "--weights-dir", str(zoo)]) == 2
+    assert "40 frames, but lightningEP's motion module sees at most 32" in error_of(capsys)
+
+
+def test_an_input_too_small_to_crop_is_refused_before_loading(seed_config, tmp_path, zoo, capsys, no_loading):
+    tiny = video_io.write_video(tmp_path / "tiny.mp4", make_synthetic_clip(4, 6, 10), 8.0)  # 6x10: crops to 0x8
+    assert main(["run", str(seed_config(videos=[tiny])), "--weights-dir", str(zoo)]) == 2
+    assert "cropping to multiples of 8 leaves nothing" in error_of(capsys)
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"seed": 2**64}, "$.seed: 18446744073709551616 is outside"),
+    ({"mp4_files": "ab"}, "$.mp4_files: expected a list, got str 'ab'"),
+    ({"stable_steps": ""}, "$.stable_steps: expected a list"),
+    ({"pipeline_mode": "x/../../escaped"}, "unknown composition"),
+])
+def test_seed_config_values_that_used_to_slip_through(seed_config, tmp_path, changes, named):
+    data = {"mp4_files": ["a.mp4"], "prompts": ["a"], **SEED_EXAMPLE, **changes}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    parsed = read_spec(path)
+    if parsed.problems:
+        assert any(named in p for p in parsed.problems), parsed.problems
+    else:
+        with pytest.raises(Exception, match=re.escape(named)):
+            make_plan(parsed.spec, *_plugins_registry())
+
+
+def _plugins_registry():
+    from evs_framework.plugins import load_plugins
+    from evs_framework.registry import load_registry
+
+    return load_registry(), load_plugins()
+
+
+@pytest.mark.parametrize("native, named", [
+    ({"composition": {"name": "x/../../escaped", "stages": [{"model": "idm", "enter": "random", "start": 0.5,
+                                                             "stop": "end"}]}}, "$.composition.name"),
+    ({"models": {"idm": {"name": "EP", "upscale": 0.01}}}, "upscale: 0.01 is outside"),
+    ({"models": {"idm": {"name": "EP", "upscale": 1e6}}}, "upscale: 1000000.0 is outside"),
+    ({"models": {"idm": {"name": "EP", "guidance": float("nan")}}}, "guidance: nan"),
+    ({"settings": {"inversion_guidance": -2.0}}, "inversion_guidance: -2.0"),
+    ({"injection": {"layers": "up_blocks.*"}}, "$.injection.layers: expected a list"),
+    ({"video": {"size": [100000, 100000]}}, "$.video.size"),
+])
+def test_native_values_that_used_to_slip_through(native, named):
+    data = {"inputs": [{"video": "a.mp4", "prompt": "a"}], "models": {"idm": {"name": "EP"}}, "composition": "IDM",
+            **native}
+    with pytest.raises(SpecError) as error:
+        spec_from_data(data)
+    assert named in str(error.value)
+
+
+def test_steps_beyond_the_training_schedule_are_a_plan_problem():
+    spec = spec_from_data({"inputs": [{"video": "a.mp4", "prompt": "a"}], "models": {"idm": {"name": "EP", "steps": 1000}},
+                          "composition": "IDM"})
+    registry, plugins = _plugins_registry()
+    with pytest.raises(Exception, match="reach timestep 1000, beyond the model's 1000 training timesteps"):
+        make_plan(spec, registry, plugins)
+
+
+@pytest.mark.parametrize("content, named", [
+    (b"\xff\xfe{ not utf-8", "not UTF-8 text"),
+    (b"[" * 5000 + b"]" * 5000, "nested"),
+    (b"a: !!python/object/apply:os.system [echo hi]", "not valid YAML"),
+    (b"a: [unclosed", "not valid YAML"),
+])
+def test_unreadable_spec_files_are_one_short_error(tmp_path, content, named):
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(content)
+    with pytest.raises(SpecError) as error:
+        load_spec(path)
+    assert named in str(error.value) and len(str(error.value)) < 600
+
+
+def test_a_yaml_alias_bomb_is_refused_with_a_short_message(tmp_path):
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+              f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]"
+              for i in range(8)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\nsettings: {stable_steps: *i}\n")
+    assert len(path.read_bytes()) < 1000
+    with pytest.raises(SpecError) as error:
+        load_spec(path)
+    assert "values (YAML aliases expanded)" in str(error.value) and len(str(error.value)) < 400
+
+
+@pytest.mark.parametrize("content, named", [("models: [", "not valid YAML"),
+                                            ("models: !!python/name:os.system {}", "not valid YAML")])
+def test_a_bad_registry_file_is_one_error(tmp_path, capsys, content, named):
+    path = tmp_path / "mine.yaml"
+    path.write_text(content)
+    assert main(["models", "--registry", str(path)]) == 2
+    assert named in error_of(capsys)
+
+
+def test_a_user_registry_can_use_the_shipped_presets(tmp_path, capsys):
+    path = tmp_path / "mine.yaml"
+    path.write_text("models:\n  dreamshaper:\n    kind: sd15\n    type: t2i\n    weights: {local: dreamshaper-8}\n"
+                    "    preset: sd15\n  lightningComfy:\n    kind: animatediff\n    type: t2v\n    base: EP\n"
+                    "    weights: {local: animatediff_lightning_8step_comfyui.safetensors}\n    preset: lightning_8step\n")
+    assert main(["models", "--registry", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "dreamshaper" in out and "lightningComfy" in out
+
+
+def test_no_two_inputs_share_an_output_name(tmp_path):
+    spec = spec_from_data({"inputs": [{"video": v, "prompt": "p"} for v in ("a/clip.mp4", "b/clip.mp4", "c/clip-2.mp4")],
+                           "models": {"idm": {"name": "EP"}}, "composition": "IDM"})
+    stems = output_stems(spec)
+    assert len(set(stems)) == 3 and stems[2] == "clip-2.IDM", stems
+    reordered = spec_from_data({"inputs": [{"video": v, "prompt": "p"} for v in ("c/clip-2.mp4", "a/clip.mp4", "b/clip.mp4")],
+                                "models": {"idm": {"name": "EP"}}, "composition": "IDM"})
+    assert len(set(output_stems(reordered))) == 3
+
+
+def test_outputs_default_to_the_working_folder_per_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for task in ("enhance", "edit"):
+        (configs / f"{task}.json").write_text(json.dumps({"mp4_files": ["a.mp4"], "prompts": ["a"], **SEED_EXAMPLE}))
+    dirs = {task: load_spec(configs / f"{task}.json").output.dir for task in ("enhance", "edit")}
+    assert dirs == {"enhance": tmp_path / "outputs" / "enhance", "edit": tmp_path / "outputs" / "edit"}
+
+
+def test_planner_warns_of_a_window_below_the_current_level(plugins, registry):
+    spec = spec_from_data({"mp4_files": ["a.mp4"], "prompts": ["a"],
+                           **{**SEED_EXAMPLE, "stable_steps": [15], "vdm_inverse_strength": 0.125, "stable_num": 1}})
+    plan = make_plan(spec, registry, plugins)
+    [note] = [n for n in plan.notes if "below the current" in n]
+    assert "lightningEP enters at sigma 0.4613, below the current 0.7789" in note
+
+
+def test_planner_warns_of_a_renoise_far_above_the_start(plugins, registry):
+    spec = spec_from_data({"mp4_files": ["a.mp4"], "prompts": ["a"],
+                           **{**SEED_EXAMPLE, "idm_inverse_strength": 0.2, "stable_steps": [2], "vdm_inverse_strength": 0.9}})
+    plan = make_plan(spec, registry, plugins)
+    assert any("re-noises to sigma" in n and "x the level the trajectory started at" in n for n in plan.notes)
+    example = make_plan(spec_from_data({"mp4_files": ["a.mp4"], "prompts": ["a"], **SEED_EXAMPLE}), registry, plugins)
+    assert not any("warning" in n for n in example.notes)  # the seed's own example hands over as intended
+
