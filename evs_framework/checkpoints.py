@@ -12,6 +12,19 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 CHECKPOINT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 
 
+def refuse_pickled_folder(folder: Path, allow_pickle: bool) -> None:
+    """A diffusers/transformers folder whose weights exist only as pickles is refused unless pickles are allowed (the
+    libraries would otherwise fall back to the .bin file and unpickle it)."""
+    if allow_pickle:
+        return
+    for directory in [Path(folder), *(p for p in Path(folder).rglob("*") if p.is_dir())]:
+        files = [p for p in directory.iterdir() if p.is_file()]
+        pickles = [p for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
+        if pickles and not any(p.suffix.lower() == ".safetensors" for p in files):
+            raise WeightsError(f"{pickles[0]} is a pickled checkpoint, and pickles can run code when opened; pass "
+                               f"--allow-pickle if you trust the file (or convert the folder to .safetensors)")
+
+
 def read_state_dict(file: Path, allow_pickle: bool = False, what: str = "weights file") -> dict[str, torch.Tensor]:
     """The tensors of `file`. A pickle (.ckpt/.pt/.pth/.bin) can run code when opened, so it is read only with
     `allow_pickle`, and then with `weights_only=True`; a PyTorch Lightning `state_dict` wrapper is unwrapped."""

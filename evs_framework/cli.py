@@ -119,6 +119,8 @@ def _context(args, plugins, registry, extra_folders=(), device=None):
     from evs_framework.loading import DTYPES, LoadContext, WeightSettings, default_weight_folders
     from evs_framework.preflight import parse_device
 
+    if args.threads is not None and args.threads < 1:
+        raise EVSError(f"--threads {args.threads}: give at least 1")
     torch.set_num_threads(args.threads or int(os.environ.get("OMP_NUM_THREADS") or DEFAULT_THREADS))
     device = device or parse_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)

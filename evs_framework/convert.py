@@ -66,6 +66,13 @@ def _union_hook(t):
     return structure
 
 
+def _structure_path(value, _) -> Path:
+    text = _primitive_hook(str)(value, None)
+    if not text or "\x00" in text:
+        raise ValueError(f"{short_repr(text)} is not a usable path; give a file or folder name")
+    return Path(text)
+
+
 def _is_sequence(t) -> bool:
     return typing.get_origin(t) in (tuple, list)
 
@@ -135,7 +142,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook_factory(_is_sequence, _sequence_hook)
     converter.register_structure_hook_factory(lambda t: typing.get_origin(t) is dict or t is dict, _mapping_hook)
     converter.register_structure_hook_factory(attrs.has, _record_hook)
-    converter.register_structure_hook(Path, lambda v, _: Path(_primitive_hook(str)(v, None)))
+    converter.register_structure_hook(Path, _structure_path)
     return converter
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from evs_framework.checkpoints import read_state_dict
+from evs_framework.checkpoints import read_state_dict, refuse_pickled_folder
 from evs_framework.errors import WeightsError
 
 LAYOUTS = ("diffusers", "original")
@@ -52,8 +52,10 @@ def load_motion_adapter(path: Path, dtype: torch.dtype, config_overrides: dict |
 
     path = Path(path)
     if path.is_dir():
+        refuse_pickled_folder(path, allow_pickle)
         try:
-            return MotionAdapter.from_pretrained(path, local_files_only=True, torch_dtype=dtype, **(config_overrides or {}))
+            return MotionAdapter.from_pretrained(path, local_files_only=True, torch_dtype=dtype,
+                                                 use_safetensors=not allow_pickle or None, **(config_overrides or {}))
         except (OSError, ValueError, RuntimeError) as exc:
             raise WeightsError(f"motion adapter folder {path} could not be loaded: {exc}") from exc
     state = read_state_dict(path, allow_pickle, "motion adapter weights")

@@ -253,7 +253,7 @@ class _Planner:
 
         self.enter(index, model, enter, first, where)
         # a resumed model picks up at its own next level, a small step down by design
-        if start != "resume" and isinstance(self.ops[-1], TransferOp):
+        if start != "resume" and self.ops and isinstance(self.ops[-1], TransferOp):
             self.note_level_jump(where, model, self.ops[-1].sigma_to)
         sigmas = schedule.levels[first:stop + 1]
         if any(b >= a for a, b in zip(sigmas, sigmas[1:])):

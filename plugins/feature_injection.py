@@ -108,7 +108,7 @@ def latent_size(spec, plan) -> tuple[int, int, int] | None:
             return None
         factor = plan.models["idm"].choice.upscale
         sizes.append((frames, round(height // 8 * factor), round(width // 8 * factor)))
-    return max(sizes, key=lambda size: size[0] * size[1] * size[2])
+    return max(sizes, key=lambda size: size[0] * size[1] * size[2]) if sizes else None
 
 
 def cache_bytes(spec, plan, context, levels: int) -> int | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import attrs
 import torch
 
-from evs_framework.checkpoints import CHECKPOINT_SUFFIXES
+from evs_framework.checkpoints import CHECKPOINT_SUFFIXES, refuse_pickled_folder
 from evs_framework.errors import WeightsError
 from evs_framework.hookspecs import hookimpl
 from evs_framework.lora import fuse_lora, read_lora
@@ -58,7 +58,8 @@ def read_sd15_parts(path: Path, entry, context) -> SD15Parts:
         if missing:
             raise WeightsError(f"{path} is not a diffusers SD1.5 folder: it lacks {', '.join(missing)}/; "
                                f"point the registry entry at a folder saved with save_pretrained")
-        options = {"local_files_only": True, "torch_dtype": context.dtype}
+        refuse_pickled_folder(path, context.allow_pickle)
+        options = {"local_files_only": True, "torch_dtype": context.dtype, "use_safetensors": not context.allow_pickle or None}
         parts = SD15Parts(
             UNet2DConditionModel.from_pretrained(path, subfolder="unet", **options),
             AutoencoderKL.from_pretrained(path, subfolder="vae", **{**options, "torch_dtype": context.vae_dtype}),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import structlog
@@ -29,6 +30,11 @@ SEED_EXAMPLE = {
     "stable_steps": [8],
     "seed": 23,
 }
+
+
+# Two test workers share the machine's cores: one torch thread each (the CLI's default reads this variable too)
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

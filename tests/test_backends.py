@@ -107,6 +107,18 @@ def test_pickled_single_file_needs_allow_pickle(plugins, registry, zoo, tmp_path
     assert torch.equal(loaded.parts.unet.conv_in.weight, reference.parts.unet.conv_in.weight)
 
 
+def test_a_diffusers_folder_with_a_pickled_unet_needs_allow_pickle(plugins, registry, zoo, tmp_path):
+    folder = shutil.copytree(zoo / "stable-diffusion-v1-5", tmp_path / "stable-diffusion-v1-5")
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), folder / "unet" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(WeightsError, match=r"diffusion_pytorch_model\.bin is a pickled checkpoint.*--allow-pickle"):
+        LoadContext(plugins, registry, WeightSettings([tmp_path])).load(registry.get("SD"))
+    loaded = LoadContext(plugins, registry, WeightSettings([tmp_path]), allow_pickle=True).load(registry.get("SD"))
+    reference = LoadContext(plugins, registry, WeightSettings([zoo])).load(registry.get("SD"))
+    assert torch.equal(loaded.unet.conv_in.weight, reference.unet.conv_in.weight)
+
+
 def test_a_folder_with_two_checkpoints_asks_which(plugins, registry, zoo, tmp_path):
     (tmp_path / "epiCRealism").mkdir()
     for name in ("v5.safetensors", "v6.safetensors"):

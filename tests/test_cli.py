@@ -78,3 +78,25 @@ def test_the_demo_spec_feeds_eval_and_compare(tmp_path, capsys):
     assert main(["compare", str(spec_file), "--compositions", "IDM,IDM_VDM_IDM", "--weights-dir", str(tmp_path / "zoo"),
                  "-q"]) == 0
     assert (tmp_path / "demo" / "compare" / "demo_input.contact_sheet.png").is_file()
+
+
+def test_commands_that_load_no_model_do_not_import_the_model_libraries():
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom evs_framework.cli import main\nfor command in (['models'], ['plugins']):\n"
+              "    assert main(command) == 0\n"
+              "print(sorted(m for m in ('diffusers', 'transformers', 'huggingface_hub') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_threads_option_sets_torchs_thread_count(seed_config, zoo, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["plan", str(seed_config()), "--weights-dir", str(zoo), "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -208,13 +208,18 @@ def test_niqe_is_not_a_number_for_frames_too_small_for_its_patches():
     assert np.isnan(imaging_niqe(textured_clip(frames=1, height=64, width=96), CLIP).value)
 
 
-def test_metrics_json_is_strict_json_with_null_for_metrics_that_do_not_apply(tmp_path):
+def test_metrics_json_is_strict_json_with_null_for_metrics_that_do_not_apply(tmp_path, capsys):
     video = write_video(tmp_path / "small.mp4", textured_clip(frames=3, height=64, width=96), 8.0)
     assert main(["eval", str(video), "--metrics", "proxy.imaging_niqe,temporal_flickering", "-q"]) == 0
     text = (tmp_path / "metrics.json").read_text()
     assert "NaN" not in text
     values = json.loads(text)["videos"][0]["values"]
     assert values["proxy.imaging_niqe"] is None and 0 < values["temporal_flickering"] <= 1
+    # the table and the CSV say the same as the JSON, never nan
+    table_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("proxy.imaging_niqe"))
+    csv_row = next(line for line in (tmp_path / "metrics.csv").read_text().splitlines() if "proxy.imaging_niqe" in line)
+    assert "null" in table_row and "nan" not in table_row.lower()
+    assert csv_row.split(",")[2] == "null" and "nan" not in csv_row.lower()
 
 
 def test_brisque_proxy_drops_with_blur_and_upscaling_on_real_footage():

@@ -215,3 +215,53 @@ def test_planner_warns_of_a_renoise_far_above_the_start(plugins, registry):
     example = make_plan(spec_from_data({"mp4_files": ["a.mp4"], "prompts": ["a"], **SEED_EXAMPLE}), registry, plugins)
     assert not any("warning" in n for n in example.notes)  # the seed's own example hands over as intended
 
+
+
+ODD_VALUES = [None, "", "ab", "$stable_num", -1, 0, 7, 0.5, 1e309, float("nan"), 2**70, True, [], {}, [[]], [1, "a"],
+              {"a": 1}, "x/../y", "\x00", "EP_X0.0", "EP_X99", "lightningEP"]
+
+
+def mutated(data: dict, random) -> dict:
+    """`data` with one key replaced, removed, nested into, or added."""
+    data = json.loads(json.dumps(data))
+    target = data
+    while isinstance(target, dict) and target and random.random() < 0.5:
+        key = random.choice(sorted(target))
+        if not isinstance(target[key], dict):
+            break
+        target = target[key]
+    choice = random.random()
+    if choice < 0.6 and target:
+        target[random.choice(sorted(target))] = random.choice(ODD_VALUES)
+    elif choice < 0.8 and target:
+        del target[random.choice(sorted(target))]
+    else:
+        target[random.choice(["extra", "video", "idm_type", "stages"])] = random.choice(ODD_VALUES)
+    return data
+
+
+def test_fuzzed_specs_only_ever_raise_our_errors(plugins, registry, tmp_path):
+    """Thousands of two-change variants of both formats go through parsing, planning and the input checks: each one
+    either passes or ends in an EVSError of bounded size, never another exception."""
+    import random as random_module
+
+    from evs_framework.errors import EVSError
+    from evs_framework.preflight import input_problems
+    from evs_framework.spec import parse_spec
+
+    random = random_module.Random(9)
+    bases = [{"mp4_files": ["a.mp4"], "prompts": ["a"], **SEED_EXAMPLE},
+             {"inputs": [{"video": "a.mp4", "prompt": "a"}], "models": {"idm": {"name": "EP", "upscale": 2.0},
+                                                                      "vdm": {"name": "lightningEP"}},
+              "composition": "IDM_VDM_IDM", "settings": {"stable_steps": [8], "stable_num": 2},
+              "injection": {"window": [0.0, 0.5]}, "video": {"max_frames": 16}, "output": {"dir": "out"}}]
+    for case in range(2000):
+        data = mutated(mutated(random.choice(bases), random), random)
+        try:
+            parsed = parse_spec(data, "fuzz", tmp_path, "fuzz")
+            plan = make_plan(parsed.spec, registry, plugins, None, parsed.broken_roles)
+            input_problems(parsed.spec, plan)
+        except EVSError as error:
+            assert len(str(error)) < 4000, (case, data)
+        except Exception as error:  # noqa: BLE001 - the point of the test
+            pytest.fail(f"case {case}: {type(error).__name__}: {error} for {data}")
