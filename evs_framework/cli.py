@@ -137,24 +137,27 @@ class Job:
     missing: tuple[str, ...]  # missing input videos and weight files (only when they were allowed)
 
 
-def prepare_job(args, plugins, registry, allow_missing: bool = False) -> Job:
-    """Spec, plan and machine checked in one round: every problem is in one error, before any weight loads."""
+def prepare_job(args, plugins, registry, parsed=None, source: str | None = None, allow_missing: bool = False,
+                extra_folders=()) -> Job:
+    """Spec (`args.config` unless `parsed` is given), plan and machine checked in one round: every problem is in
+    one error, before any weight loads."""
     import torch
 
     from evs_framework.plan import make_plan
     from evs_framework.preflight import input_problems, weight_problems
     from evs_framework.spec import read_spec
 
-    parsed = read_spec(args.config)
+    parsed = parsed or read_spec(args.config)
     spec = parsed.spec
     if getattr(args, "output_dir", None):
         spec = attrs.evolve(spec, output=attrs.evolve(spec.output, dir=args.output_dir.resolve()))
     problems = list(parsed.problems)
     try:
-        context = _context(args, plugins, registry)
+        context = _context(args, plugins, registry, extra_folders)
     except EVSError as exc:
         problems.append(str(exc))
-        context = _context(args, plugins, registry, device=torch.device("cpu"))  # to look for weights all the same
+        # weights are looked for all the same
+        context = _context(args, plugins, registry, extra_folders, device=torch.device("cpu"))
     plan = None
     try:
         plan = make_plan(spec, registry, plugins, context, parsed.broken_roles)
@@ -168,7 +171,7 @@ def prepare_job(args, plugins, registry, allow_missing: bool = False) -> Job:
     if missing and not allow_missing:
         problems += missing
     if problems:
-        raise SpecError(problems, str(args.config))
+        raise SpecError(problems, source or str(args.config))
     return Job(spec, plan, context, tuple(missing))
 
 
@@ -211,18 +214,16 @@ def cmd_run(args, plugins, registry) -> int:
 def cmd_demo(args, plugins, registry) -> int:
     from evs_framework import video_io
     from evs_framework.demo import prepare_demo
-    from evs_framework.plan import make_plan
     from evs_framework.plan_text import format_plan
     from evs_framework.runner import run_job
-    from evs_framework.spec import spec_to_data
+    from evs_framework.spec import ParsedSpec, spec_to_data
 
     started = time.perf_counter()
     out_dir = (args.output_dir or Path("outputs/demo")).resolve()
     spec, zoo = prepare_demo(out_dir, args.zoo_dir)
-    context = _context(args, plugins, registry, [zoo])
-    plan = make_plan(spec, registry, plugins, context)
-    print(format_plan(plan, "demo"))
-    code = _report(run_job(spec, plan, context, progress=not args.quiet, overwrite=True), started)
+    job = prepare_job(args, plugins, registry, ParsedSpec(spec, ()), "evs demo", extra_folders=[zoo])
+    print(format_plan(job.plan, "demo"))
+    code = _report(run_job(spec, job.plan, job.context, progress=not args.quiet, overwrite=True), started)
     spec_file = video_io.write_json(out_dir / "demo_spec.json", spec_to_data(spec))
     print(f"input clip: {spec.inputs[0].video}\nmodel zoo: {zoo}\nits spec: {spec_file}\n"
           f"next: evs eval {out_dir / (spec.inputs[0].video.stem + '.' + spec.composition_name + '.mp4')}\n"
@@ -233,15 +234,14 @@ def cmd_demo(args, plugins, registry) -> int:
 
 
 def cmd_sfi(args, plugins, registry) -> int:
-    from evs_framework.plan import make_plan
     from evs_framework.plan_text import format_plan
     from evs_framework.runner import run_job
-    from evs_framework.spec import spec_from_data
+    from evs_framework.spec import parse_spec
 
     started = time.perf_counter()
     injection = {"features": args.features,
                  **({"layers": args.layers} if args.layers else {}), **({"window": args.window} if args.window else {})}
-    spec = spec_from_data({
+    parsed = parse_spec({
         "inputs": [{"video": str(args.video), "prompt": args.prompt}],
         "models": {"idm": {"name": args.model, **({"steps": args.steps} if args.steps else {})}},
         "composition": "IDM",
@@ -249,10 +249,9 @@ def cmd_sfi(args, plugins, registry) -> int:
         "using_attn": True, "injection": injection, "seed": args.seed,
         "output": {"dir": str(args.output_dir or Path("outputs") / "sfi")},
     }, source="evs sfi arguments")
-    context = _context(args, plugins, registry)
-    plan = make_plan(spec, registry, plugins, context)
-    print(format_plan(plan, "sfi"))
-    return _report(run_job(spec, plan, context, progress=not args.quiet, overwrite=True), started)
+    job = prepare_job(args, plugins, registry, parsed, "evs sfi arguments")
+    print(format_plan(job.plan, "sfi"))
+    return _report(run_job(job.spec, job.plan, job.context, progress=not args.quiet, overwrite=True), started)
 
 
 def cmd_eval(args, plugins, registry) -> int:
@@ -281,16 +280,12 @@ def cmd_eval(args, plugins, registry) -> int:
 
 def cmd_compare(args, plugins, registry) -> int:
     from evs_framework.compare import compare, format_comparison
-    from evs_framework.spec import load_spec
-
-    spec = load_spec(args.config)
-    if args.output_dir:
-        spec = attrs.evolve(spec, output=attrs.evolve(spec.output, dir=args.output_dir.resolve()))
-    names = [name.strip() for name in args.compositions.split(",") if name.strip()]
     from evs_framework.metrics import load_weight_paths
 
+    job = prepare_job(args, plugins, registry)
+    names = [name.strip() for name in args.compositions.split(",") if name.strip()]
     weights = load_weight_paths(args.weights) if args.weights else None
-    data = compare(spec, names, registry, plugins, _context(args, plugins, registry), not args.quiet, weights)
+    data = compare(job.spec, names, registry, plugins, job.context, not args.quiet, weights)
     for entry in data["inputs"]:
         print(f"{entry['source']}:\n{format_comparison(entry, names)}\n"
               f"side by side: {entry['side_by_side']}\ncontact sheet: {entry['contact_sheet']}")
@@ -319,7 +314,6 @@ def cmd_fetch(args, plugins, registry) -> int:
     if failed:
         raise EVSError(f"{len(failed)} of {len(args.names)} model(s) not fetched:\n" + "\n".join(f"  - {f}" for f in failed))
     return 0
-
 
 
 def cmd_plugins(args, plugins, registry) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import attrs
 
-from evs_framework.composition import Composition, Stage
+from evs_framework.composition import Composition, Stage, check_composition
 from evs_framework.errors import EVSError, PlanError
 from evs_framework.plugins import Catalogue, Plugins
 from evs_framework.registry import ModelEntry, Registry
@@ -112,9 +112,14 @@ def resolve_composition(spec: Spec, catalogue: Catalogue) -> Composition:
     if isinstance(spec.composition, Composition):
         return spec.composition
     try:
-        return catalogue.get("compositions", spec.composition)
+        composition = catalogue.get("compositions", spec.composition)
     except EVSError as exc:
         raise PlanError(f"unknown composition (pipeline_mode) {spec.composition!r}: {exc}") from None
+    problems = check_composition(composition, f"composition {spec.composition!r}")  # a plugin's, never checked yet
+    if problems or composition.name != spec.composition:
+        raise PlanError(problems or [f"composition {spec.composition!r} calls itself {composition.name!r}; the plugin "
+                                     f"that registers it must use one name"])
+    return composition
 
 
 class _Planner:

@@ -265,3 +265,24 @@ def test_fuzzed_specs_only_ever_raise_our_errors(plugins, registry, tmp_path):
             assert len(str(error)) < 4000, (case, data)
         except Exception as error:  # noqa: BLE001 - the point of the test
             pytest.fail(f"case {case}: {type(error).__name__}: {error} for {data}")
+
+
+def test_a_plugins_composition_named_like_a_path_is_refused(registry):
+    import types
+
+    from evs_framework.composition import Composition, Stage
+    from evs_framework.errors import PlanError
+    from evs_framework.hookspecs import hookimpl
+    from evs_framework.plugins import load_plugins
+
+    @hookimpl
+    def register_compositions(register):
+        stage = Stage(model="idm", enter="random", start=0.5, stop="end")
+        register("escape", Composition("../../escape", stages=(stage,)))
+
+    module = types.ModuleType("evs_escaping_plugin")
+    module.register_compositions = register_compositions
+    spec = spec_from_data({"inputs": [{"video": "a.mp4", "prompt": "a"}], "models": {"idm": {"name": "EP"}},
+                           "composition": "escape"})
+    with pytest.raises(PlanError, match="goes into output file names"):
+        make_plan(spec, registry, load_plugins(extra=[module]))
