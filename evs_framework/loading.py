@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -15,6 +16,7 @@ from evs_framework.plugins import Plugins
 from evs_framework.registry import ModelEntry, Registry
 
 WEIGHTS_ENV = "EVS_WEIGHTS_DIR"
+SHIPPED_WEIGHTS = Path(str(files("evs_framework") / "data" / "weights"))
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -42,11 +44,12 @@ class WeightSettings:
 
 
 def default_weight_folders(extra=()) -> list[Path]:
-    """Folders named on the command line, then ./pretrained_models, then $EVS_WEIGHTS_DIR."""
+    """Folders named on the command line, then ./pretrained_models, then $EVS_WEIGHTS_DIR, then the weights that
+    ship with EVS (the toy world's models)."""
     folders = [Path(p).expanduser() for p in extra] + [Path.cwd() / "pretrained_models"]
     if os.environ.get(WEIGHTS_ENV):
         folders.append(Path(os.environ[WEIGHTS_ENV]).expanduser())
-    return folders
+    return folders + [SHIPPED_WEIGHTS]
 
 
 @attrs.define

@@ -7,7 +7,7 @@ import pytest
 
 from evs_framework.cli import main
 from evs_framework.errors import WeightsError
-from evs_framework.loading import LoadContext, WeightSettings, default_weight_folders
+from evs_framework.loading import SHIPPED_WEIGHTS, LoadContext, WeightSettings, default_weight_folders
 from evs_framework.registry import WeightLocation
 
 
@@ -32,10 +32,12 @@ def fake_cached_repo(cache, repo: str, files: dict[str, bytes]):
     return folder / "snapshots" / commit
 
 
-def test_order_is_command_line_then_pretrained_models_then_env(tmp_path, monkeypatch):
+def test_order_is_command_line_then_pretrained_models_then_env_then_shipped(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("EVS_WEIGHTS_DIR", str(tmp_path / "env"))
-    assert default_weight_folders([tmp_path / "cli"]) == [tmp_path / "cli", tmp_path / "pretrained_models", tmp_path / "env"]
+    assert default_weight_folders([tmp_path / "cli"]) == [tmp_path / "cli", tmp_path / "pretrained_models", tmp_path / "env",
+                                                          SHIPPED_WEIGHTS]
+    assert SHIPPED_WEIGHTS.parts[-3:] == ("evs_framework", "data", "weights")
 
 
 def test_hugging_face_cache_is_searched_after_local_folders(plugins, registry, tmp_path, hf_home):
