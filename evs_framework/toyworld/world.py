@@ -44,6 +44,11 @@ class ClipSpec:
     texture_period: float  # fraction of the frame
     background_angle: float
 
+    def step(self, size: int = SIZE) -> tuple[float, float]:
+        """How far the shape moves from one frame to the next, in pixels (x, y) at frame side `size`."""
+        dx, dy = DIRECTIONS[self.direction]
+        return dx * self.speed * size, dy * self.speed * size
+
     @property
     def prompt(self) -> str:
         article = "an" if self.colour[0] in "aeiou" else "a"
@@ -74,6 +79,12 @@ def sample_spec(seed: int, frames: int = FRAMES) -> ClipSpec:
 
 def render(specs: list[ClipSpec], frames: int = FRAMES, size: int = SIZE, device="cpu") -> torch.Tensor:
     """(len(specs), frames, 3, size, size) float32 clips in [-1, 1]."""
+    return render_with_masks(specs, frames, size, device)[0]
+
+
+def render_with_masks(specs: list[ClipSpec], frames: int = FRAMES, size: int = SIZE, device="cpu"
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clips, and where the shape is: (B, T, H, W) in [0, 1], soft at the edge."""
     p = _parameters(specs, device)
     coords = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size
     y, x = torch.meshgrid(coords, coords, indexing="ij")  # (H, W)
@@ -96,7 +107,7 @@ def render(specs: list[ClipSpec], frames: int = FRAMES, size: int = SIZE, device
     ramp = 0.75 + 0.5 * along  # (B, H, W), 0.4 .. 1.1 times the background colour
     background = (p["background"][:, :, None, None] * ramp[:, None]).clamp(0, 1)[:, None]  # (B, 1, 3, H, W)
     frames_01 = mask[:, :, None] * foreground + (1 - mask[:, :, None]) * background
-    return frames_01 * 2 - 1
+    return frames_01 * 2 - 1, mask
 
 
 def _parameters(specs: list[ClipSpec], device) -> dict[str, torch.Tensor]:

@@ -1,0 +1,190 @@
+"""Held-out toy-world clips through several compositions, measured against their ground truth.
+
+Each held-out clip is rendered clean, degraded, and written as an mp4: the input a user would have. Every
+composition runs on every clip for each noise seed through the same runner as `evs run` (the models load once),
+its output mp4 is read back and measured against the clean clip (evs_framework.toyworld.measures). The summary
+gives each measure's mean with a 95% t-interval over (clip, seed) runs, and paired differences between
+compositions with their intervals, so a claim such as "EVS is temporally more consistent than the T2I alone" is
+a number with its uncertainty.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import attrs
+import torch
+from scipy import stats
+
+from evs_framework import video_io
+from evs_framework.plan import make_plan
+from evs_framework.runner import run_job
+from evs_framework.spec import spec_from_data
+from evs_framework.toyworld.measures import measure
+from evs_framework.toyworld.world import HELD_OUT_FIRST_SEED, ClipSpec, degrade, render_with_masks, sample_spec
+
+FPS = 8.0
+COMPOSITIONS = ("IDM", "VDM", "basic", "IDM_VDM", "VDM_IDM", "IDM_VDM_IDM")
+# the seed's example enhance settings, on the toy models' schedules (25 T2I steps, 8 T2V steps) and at their size
+TOY_SETTINGS = {"idm_invert_mode": "random", "vdm_invert_mode": "random", "idm_invert_mode_2": "ddim",
+                "idm_inverse_strength": 0.5, "vdm_inverse_strength": 0.5, "stable_steps": [5], "stable_num": 2}
+TOY_MODELS = {"idm": {"name": "toyI"}, "vdm": {"name": "toyV"}}
+MEASURES = ("psnr", "ssim", "warp_error", "temporal_flickering", "sharpness")
+LOWER_IS_BETTER = {"warp_error"}
+
+
+@attrs.frozen
+class HeldOutClip:
+    spec: ClipSpec
+    video: Path  # the degraded clip, as the input of a run
+    truth: torch.Tensor  # (T, 3, H, W) clean frames in [-1, 1]
+    masks: torch.Tensor  # (T, H, W) where the shape is
+
+
+def held_out_clips(folder: Path, count: int, first_seed: int = HELD_OUT_FIRST_SEED) -> list[HeldOutClip]:
+    """`count` held-out clips from `first_seed` on, their degraded versions written under `folder`."""
+    specs = [sample_spec(first_seed + i) for i in range(count)]
+    clean, masks = render_with_masks(specs)
+    degraded = degrade(clean, seed=first_seed)
+    return [HeldOutClip(spec, video_io.write_video(folder / f"clip_{first_seed + i}.mp4", bad, FPS), truth, mask)
+            for i, (spec, bad, truth, mask) in enumerate(zip(specs, degraded, clean, masks))]
+
+
+def toy_spec(clips: list[HeldOutClip], composition: str, seed: int, out_dir: Path, settings: dict | None = None,
+             prompts: list[str] | None = None):
+    return spec_from_data({
+        "inputs": [{"video": str(c.video), "prompt": p} for c, p in zip(clips, prompts or [c.spec.prompt for c in clips])],
+        "models": TOY_MODELS, "composition": composition, "settings": {**TOY_SETTINGS, **(settings or {})},
+        "negative_prompt": "", "seed": seed, "video": {"max_frames": 16},
+        "output": {"dir": str(out_dir), "side_by_side": False},
+    }, source="toy world experiment")
+
+
+def read_clip(path: Path) -> torch.Tensor:
+    return video_io.read_video(path, max_frames=None).frames
+
+
+def source_rows(clips: list[HeldOutClip]) -> list[dict]:
+    return [{"composition": "source", "clip": c.video.stem, "seed": None,
+             **measure(read_clip(c.video), c.truth, c.masks, c.spec.step())} for c in clips]
+
+
+def run_compositions(clips: list[HeldOutClip], compositions, seeds, out_dir: Path, registry, plugins, context,
+                     settings: dict | None = None, progress: bool = False) -> list[dict]:
+    """One row per (composition, clip, seed): every measure, UNet calls and seconds."""
+    rows = []
+    for composition in compositions:
+        for seed in seeds:
+            spec = toy_spec(clips, composition, seed, out_dir / composition / f"seed{seed}", settings)
+            started = time.process_time()
+            results = run_job(spec, make_plan(spec, registry, plugins, context), context, progress, overwrite=True)
+            cpu_seconds = (time.process_time() - started) / len(clips)
+            for clip, result in zip(clips, results):
+                if result.error:
+                    raise RuntimeError(f"{composition} failed on {clip.video.name}: {result.error}")
+                rows.append({"composition": composition, "clip": clip.video.stem, "seed": seed,
+                             "unet_calls": result.unet_calls, "cpu_seconds": cpu_seconds,
+                             **measure(read_clip(result.output), clip.truth, clip.masks, clip.spec.step())})
+    return rows
+
+
+def interval(values: list[float]) -> dict:
+    """Mean and its 95% t-interval."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return {"mean": mean, "low": mean, "high": mean, "n": n}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per composition: each measure's mean and interval, UNet calls per run and CPU seconds per clip."""
+    summary = {}
+    for composition in dict.fromkeys(r["composition"] for r in rows):
+        mine = [r for r in rows if r["composition"] == composition]
+        summary[composition] = {name: interval([r[name] for r in mine]) for name in MEASURES}
+        if "unet_calls" in mine[0]:
+            summary[composition]["unet_calls"] = mine[0]["unet_calls"]
+            summary[composition]["cpu_seconds"] = interval([r["cpu_seconds"] for r in mine])["mean"]
+    return summary
+
+
+def paired_difference(rows: list[dict], better: str, than: str, name: str) -> dict:
+    """`better` minus `than` on measure `name`, paired by (clip, seed) (a source row pairs with every seed)."""
+    reference = {(r["clip"], r["seed"]): r[name] for r in rows if r["composition"] == than}
+    differences = []
+    for r in rows:
+        if r["composition"] == better:
+            key = (r["clip"], r["seed"]) if (r["clip"], r["seed"]) in reference else (r["clip"], None)
+            differences.append(r[name] - reference[key])
+    result = interval(differences)
+    # True when the whole interval says `better` is better (lower, for a lower-is-better measure)
+    result["improves"] = result["high"] < 0 if name in LOWER_IS_BETTER else result["low"] > 0
+    return result
+
+
+def format_table(summary: dict, intervals: bool = True) -> str:
+    """A markdown table: a row per composition, mean [95% interval] per measure, UNet calls, CPU seconds per clip."""
+    header = ["composition", *MEASURES, "unet calls", "CPU s/clip"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for composition, values in summary.items():
+        cells = [f"{values[m]['mean']:.4g}" + (f" [{values[m]['low']:.4g}, {values[m]['high']:.4g}]" if intervals else "")
+                 for m in MEASURES]
+        calls = " ".join(f"{role} {n}" for role, n in values.get("unet_calls", {}).items()) or "-"
+        seconds = f"{values['cpu_seconds']:.2f}" if "cpu_seconds" in values else "-"
+        lines.append("| " + " | ".join([composition, *cells, calls, seconds]) + " |")
+    return "\n".join(lines)
+
+
+# The method's claim, as comparisons: (composition, against, measure)
+CLAIMS = (("IDM_VDM_IDM", "IDM", "warp_error"), ("IDM_VDM_IDM", "IDM", "temporal_flickering"),
+          ("IDM_VDM_IDM", "VDM", "psnr"), ("IDM_VDM_IDM", "VDM", "ssim"), ("IDM_VDM_IDM", "VDM", "sharpness"),
+          ("IDM_VDM_IDM", "basic", "psnr"), ("IDM_VDM_IDM", "source", "psnr"))
+
+
+def claims(rows: list[dict]) -> list[dict]:
+    present = {r["composition"] for r in rows}
+    return [{"composition": a, "against": b, "measure": m, **paired_difference(rows, a, b, m)}
+            for a, b, m in CLAIMS if a in present and b in present]
+
+
+def format_claims(found: list[dict]) -> str:
+    lines = []
+    for c in found:
+        verdict = "yes" if c["improves"] else "no: the 95% interval of the difference reaches the wrong side of 0"
+        lines.append(f"- {c['composition']} better than {c['against']} on {c['measure']}: {verdict}; difference "
+                     f"{c['mean']:+.4g} [{c['low']:+.4g}, {c['high']:+.4g}] over {c['n']} runs")
+    return "\n".join(lines)
+
+
+DEFAULT_KNOBS = {"stable_steps": [2, 5, 8], "stable_num": [1, 2, 4], "idm_inverse_strength": [0.3, 0.5, 0.7],
+                 "vdm_inverse_strength": [0.25, 0.5, 0.75]}
+
+
+def sweep(clips: list[HeldOutClip], knobs: dict[str, list], seeds, out_dir: Path, registry, plugins, context,
+          composition: str = "IDM_VDM_IDM") -> list[dict]:
+    """One knob at a time around TOY_SETTINGS: a row per (knob, value) with each measure's mean and interval. A
+    single value for a list setting (stable_steps) means a list of one."""
+    table = []
+    for knob, values in knobs.items():
+        for value in values:
+            setting = [value] if isinstance(TOY_SETTINGS.get(knob), list) and not isinstance(value, list) else value
+            rows = run_compositions(clips, [composition], seeds, out_dir / f"{knob}={value}", registry, plugins,
+                                    context, {knob: setting})
+            summary = summarise(rows)[composition]
+            table.append({"knob": knob, "value": value, **summary})
+    return table
+
+
+def format_sweep(table: list[dict]) -> str:
+    header = ["knob", "value", *MEASURES, "unet calls"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in table:
+        cells = [f"{row[m]['mean']:.4g} ±{(row[m]['high'] - row[m]['low']) / 2:.2g}" for m in MEASURES]
+        calls = " ".join(f"{role} {n}" for role, n in row["unet_calls"].items())
+        lines.append("| " + " | ".join([row["knob"], str(row["value"]), *cells, calls]) + " |")
+    return "\n".join(lines)
