@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a config (original EVS JSON or native YAML/JSON spec)")
     run.add_argument("config", type=Path)
     run.add_argument("--overwrite", action="store_true", help="redo videos whose outputs already match the spec")
-    demo = commands.add_parser("demo", help="run the built-in default on tiny random-weight stand-in models")
-    demo.add_argument("--zoo-dir", type=Path, default=None, help="where the tiny model zoo is cached")
+    demo = commands.add_parser("demo", help="EVS repairing a degraded toy-world clip with the small models that ship "
+                                            "with EVS (no download; a CPU is enough)")
     fetch = commands.add_parser("fetch", help="download models from the Hugging Face Hub (the only command that uses the network)")
     fetch.add_argument("names", nargs="+", metavar="NAME")
     sfi = commands.add_parser("sfi", help="Selective Feature Injection on its own (the original's SFI.py): generate "
@@ -103,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     comparing.add_argument("--compositions", default="IDM,VDM,IDM_VDM_IDM,basic",
                            help="comma-separated composition names (default: IDM,VDM,IDM_VDM_IDM,basic)")
     comparing.add_argument("--weights", type=Path, default=None, metavar="YAML", help="as for `evs eval`")
+    toyworld = commands.add_parser("toyworld", help="the toy world's evidence: compositions on held-out clips measured "
+                                                    "against their clean ground truth")
+    toy_commands = toyworld.add_subparsers(dest="toy_command", required=True)
+    toy_eval = toy_commands.add_parser("eval", help="every composition on held-out clips; a table with 95% intervals")
+    toy_eval.add_argument("--compositions", default=None,
+                          help="comma-separated (default: IDM, VDM, basic, IDM_VDM, VDM_IDM, IDM_VDM_IDM)")
+    toy_sweep = toy_commands.add_parser("sweep", help="IDM_VDM_IDM with one knob changed at a time")
+    toy_sweep.add_argument("--knob", action="append", default=[], metavar="NAME=V1,V2",
+                           help="a setting and its values, e.g. stable_num=1,2,3 (repeatable; default: the main four)")
+    for sub, clips in ((toy_eval, 32), (toy_sweep, 16)):
+        sub.add_argument("--clips", type=int, default=clips, help=f"held-out clips (default {clips})")
+        sub.add_argument("--seeds", default="23,24" if sub is toy_eval else "23", help="noise seeds, comma-separated")
+        sub.add_argument("--out", type=Path, default=Path("outputs/toyworld"), help="where clips, outputs and results go")
+        _common(sub)
+        _running(sub)
     commands.add_parser("plugins", help="list loaded plugins and what each provides")
     commands.add_parser("models", help="list the registry's model names")
     for sub in (plan, run, demo, sfi, evaluate, comparing, fetch, commands.choices["plugins"], commands.choices["models"]):
@@ -212,25 +227,18 @@ def cmd_run(args, plugins, registry) -> int:
 
 
 def cmd_demo(args, plugins, registry) -> int:
-    from evs_framework import video_io
-    from evs_framework.demo import prepare_demo
-    from evs_framework.plan_text import format_plan
-    from evs_framework.runner import run_job
-    from evs_framework.spec import ParsedSpec, spec_to_data
+    from evs_framework.demo import run_demo
 
     started = time.perf_counter()
     out_dir = (args.output_dir or Path("outputs/demo")).resolve()
-    spec, zoo = prepare_demo(out_dir, args.zoo_dir)
-    job = prepare_job(args, plugins, registry, ParsedSpec(spec, ()), "evs demo", extra_folders=[zoo])
-    print(format_plan(job.plan, "demo"))
-    code = _report(run_job(spec, job.plan, job.context, progress=not args.quiet, overwrite=True), started)
-    spec_file = video_io.write_json(out_dir / "demo_spec.json", spec_to_data(spec))
-    print(f"input clip: {spec.inputs[0].video}\nmodel zoo: {zoo}\nits spec: {spec_file}\n"
-          f"next: evs eval {out_dir / (spec.inputs[0].video.stem + '.' + spec.composition_name + '.mp4')}\n"
-          f"      evs compare {spec_file} --weights-dir {zoo}\n"
-          "NOTE: the demo's models are tiny random-weight stand-ins in the real diffusers formats. The output is "
-          "noise-like; it shows that the pipeline runs, not what EVS produces with real weights.")
-    return code
+    shown = run_demo(out_dir, registry, plugins, _context(args, plugins, registry), progress=not args.quiet)
+    print(f"input: {shown['input']} (a held-out toy-world clip, degraded)\nprompt: {shown['prompt']}\n\n"
+          f"measured against the clean ground truth (one clip and seed; `evs toyworld eval` gives intervals):\n"
+          f"{shown['table']}\n\nEVS output: {shown['output']}\n"
+          f"side by side (degraded | EVS | ground truth): {shown['side_by_side']}\n"
+          f"every composition, every third frame: {shown['contact_sheet']}\n"
+          f"demo done in {time.perf_counter() - started:.1f} s")
+    return 0
 
 
 def cmd_sfi(args, plugins, registry) -> int:
@@ -316,6 +324,40 @@ def cmd_fetch(args, plugins, registry) -> int:
     return 0
 
 
+def cmd_toyworld(args, plugins, registry) -> int:
+    import yaml
+
+    from evs_framework import video_io
+    from evs_framework.toyworld import experiment
+
+    context = _context(args, plugins, registry)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    clips = experiment.held_out_clips(args.out.resolve() / "clips", args.clips)
+    out_dir = args.out.resolve()
+    if args.toy_command == "eval":
+        names = [n.strip() for n in args.compositions.split(",") if n.strip()] if args.compositions else \
+            list(experiment.COMPOSITIONS)
+        rows = experiment.source_rows(clips) + experiment.run_compositions(
+            clips, names, seeds, out_dir / "runs", registry, plugins, context, progress=not args.quiet,
+            rows_file=out_dir / "rows.jsonl")
+        summary, found = experiment.summarise(rows), experiment.claims(rows)
+        text = experiment.format_table(summary) + "\n\n" + experiment.format_claims(found)
+        video_io.write_json(out_dir / "eval.json", {"clips": args.clips, "seeds": seeds, "settings": experiment.TOY_SETTINGS,
+                                                    "summary": summary, "claims": found, "rows": rows})
+    else:
+        knobs = {}
+        for item in args.knob:
+            name, _, values = item.partition("=")
+            knobs[name.strip()] = [yaml.safe_load(v) for v in values.split(",")]
+        table = experiment.sweep(clips, knobs or experiment.DEFAULT_KNOBS, seeds, out_dir / "sweep", registry, plugins,
+                                 context)
+        text = experiment.format_sweep(table)
+        video_io.write_json(out_dir / "sweep.json", {"clips": args.clips, "seeds": seeds, "rows": table})
+    print(text)
+    print(f"wrote {video_io.write_text(out_dir / f'{args.toy_command}.md', text + chr(10))}")
+    return 0
+
+
 def cmd_plugins(args, plugins, registry) -> int:
     for name, section, provided in describe(plugins):
         print(f"{name:16} {section:13} {', '.join(provided)}")
@@ -332,7 +374,7 @@ def cmd_models(args, plugins, registry) -> int:
 
 
 COMMANDS = {"plan": cmd_plan, "run": cmd_run, "demo": cmd_demo, "sfi": cmd_sfi, "eval": cmd_eval,
-            "compare": cmd_compare, "fetch": cmd_fetch,
+            "compare": cmd_compare, "fetch": cmd_fetch, "toyworld": cmd_toyworld,
             "plugins": cmd_plugins, "models": cmd_models}
 
 

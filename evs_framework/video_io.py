@@ -219,10 +219,10 @@ def _ffmpeg_writer(partial: Path, fps: float):
 
 
 def _count_written_frames(path: Path) -> int:
-    """The frames in the first video stream of the file just written, counted from its packets without decoding
-    them (tens of milliseconds); raises RuntimeError with ffmpeg's reason when it cannot read the file back."""
+    """The frames in the first video stream of the file just written, decoded (ffmpeg 7 and later print no frame
+    count when packets are only copied); raises RuntimeError with ffmpeg's reason when it cannot read it back."""
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", f"file:{path}",
-               "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
+               "-map", "0:v:0", "-f", "null", "-"]
     result = subprocess.run(command, capture_output=True, text=True, errors="replace")
     counts = re.findall(r"frame=\s*(\d+)", result.stderr)
     if result.returncode != 0 or not counts:

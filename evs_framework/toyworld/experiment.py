@@ -10,6 +10,7 @@ a number with its uncertainty.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -72,8 +73,9 @@ def source_rows(clips: list[HeldOutClip]) -> list[dict]:
 
 
 def run_compositions(clips: list[HeldOutClip], compositions, seeds, out_dir: Path, registry, plugins, context,
-                     settings: dict | None = None, progress: bool = False) -> list[dict]:
-    """One row per (composition, clip, seed): every measure, UNet calls and seconds."""
+                     settings: dict | None = None, progress: bool = False, rows_file: Path | None = None) -> list[dict]:
+    """One row per (composition, clip, seed): every measure, UNet calls and seconds; each row is also appended to
+    `rows_file` (JSON lines) as soon as it is known, so a long run cut short keeps what it measured."""
     rows = []
     for composition in compositions:
         for seed in seeds:
@@ -87,6 +89,9 @@ def run_compositions(clips: list[HeldOutClip], compositions, seeds, out_dir: Pat
                 rows.append({"composition": composition, "clip": clip.video.stem, "seed": seed,
                              "unet_calls": result.unet_calls, "cpu_seconds": cpu_seconds,
                              **measure(read_clip(result.output), clip.truth, clip.masks, clip.spec.step())})
+                if rows_file is not None:
+                    with open(rows_file, "a", encoding="utf-8") as handle:
+                        handle.write(json.dumps(rows[-1]) + "\n")
     return rows
 
 
