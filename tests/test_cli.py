@@ -35,18 +35,6 @@ def test_models_lists_the_seed_names(capsys):
         assert f"\n{name} " in "\n" + out
 
 
-def test_demo_repairs_a_degraded_clip_and_says_by_how_much(tmp_path, capsys):
-    assert main(["demo", "--output-dir", str(tmp_path / "demo"), "-q"]) == 0
-    out = capsys.readouterr().out
-    for row in ("| source |", "| IDM |", "| VDM |", "| basic |", "| IDM_VDM_IDM |"):
-        assert row in out
-    with imageio.get_reader(tmp_path / "demo" / "demo.side_by_side.mp4", format="FFMPEG") as reader:
-        width, height = reader.get_meta_data()["size"]
-        assert width == 3 * 256 and reader.count_frames() == 16  # degraded | EVS | ground truth
-    assert len(imageio.mimread(tmp_path / "demo" / "demo.IDM_VDM_IDM.mp4")) == 16
-    assert (tmp_path / "demo" / "demo.contact_sheet.png").stat().st_size > 10_000
-
-
 def test_sfi_generates_for_a_prompt_with_the_source_features(clip_file, zoo, tmp_path, capsys):
     import json
 

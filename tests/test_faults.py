@@ -82,6 +82,15 @@ def dead_pid() -> int:
     return process.pid
 
 
+def ffmpeg_children_after_a_moment(seconds: float = 3.0) -> list[int]:
+    """The live ffmpeg children once they have had `seconds` to die (a killed process takes a moment on a busy
+    machine)."""
+    deadline = time.monotonic() + seconds
+    while live_ffmpeg_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return live_ffmpeg_children()
+
+
 def live_ffmpeg_children() -> list[int]:
     children = []
     for stat_file in Path("/proc").glob("[0-9]*/stat"):
@@ -248,7 +257,7 @@ def test_an_interrupted_write_kills_ffmpeg_and_removes_the_partial_file(tmp_path
         write_video(tmp_path / "clip.mp4", noise_frames(6), fps=8)
 
     assert len(killed) == 1  # killed, not left to encode a file that is about to be deleted
-    assert live_ffmpeg_children() == []
+    assert ffmpeg_children_after_a_moment() == []
     assert list(tmp_path.iterdir()) == []
 
 

@@ -12,6 +12,7 @@ import sysconfig
 import venv
 from pathlib import Path
 
+import imageio.v2 as imageio
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,5 +72,10 @@ def test_plan_and_demo_from_the_wheel(installed, zoo, clip_file):
 
     demo = evs(installed, "demo", "-q")  # the toy models come from the wheel's own data
     assert demo.returncode == 0, demo.stderr
-    assert "| IDM_VDM_IDM |" in demo.stdout
-    assert (run_dir / "outputs" / "demo" / "demo.IDM_VDM_IDM.mp4").is_file()
+    for row in ("| source |", "| IDM |", "| VDM |", "| basic |", "| IDM_VDM_IDM |"):
+        assert row in demo.stdout
+    out = run_dir / "outputs" / "demo"
+    with imageio.get_reader(out / "demo.side_by_side.mp4", format="FFMPEG") as reader:
+        assert reader.get_meta_data()["size"][0] == 3 * 256 and reader.count_frames() == 16  # input | EVS | truth
+    assert len(imageio.mimread(out / "demo.IDM_VDM_IDM.mp4")) == 16
+    assert (out / "demo.contact_sheet.png").stat().st_size > 10_000
