@@ -18,7 +18,7 @@ from pathlib import Path
 import attrs
 
 from evs_framework.errors import WeightsError
-from evs_framework.preflight import has_files
+from evs_framework.preflight import entries_read, weight_path
 
 PACKAGES = ("evs-framework", "torch", "diffusers", "transformers", "pluggy", "imageio-ffmpeg")
 COMPUTING_PACKAGES = ("evs-framework", "torch", "diffusers", "transformers")
@@ -58,22 +58,13 @@ def file_fingerprints(path: Path) -> list[list]:
 
 def weight_fingerprints(plan, context) -> dict[str, dict]:
     """Per registry entry the models read (with the entries they build on): its resolved path and files."""
-    pending = [model.entry for model in plan.models.values()]
-    fingerprints: dict[str, dict] = {}
-    while pending:
-        entry = pending.pop(0)
-        if entry.name in fingerprints:
-            continue
+    fingerprints = {}
+    for entry in entries_read([model.entry for model in plan.models.values()], context):
         try:
-            path = context.weights_path(entry) if has_files(entry) else None
+            path = weight_path(entry, context)
         except WeightsError:
             path = None
-        if path is None:
-            fingerprints[entry.name] = {"path": None, "files": []}
-        else:
-            fingerprints[entry.name] = {"path": str(path), "files": file_fingerprints(path)}
-        for needed in context.plugins.hook.required_models(entry=entry, context=context):
-            pending.extend(needed or [])
+        fingerprints[entry.name] = {"path": str(path) if path else None, "files": file_fingerprints(path) if path else []}
     return dict(sorted(fingerprints.items()))
 
 

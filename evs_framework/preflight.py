@@ -75,20 +75,31 @@ def has_files(entry) -> bool:
     return bool(entry.weights.local or entry.weights.hub)
 
 
-def weight_problems(entries, context) -> list[str]:
-    """Every missing weight file of these registry entries and of those they build on, without loading any."""
-    pending = list(entries)
-    seen, problems = set(), []
+def entries_read(entries, context) -> list:
+    """These registry entries and every entry they build on (through the backends' `required_models`), once each,
+    in the order they are met."""
+    pending, found = list(entries), {}
     while pending:
         entry = pending.pop(0)
-        if entry.name in seen:
+        if entry.name in found:
             continue
-        seen.add(entry.name)
-        try:
-            if has_files(entry):
-                context.weights_path(entry)
-        except WeightsError as exc:
-            problems.append(str(exc))
+        found[entry.name] = entry
         for needed in context.plugins.hook.required_models(entry=entry, context=context):
             pending.extend(needed or [])
+    return list(found.values())
+
+
+def weight_path(entry, context):
+    """Where `entry`'s files are; None for an entry that names none. Raises WeightsError when they are missing."""
+    return context.weights_path(entry) if has_files(entry) else None
+
+
+def weight_problems(entries, context) -> list[str]:
+    """Every missing weight file of these registry entries and of those they build on, without loading any."""
+    problems = []
+    for entry in entries_read(entries, context):
+        try:
+            weight_path(entry, context)
+        except WeightsError as exc:
+            problems.append(str(exc))
     return problems

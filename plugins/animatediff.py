@@ -10,6 +10,8 @@ fused, at `spatial_lora_scale`, into a copy of the base instead. The whole clip 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 import torch
 
@@ -17,6 +19,9 @@ from evs_framework.errors import WeightsError
 from evs_framework.hookspecs import hookimpl
 from evs_framework.motion_adapter import load_motion_adapter
 from evs_plugins.sd15 import SD15Parts, encode_prompts, parts_with_lora
+
+if TYPE_CHECKING:  # annotations only; diffusers is imported where a model loads
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
 
 @attrs.frozen

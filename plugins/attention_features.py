@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from typing import TYPE_CHECKING
 
 import attrs
 import torch
 import torch.nn.functional as F
 
 from evs_framework.errors import EVSError
+
+if TYPE_CHECKING:  # annotations only; diffusers is imported where a model loads
+    from diffusers.models.attention_processor import Attention
 
 GIB = 2**30
 

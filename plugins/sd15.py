@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import attrs
 import torch
 
@@ -21,6 +23,10 @@ from evs_framework.errors import WeightsError
 from evs_framework.hookspecs import hookimpl
 from evs_framework.lora import fuse_lora, read_lora
 from evs_framework.single_file import load_sd15_single_file
+
+if TYPE_CHECKING:  # annotations only; the modules are imported where a model loads
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
 
 REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer")
 DEFAULT_CONFIG_ENTRY = "SD"
