@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     toy_sweep = toy_commands.add_parser("sweep", help="IDM_VDM_IDM with one knob changed at a time")
     toy_sweep.add_argument("--knob", action="append", default=[], metavar="NAME=V1,V2",
                            help="a setting and its values, e.g. stable_num=1,2,3 (repeatable; default: the main four)")
-    for sub, clips in ((toy_eval, 32), (toy_sweep, 16)):
+    toy_edit = toy_commands.add_parser("edit", help="IDM_VDM_IDM with prompts that change the colour: edit, real_edit, "
+                                                    "real_edit with Selective Feature Injection")
+    for sub, clips in ((toy_eval, 32), (toy_sweep, 16), (toy_edit, 16)):
         sub.add_argument("--clips", type=int, default=clips, help=f"held-out clips (default {clips})")
         sub.add_argument("--seeds", default="23,24" if sub is toy_eval else "23", help="noise seeds, comma-separated")
         sub.add_argument("--out", type=Path, default=Path("outputs/toyworld"), help="where clips, outputs and results go")
@@ -332,9 +334,19 @@ def cmd_toyworld(args, plugins, registry) -> int:
 
     context = _context(args, plugins, registry)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    clips = experiment.held_out_clips(args.out.resolve() / "clips", args.clips)
     out_dir = args.out.resolve()
-    if args.toy_command == "eval":
+    if args.toy_command == "edit":
+        from evs_framework.toyworld import edits
+
+        clips = edits.edit_clips(out_dir / "edit_clips", args.clips)
+        rows = edits.run_edits(clips, seeds, out_dir / "edits", registry, plugins, context, progress=not args.quiet,
+                               rows_file=out_dir / "edit_rows.jsonl")
+        rows = experiment.source_rows(clips["clean"]) + rows  # the unedited clip against the edited truth
+        summary, found = experiment.summarise(rows), edits.differences(rows)
+        text = experiment.format_table(summary) + "\n\n" + experiment.format_claims(found)
+        record = {"settings": edits.EDIT_SETTINGS, "summary": summary, "differences": found, "rows": rows}
+    elif args.toy_command == "eval":
+        clips = experiment.held_out_clips(out_dir / "clips", args.clips)
         names = [n.strip() for n in args.compositions.split(",") if n.strip()] if args.compositions else \
             list(experiment.COMPOSITIONS)
         rows = experiment.source_rows(clips) + experiment.run_compositions(
@@ -342,9 +354,9 @@ def cmd_toyworld(args, plugins, registry) -> int:
             rows_file=out_dir / "rows.jsonl")
         summary, found = experiment.summarise(rows), experiment.claims(rows)
         text = experiment.format_table(summary) + "\n\n" + experiment.format_claims(found)
-        video_io.write_json(out_dir / "eval.json", {"clips": args.clips, "seeds": seeds, "settings": experiment.TOY_SETTINGS,
-                                                    "summary": summary, "claims": found, "rows": rows})
+        record = {"settings": experiment.TOY_SETTINGS, "summary": summary, "claims": found, "rows": rows}
     else:
+        clips = experiment.held_out_clips(out_dir / "clips", args.clips)
         knobs = {}
         for item in args.knob:
             name, _, values = item.partition("=")
@@ -352,7 +364,8 @@ def cmd_toyworld(args, plugins, registry) -> int:
         table = experiment.sweep(clips, knobs or experiment.DEFAULT_KNOBS, seeds, out_dir / "sweep", registry, plugins,
                                  context)
         text = experiment.format_sweep(table)
-        video_io.write_json(out_dir / "sweep.json", {"clips": args.clips, "seeds": seeds, "rows": table})
+        record = {"rows": table}
+    video_io.write_json(out_dir / f"{args.toy_command}.json", {"clips": args.clips, "seeds": seeds, **record})
     print(text)
     print(f"wrote {video_io.write_text(out_dir / f'{args.toy_command}.md', text + chr(10))}")
     return 0

@@ -2,12 +2,13 @@
 
 import math
 
+import attrs
 import pytest
 import torch
 
 from evs_framework.toyworld.experiment import interval, paired_difference, summarise
-from evs_framework.toyworld.measures import measure, psnr, ssim, warp_error
-from evs_framework.toyworld.world import HELD_OUT_FIRST_SEED, degrade, render_with_masks, sample_spec
+from evs_framework.toyworld.measures import colour_share, measure, psnr, ssim, warp_error
+from evs_framework.toyworld.world import COLOURS, HELD_OUT_FIRST_SEED, degrade, render_with_masks, sample_spec
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +20,22 @@ def clip():
 
 def test_the_truth_measures_perfect_and_the_degraded_clip_does_not(clip):
     spec, truth, masks = clip
-    perfect = measure(truth, truth, masks, spec.step())
+    perfect = measure(truth, truth, masks, spec.step(), spec.colour)
     assert perfect["psnr"] >= 99 and perfect["ssim"] == pytest.approx(1.0) and perfect["sharpness"] == pytest.approx(1.0)
-    degraded = measure(degrade(truth[None], seed=1)[0], truth, masks, spec.step())
+    assert perfect["colour"] == 1.0
+    degraded = measure(degrade(truth[None], seed=1)[0], truth, masks, spec.step(), spec.colour)
     assert degraded["psnr"] < 30 and degraded["ssim"] < 0.9 and degraded["sharpness"] < 0.5
     assert degraded["warp_error"] > 5 * perfect["warp_error"]
+
+
+def test_colour_share_counts_the_frames_whose_shape_has_the_colour(clip):
+    spec, truth, masks = clip
+    other = next(c for c in COLOURS if c != spec.colour)
+    recoloured_spec = attrs.evolve(spec, colour=other)
+    recoloured = render_with_masks([recoloured_spec])[0][0]
+    half = torch.cat([truth[:8], recoloured[8:]])  # the colour changes half-way through
+    assert colour_share(truth, masks, spec.colour) == 1.0 and colour_share(truth, masks, other) == 0.0
+    assert colour_share(half, masks, spec.colour) == 0.5 and colour_share(half, masks, other) == 0.5
 
 
 def test_psnr_is_the_textbook_formula():
@@ -61,6 +73,6 @@ def test_intervals_and_paired_differences():
     assert lower["mean"] == pytest.approx(-0.1) and lower["improves"]  # lower warp error is better
     worse = paired_difference(rows, "A", "B", "psnr")
     assert worse["mean"] < 0 and not worse["improves"]
-    full = [{**r, "ssim": 0.5, "temporal_flickering": 0.9, "sharpness": 1.0} for r in rows]
+    full = [{**r, "ssim": 0.5, "temporal_flickering": 0.9, "sharpness": 1.0, "colour": 1.0} for r in rows]
     summary = summarise(full)
     assert summary["A"]["psnr"]["mean"] == pytest.approx(22.0) and summary["B"]["warp_error"]["mean"] == pytest.approx(0.22)

@@ -32,14 +32,14 @@ COMPOSITIONS = ("IDM", "VDM", "basic", "IDM_VDM", "VDM_IDM", "IDM_VDM_IDM")
 TOY_SETTINGS = {"idm_invert_mode": "random", "vdm_invert_mode": "random", "idm_invert_mode_2": "ddim",
                 "idm_inverse_strength": 0.5, "vdm_inverse_strength": 0.5, "stable_steps": [5], "stable_num": 2}
 TOY_MODELS = {"idm": {"name": "toyI"}, "vdm": {"name": "toyV"}}
-MEASURES = ("psnr", "ssim", "warp_error", "temporal_flickering", "sharpness")
+MEASURES = ("psnr", "ssim", "warp_error", "temporal_flickering", "sharpness", "colour")
 LOWER_IS_BETTER = {"warp_error"}
 
 
 @attrs.frozen
 class HeldOutClip:
-    spec: ClipSpec
-    video: Path  # the degraded clip, as the input of a run
+    spec: ClipSpec  # what the output should show; its prompt is the run's
+    video: Path  # the input of a run: the degraded clip
     truth: torch.Tensor  # (T, 3, H, W) clean frames in [-1, 1]
     masks: torch.Tensor  # (T, H, W) where the shape is
 
@@ -54,11 +54,11 @@ def held_out_clips(folder: Path, count: int, first_seed: int = HELD_OUT_FIRST_SE
 
 
 def toy_spec(clips: list[HeldOutClip], composition: str, seed: int, out_dir: Path, settings: dict | None = None,
-             prompts: list[str] | None = None):
+             using_attn: bool = False):
     return spec_from_data({
-        "inputs": [{"video": str(c.video), "prompt": p} for c, p in zip(clips, prompts or [c.spec.prompt for c in clips])],
+        "inputs": [{"video": str(c.video), "prompt": c.spec.prompt} for c in clips],
         "models": TOY_MODELS, "composition": composition, "settings": {**TOY_SETTINGS, **(settings or {})},
-        "negative_prompt": "", "seed": seed, "video": {"max_frames": 16},
+        "negative_prompt": "", "seed": seed, "video": {"max_frames": 16}, "using_attn": using_attn,
         "output": {"dir": str(out_dir), "side_by_side": False},
     }, source="toy world experiment")
 
@@ -69,26 +69,29 @@ def read_clip(path: Path) -> torch.Tensor:
 
 def source_rows(clips: list[HeldOutClip]) -> list[dict]:
     return [{"composition": "source", "clip": c.video.stem, "seed": None,
-             **measure(read_clip(c.video), c.truth, c.masks, c.spec.step())} for c in clips]
+             **measure(read_clip(c.video), c.truth, c.masks, c.spec.step(), c.spec.colour)} for c in clips]
 
 
 def run_compositions(clips: list[HeldOutClip], compositions, seeds, out_dir: Path, registry, plugins, context,
-                     settings: dict | None = None, progress: bool = False, rows_file: Path | None = None) -> list[dict]:
+                     settings: dict | None = None, progress: bool = False, rows_file: Path | None = None,
+                     using_attn: bool = False, label: str | None = None) -> list[dict]:
     """One row per (composition, clip, seed): every measure, UNet calls and seconds; each row is also appended to
-    `rows_file` (JSON lines) as soon as it is known, so a long run cut short keeps what it measured."""
+    `rows_file` (JSON lines) as soon as it is known, so a long run cut short keeps what it measured. `label`
+    names the rows' composition instead of the composition's own name (for runs that differ in settings)."""
     rows = []
     for composition in compositions:
         for seed in seeds:
-            spec = toy_spec(clips, composition, seed, out_dir / composition / f"seed{seed}", settings)
+            spec = toy_spec(clips, composition, seed, out_dir / composition / f"seed{seed}", settings, using_attn)
             started = time.process_time()
             results = run_job(spec, make_plan(spec, registry, plugins, context), context, progress, overwrite=True)
             cpu_seconds = (time.process_time() - started) / len(clips)
             for clip, result in zip(clips, results):
                 if result.error:
                     raise RuntimeError(f"{composition} failed on {clip.video.name}: {result.error}")
-                rows.append({"composition": composition, "clip": clip.video.stem, "seed": seed,
+                rows.append({"composition": label or composition, "clip": clip.video.stem, "seed": seed,
                              "unet_calls": result.unet_calls, "cpu_seconds": cpu_seconds,
-                             **measure(read_clip(result.output), clip.truth, clip.masks, clip.spec.step())})
+                             **measure(read_clip(result.output), clip.truth, clip.masks, clip.spec.step(),
+                                             clip.spec.colour)})
                 if rows_file is not None:
                     with open(rows_file, "a", encoding="utf-8") as handle:
                         handle.write(json.dumps(rows[-1]) + "\n")

@@ -3,7 +3,8 @@
 - fidelity: PSNR and SSIM per frame against the clean clip (higher is better);
 - temporal consistency: the ground-truth warp error (each frame against the next one moved back by the shape's
   known motion, pixels that are covered or uncovered left out; lower is better) and VBench's temporal flickering;
-- sharpness: the Tenengrad gradient energy as a fraction of the clean clip's (1.0 = as sharp as the truth).
+- sharpness: the Tenengrad gradient energy as a fraction of the clean clip's (1.0 = as sharp as the truth);
+- colour: the share of frames whose shape (where the truth has it) is mostly of the colour the prompt asks for.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from evs_framework.metrics import ClipInfo
+from evs_framework.toyworld.quality import dominant_colours
 from evs_framework.video_io import frames_to_uint8
 from evs_plugins.metrics_basic import temporal_flickering, tenengrad
 
@@ -73,7 +75,14 @@ def sharpness_ratio(output: torch.Tensor, truth: torch.Tensor) -> float:
     return tenengrad(frames_to_uint8(output), info).value / tenengrad(frames_to_uint8(truth), info).value
 
 
-def measure(output: torch.Tensor, truth: torch.Tensor, masks: torch.Tensor, step: tuple[float, float]) -> dict:
+def colour_share(output: torch.Tensor, masks: torch.Tensor, colour: str) -> float:
+    """The share of frames whose pixels inside the shape's mask are mostly shades of `colour`."""
+    found = [dominant_colours(frame[:, mask > 0.5][None, :, :, None])[0] for frame, mask in zip(output, masks)]
+    return sum(f == colour for f in found) / len(found)
+
+
+def measure(output: torch.Tensor, truth: torch.Tensor, masks: torch.Tensor, step: tuple[float, float],
+            colour: str) -> dict:
     """Every measure of one output clip (frames beyond the truth's are ignored)."""
     count = min(len(output), len(truth))
     output, truth, masks = output[:count], truth[:count], masks[:count]
@@ -83,4 +92,5 @@ def measure(output: torch.Tensor, truth: torch.Tensor, masks: torch.Tensor, step
         "warp_error": warp_error(output, masks, step),
         "temporal_flickering": temporal_flickering(frames_to_uint8(output), ClipInfo(fps=8.0)).value,
         "sharpness": sharpness_ratio(output, truth),
+        "colour": colour_share(output, masks, colour),
     }

@@ -1,16 +1,19 @@
 """Train the toy world's models from a seed and export them in the formats EVS loads.
 
-The shipped models were made on one H200 with (training.json notes where the code then differed):
+The shipped models were made on one H200 (the schedules follow time; training.json has each stage's record):
 
-    python -m evs_framework.toyworld.train --stage vae --work DIR --seed 0 --steps 3700 --max-minutes 2.97
-    python -m evs_framework.toyworld.train --stage t2i --work DIR --seed 0 --steps 100000 --max-minutes 4.4
-    python -m evs_framework.toyworld.train --stage t2v --work DIR --seed 0 --steps 100000 --max-minutes 3.8
+    python -m evs_framework.toyworld.train --stage vae --work DIR --seed 0 --steps 100000 --max-minutes 3.0
+    python -m evs_framework.toyworld.train --stage t2i --work DIR --seed 0 --steps 100000 --max-minutes 3.4
+    python -m evs_framework.toyworld.train --stage t2v --work DIR --seed 0 --steps 100000 --max-minutes 2.7
     python -m evs_framework.toyworld.train --stage eval --work DIR --eval-prompts 4
     python -m evs_framework.toyworld.train --stage export --work DIR
 
+(each with --log-every 100 --save-every 0). Longer T2I and T2V stages would draw better pictures: both losses
+were still falling when their time ran out.
+
 Stages, each reading the products of the ones before it from DIR:
-- vae: an AutoencoderKL on single frames (L1 + L2 + a small KL); its scaling factor is then measured as
-  1 / std of training latents. Product: DIR/vae/.
+- vae: an AutoencoderKL on single frames with varied textures (L1 + L2, weighted up inside the shape, + a small
+  KL); its scaling factor is then measured as 1 / std of training latents. Product: DIR/vae/.
 - t2i: a text-conditioned UNet on single frames' latents (SD1.5's scaled_linear betas, epsilon prediction, the
   prompt dropped to "" 10% of the time for guidance), under a frozen text encoder left at its seeded random
   initialisation (DIR/text_encoder/, DIR/tokenizer/, made once). Product: DIR/unet/ (EMA weights).
@@ -40,12 +43,16 @@ import attrs
 import torch
 
 from evs_framework.toyworld import models, quality
-from evs_framework.toyworld.world import DIRECTIONS, FRAMES, HELD_OUT_FIRST_SEED, ClipSpec, render, sample_spec
+from evs_framework.toyworld.world import (DIRECTIONS, FRAMES, HELD_OUT_FIRST_SEED, ClipSpec, render, render_with_masks,
+                                          sample_spec)
 
 STAGES = ("vae", "t2i", "t2v", "eval", "export")
 TRAINING_STAGES = {"vae": 0, "t2i": 1, "t2v": 2}  # stage -> stream of its seeded generators
 DEFAULT_BATCH = {"vae": 32, "t2i": 256, "t2v": 16}  # frames, frames, clips
+DEFAULT_LR = {"vae": 1e-3, "t2i": 3e-4, "t2v": 3e-4}
 KL_WEIGHT = 1e-5  # times the KL per latent element, beside L1 + L2 per pixel
+SHAPE_WEIGHT = 8.0  # the VAE's pixel loss inside the shape, against 1 on the background: without it the
+# background, most of every frame, is learnt first and textures come back as flat colour
 PROMPT_DROPOUT = 0.1
 EMA_DECAY = 0.999
 BETAS = dict(beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
@@ -57,7 +64,7 @@ class Settings:
     seed: int
     steps: int
     batch: int | None
-    lr: float
+    lr: float | None
     device: torch.device
     log_every: int | None
     save_every: int
@@ -80,20 +87,27 @@ def emit(record: dict) -> None:
 class WorldData:
     """Training draws from the world: clip seeds and frame choices from a CPU generator, noise on the device."""
 
-    def __init__(self, seed: int, stream: int, device: torch.device):
-        self.device = device
+    def __init__(self, seed: int, stream: int, device: torch.device, varied_textures: bool = False):
+        self.device, self.varied_textures = device, varied_textures
         self.cpu = torch.Generator().manual_seed(seed * 1000 + stream)
         self.noise = torch.Generator(device=device).manual_seed(seed * 1000 + stream + 500)
 
     def specs(self, count: int) -> list[ClipSpec]:
-        return [sample_spec(int(s)) for s in torch.randint(HELD_OUT_FIRST_SEED, (count,), generator=self.cpu)]
+        return [sample_spec(int(s), varied_textures=self.varied_textures)
+                for s in torch.randint(HELD_OUT_FIRST_SEED, (count,), generator=self.cpu)]
 
     def frames(self, count: int) -> tuple[torch.Tensor, list[str]]:
         """(count, 3, H, W): one random frame of each of `count` clips, with the clips' prompts."""
+        frames, _, prompts = self.frames_with_masks(count)
+        return frames, prompts
+
+    def frames_with_masks(self, count: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """The frames, where their shapes are ((count, H, W) in [0, 1]) and the prompts."""
         specs = self.specs(count)
         times = torch.randint(FRAMES, (count,), generator=self.cpu).tolist()
-        return render([frame_spec(s, t) for s, t in zip(specs, times)], frames=1, device=self.device)[:, 0], \
-            [s.prompt for s in specs]
+        frames, masks = render_with_masks([frame_spec(s, t) for s, t in zip(specs, times)], frames=1,
+                                          device=self.device)
+        return frames[:, 0], masks[:, 0], [s.prompt for s in specs]
 
     def clips(self, count: int) -> tuple[torch.Tensor, list[str]]:
         specs = self.specs(count)
@@ -192,8 +206,9 @@ def train(stage: str, settings: Settings, model: torch.nn.Module, loss_of, data:
     """Run `loss_of(data)` steps on `model`'s trainable parameters up to settings.steps, resuming from the stage's
     checkpoint; leaves the EMA weights (or the plain ones) in `model`. Returns the stage's summary."""
     batch = settings.batch or DEFAULT_BATCH[stage]
+    base_lr = settings.lr or DEFAULT_LR[stage]
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(params, lr=base_lr, weight_decay=0.01)
     ema = [p.detach().clone() for p in params] if use_ema else None
     checkpoint = settings.work / f"{stage}.ckpt.pt"
     start, losses, wall = 0, [], 0.0
@@ -231,7 +246,7 @@ def train(stage: str, settings: Settings, model: torch.nn.Module, loss_of, data:
         progress = done / settings.steps
         if settings.max_minutes:  # the schedule follows whichever is further along, steps or time
             progress = max(progress, (time.perf_counter() - began) / (60 * settings.max_minutes))
-        lr = settings.lr * min(1.0, (done + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * progress))
+        lr = base_lr * min(1.0, (done + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * progress))
         for group in optimizer.param_groups:
             group["lr"] = lr
         with settings.autocast():
@@ -264,7 +279,7 @@ def train(stage: str, settings: Settings, model: torch.nn.Module, loss_of, data:
             for p, e in zip(params, ema):
                 p.copy_(e)
     model.eval()
-    return {"stage": stage, "steps": done, "batch": batch, "lr": settings.lr, "seed": settings.seed,
+    return {"stage": stage, "steps": done, "batch": batch, "lr": base_lr, "seed": settings.seed,
             "losses": losses, "wall_s": round(wall + elapsed, 1), "device": device_name(settings.device),
             "ema_decay": EMA_DECAY if use_ema else None,
             "trainable_parameters": sum(p.numel() for p in params)}
@@ -335,8 +350,8 @@ def reconstruct(vae, specs: list[ClipSpec], device) -> tuple[torch.Tensor, torch
     return frames, recon
 
 
-def held_out_specs(count: int, offset: int = 0) -> list[ClipSpec]:
-    return [sample_spec(HELD_OUT_FIRST_SEED + offset + i) for i in range(count)]
+def held_out_specs(count: int, offset: int = 0, varied_textures: bool = False) -> list[ClipSpec]:
+    return [sample_spec(HELD_OUT_FIRST_SEED + offset + i, varied_textures=varied_textures) for i in range(count)]
 
 
 # ---- stages ----------------------------------------------------------------------------------------------------
@@ -344,25 +359,27 @@ def held_out_specs(count: int, offset: int = 0) -> list[ClipSpec]:
 def stage_vae(settings: Settings) -> None:
     torch.manual_seed(settings.seed + 1)
     vae = models.make_vae().to(settings.device)
-    data = WorldData(settings.seed, TRAINING_STAGES["vae"], settings.device)
+    data = WorldData(settings.seed, TRAINING_STAGES["vae"], settings.device, varied_textures=True)
 
     def loss_of(data: WorldData, batch: int) -> torch.Tensor:
-        frames, _ = data.frames(batch)
+        frames, masks, _ = data.frames_with_masks(batch)
         posterior = vae.encode(frames).latent_dist
         mean, logvar = posterior.mean.float(), posterior.logvar.float()
         latents = mean + (0.5 * logvar).exp() * data.randn(mean.shape)
         error = vae.decode(latents).sample.float() - frames
+        weight = (1 + (SHAPE_WEIGHT - 1) * masks[:, None]) / (1 + (SHAPE_WEIGHT - 1) * masks.mean())
         kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).mean()
-        return error.abs().mean() + (error**2).mean() + KL_WEIGHT * kl
+        return (weight * (error.abs() + error**2)).mean() + KL_WEIGHT * kl
 
     summary = train("vae", settings, vae, loss_of, data, use_ema=False)
     with torch.no_grad():
         # the scaling factor: 1 / std of latents of training frames (a fixed draw, apart from the training stream)
-        draw = WorldData(settings.seed, 10, settings.device)
+        draw = WorldData(settings.seed, 10, settings.device, varied_textures=True)
         latents = torch.cat([vae.encode(draw.frames(32)[0]).latent_dist.mode() for _ in range(-(-settings.measure // 32))])
         std, mean = float(latents.std()), float(latents.mean())
         vae.register_to_config(scaling_factor=1.0 / std)
-        clips, recon = reconstruct(vae, held_out_specs(max(1, settings.measure // 32)), settings.device)
+        clips, recon = reconstruct(vae, held_out_specs(max(1, settings.measure // 32), varied_textures=True),
+                                   settings.device)
     quality.save_grid(torch.stack([clips[::FRAMES][:8], recon[::FRAMES][:8]]), settings.work / "vae_reconstructions.png")
     vae.save_pretrained(settings.work / "vae")
     summary.update(scaling_factor=1.0 / std, latent_std=std, latent_mean=mean, latent_frames=len(latents),
@@ -516,7 +533,8 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, help="frames (vae, t2i) or clips (t2v) a step; defaults "
                         + ", ".join(f"{k} {v}" for k, v in DEFAULT_BATCH.items()))
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, help="peak learning rate; defaults "
+                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_LR.items()))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--log-every", type=int, help="steps per progress line (default: steps / 40)")
     parser.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints (0: at the end only)")

@@ -25,6 +25,8 @@ COLOURS = {"red": (0.85, 0.15, 0.12), "green": (0.15, 0.7, 0.2), "blue": (0.15, 
 BACKGROUNDS = {"blue": (0.35, 0.5, 0.8), "green": (0.4, 0.65, 0.4), "gray": (0.55, 0.55, 0.55), "brown": (0.6, 0.45, 0.3)}
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 FRAMES, SIZE = 16, 128
+TEXTURE_PERIOD, TEXTURE_ANGLE = 0.115, math.pi / 4  # a clip's texture: 15 px period (about 2 latent cells), diagonal
+TEXTURE_PERIODS = (0.09, 0.14)  # the ranges of period and angle of the varied textures the VAE is trained on
 HELD_OUT_FIRST_SEED = 10**9  # training draws seeds below it, evaluation at and above it
 
 
@@ -55,8 +57,12 @@ class ClipSpec:
         return f"{article} {self.colour} {self.texture} {self.shape} drifting {self.direction} over a {self.background} gradient"
 
 
-def sample_spec(seed: int, frames: int = FRAMES) -> ClipSpec:
-    """The clip of `seed`: attributes uniformly, a start that keeps the shape in the frame for `frames` frames."""
+def sample_spec(seed: int, frames: int = FRAMES, varied_textures: bool = False) -> ClipSpec:
+    """The clip of `seed`: attributes uniformly, a start that keeps the shape in the frame for `frames` frames.
+
+    A clip's texture has the world's one period and angle; `varied_textures` draws them from ranges instead (the
+    VAE learns on those, so that it keeps any texture). The draws are made either way: a seed's other attributes
+    do not depend on it."""
     g = torch.Generator().manual_seed(seed)
 
     def pick(options):
@@ -71,9 +77,12 @@ def sample_spec(seed: int, frames: int = FRAMES) -> ClipSpec:
     lows = [radius + max(0.0, -d * travel) for d in (dx, dy)]
     highs = [1 - radius - max(0.0, d * travel) for d in (dx, dy)]
     start = (uniform(lows[0], highs[0]), uniform(lows[1], highs[1]))
-    return ClipSpec(shape=pick(SHAPES), texture=pick(TEXTURES), colour=pick(COLOURS), background=pick(BACKGROUNDS),
-                    direction=direction, speed=speed, radius=radius, start=start,
-                    texture_angle=uniform(0, math.pi), texture_period=uniform(0.05, 0.08),
+    shape, texture, colour, background = pick(SHAPES), pick(TEXTURES), pick(COLOURS), pick(BACKGROUNDS)
+    angle, period = uniform(0, math.pi), uniform(*TEXTURE_PERIODS)
+    if not varied_textures:
+        angle, period = TEXTURE_ANGLE, TEXTURE_PERIOD
+    return ClipSpec(shape=shape, texture=texture, colour=colour, background=background, direction=direction,
+                    speed=speed, radius=radius, start=start, texture_angle=angle, texture_period=period,
                     background_angle=uniform(0, 2 * math.pi))
 
 
