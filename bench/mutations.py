@@ -26,7 +26,8 @@ from pathlib import Path
 import attrs
 
 REPO = Path(__file__).resolve().parent.parent
-TESTS = ("tests/test_parity.py", "tests/test_sigmas.py", "tests/test_inversion.py", "tests/test_lcm.py")
+TESTS = ("tests/test_parity.py", "tests/test_sigmas.py", "tests/test_inversion.py", "tests/test_lcm.py",
+         "tests/test_samplers.py")
 TIMEOUT_S = 600
 
 
@@ -71,8 +72,8 @@ MUTATIONS = (
              "run = min(int(self.steps * strength + 1e-9), self.steps)",
              "run = min(int(self.steps * strength + 1e-9) + 1, self.steps)"),
     Mutation("euler_uses_sigma_not_sigma_next", SAMPLERS,
-             "return prediction.x0 + sigma_next * prediction.eps, prediction",
-             "return prediction.x0 + sigma * prediction.eps, prediction"),
+             "return prediction.x0 + ctx.sigma_next * prediction.eps, prediction",
+             "return prediction.x0 + ctx.sigma * prediction.eps, prediction"),
     Mutation("lcm_c_skip_c_out_swapped", SAMPLERS,
              "denoised = c_out * prediction.x0 + c_skip * (x / math.sqrt(1.0 + sigma**2))",
              "denoised = c_skip * prediction.x0 + c_out * (x / math.sqrt(1.0 + sigma**2))"),
@@ -80,8 +81,20 @@ MUTATIONS = (
              "c_skip * (x / math.sqrt(1.0 + sigma**2))",
              "c_skip * x"),
     Mutation("lcm_noise_at_sigma_not_sigma_next", SAMPLERS,
-             "denoised + sigma_next * fresh_noise(x, generator)",
-             "denoised + sigma * fresh_noise(x, generator)"),
+             "denoised + sigma_next * fresh_noise(x, ctx.generator)",
+             "denoised + sigma * fresh_noise(x, ctx.generator)"),
+    Mutation("ddim_fresh_noise_ignores_the_step", SAMPLERS,
+             "fresh = eta * sigma_next * math.sqrt(max(0.0, 1 - sigma_next**2 / sigma**2))",
+             "fresh = eta * sigma_next"),
+    Mutation("dpmpp_2m_stays_first_order", SAMPLERS,
+             'x0 = (1 + 1 / (2 * r)) * prediction.x0 - (1 / (2 * r)) * previous["x0"]',
+             "x0 = prediction.x0"),
+    Mutation("heun_drops_the_second_slope", SAMPLERS,
+             "x_next = x + (ctx.sigma_next - ctx.sigma) * (first.eps + second.eps) / 2",
+             "x_next = x + (ctx.sigma_next - ctx.sigma) * first.eps"),
+    Mutation("heun_declares_one_call_a_step", SAMPLERS,
+             "return 1 if sigma_next == 0 else 2",
+             "return 1"),
     Mutation("random_transfer_variance_preserving", TRANSFERS,
              "return ctx.clean + ctx.sigma_to * fresh_noise(ctx.clean, ctx.generator)",
              "return (ctx.clean + ctx.sigma_to * fresh_noise(ctx.clean, ctx.generator)) / (1 + ctx.sigma_to**2) ** 0.5"),

@@ -2,7 +2,8 @@
 
 The trajectory carries the current latent and its level, plus the latest clean estimate and noise
 prediction (the source latent and no prediction at the start). Transfers and latent ops start from
-those; denoise ops call the role's sampler with the role's denoiser.
+those; denoise ops call the role's sampler with the role's denoiser. Each op's model calls are counted and
+recorded beside the plan's count for it, so a sampler or transfer that did not do what it declared shows.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from evs_framework.denoiser import Denoiser
 from evs_framework.errors import NumericalError
 from evs_framework.plan import DenoiseOp, LatentOp, Plan, TransferOp
 from evs_framework.plugins import Catalogue
+from evs_framework.sampler import StepContext
 from evs_framework.transfer import TransferContext
 
 
@@ -36,6 +38,7 @@ class OpRecord:
     model: str
     seconds: float
     unet_calls: int
+    planned_unet_calls: int
 
 
 def describe_op(op) -> str:
@@ -59,10 +62,20 @@ class StepObserver(Protocol):
     def step_end(self, op: DenoiseOp, step: int, sigma: float, latents: torch.Tensor) -> None: ...
 
 
+def unplanned_calls(records: list[OpRecord]) -> list[str]:
+    """Each op whose model calls differ from the plan's count, in words (empty when the plan held)."""
+    return [f"op {r.index} ({r.op}, {r.model}): {r.unet_calls} UNet calls made, {r.planned_unet_calls} planned"
+            for r in records if r.unet_calls != r.planned_unet_calls]
+
+
 def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, catalogue: Catalogue,
-            generator: torch.Generator, observer: StepObserver | None = None) -> tuple[torch.Tensor, list[OpRecord]]:
-    """Run every op of `plan` from the clean `source` latents (frames, channels, h, w); returns clean latents."""
+            generator: torch.Generator, observer: StepObserver | None = None, video_state: dict | None = None
+            ) -> tuple[torch.Tensor, list[OpRecord]]:
+    """Run every op of `plan` from the clean `source` latents (frames, channels, h, w); returns clean latents.
+    `video_state` is the video's state that samplers and transfers share (the runner passes the one its plugins
+    see); a new one when None."""
     state = Trajectory(x=source, sigma=0.0, clean=source)
+    video_state = {} if video_state is None else video_state
     records = []
     for index, op in enumerate(plan.ops):
         calls_before = sum(d.calls for d in denoisers.values())
@@ -73,15 +86,17 @@ def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, ca
         elif isinstance(op, TransferOp):
             transfer = catalogue.get("transfers", op.strategy)
             context = TransferContext(state.clean, state.eps, state.sigma, op.sigma_to, op.levels, denoisers[op.model],
-                                      plan.inversion_guidance, generator)
+                                      plan.inversion_guidance, generator, op, video_state)
             state.x, state.sigma = transfer.run(context), op.sigma_to
         else:
             sampler = catalogue.get("samplers", op.sampler)
             denoiser = denoisers[op.model]
+            op_state: dict = {}
             for step, (sigma, sigma_next) in enumerate(zip(op.sigmas, op.sigmas[1:])):
                 if observer is not None:
                     observer.step_start(op, step, sigma)
-                state.x, prediction = sampler(denoiser, state.x, sigma, sigma_next, generator)
+                context = StepContext(step, op.sigmas, op, op.sampler_params, op_state, video_state, generator)
+                state.x, prediction = sampler.step(denoiser, state.x, context)
                 state.clean, state.eps, state.sigma = prediction.x0, prediction.eps, sigma_next
                 _check_finite(state.x, index, op, sigma)
                 if observer is not None:
@@ -89,6 +104,7 @@ def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, ca
         _check_finite(state.x, index, op, state.sigma)
         if state.x.device.type == "cuda":
             torch.cuda.synchronize(state.x.device)
+        planned = op.unet_calls if isinstance(op, (TransferOp, DenoiseOp)) else 0
         records.append(OpRecord(index + 1, op.stage + 1, type(op).__name__, op.model, time.perf_counter() - started,
-                                sum(d.calls for d in denoisers.values()) - calls_before))
+                                sum(d.calls for d in denoisers.values()) - calls_before, planned))
     return state.x, records

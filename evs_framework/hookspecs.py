@@ -29,16 +29,21 @@ def register_transfers(register):
 
     `transfer` is an `evs_framework.transfer.Transfer`: a name, the function that maps a
     `TransferContext` to the new latent, how many model evaluations it spends for a given number of
-    schedule levels, and whether it needs a noise prediction from an earlier step.
+    schedule levels, and whether it needs a noise prediction from an earlier step. The context carries the
+    `TransferOp` being run and `video_state`, a dict that lives for the whole video (key it by your plugin's name).
     """
 
 
 @hookspec
 def register_samplers(register):
-    """Provide per-step samplers: `register(name, step)`.
+    """Provide per-step samplers: `register(name, sampler)` with an `evs_framework.sampler.Sampler`.
 
-    `step(denoise, x, sigma, sigma_next, generator) -> (x_next, prediction)` takes one step from
-    `sigma` to `sigma_next`, calling `denoise(x, sigma)` (which returns a `Prediction`) as often as it needs.
+    `sampler.step(denoise, x, ctx) -> (x_next, prediction)` takes one step from `ctx.sigma` to `ctx.sigma_next`,
+    calling `denoise(x, sigma)` (which returns a `Prediction`) as often as it needs. `ctx` is a `StepContext`:
+    the step's index and the op's levels, the op, the sampler's parameters, `state` (new for each op: a multistep
+    history) and `video_state` (for the whole video). `sampler.evaluations(sigma, sigma_next, params)` must say
+    how many times the step calls `denoise`: plans count with it, and runs report any step that differs.
+    `sampler.parameters` lists the parameters a spec may set (`models.<role>.sampler_params`) with defaults.
     """
 
 

@@ -30,6 +30,8 @@ class PlannedModel:
     choice: ModelChoice
     schedule: ModelSchedule
     guidance: float
+    sampler: str  # the spec's choice, else the registry preset's
+    sampler_params: dict  # the sampler's defaults, overridden by the spec
 
     @property
     def calls_per_step(self) -> int:
@@ -67,6 +69,7 @@ class DenoiseOp:
     sigmas: tuple[float, ...]
     timesteps: tuple[int, ...]
     unet_calls: int
+    sampler_params: dict = attrs.Factory(dict)
 
     @property
     def steps(self) -> int:
@@ -168,10 +171,21 @@ class _Planner:
         if entry.type != ROLE_TYPES[role]:
             self.problem(f"$.models.{role}.name: {entry.name!r} is a {entry.type} model but the {role} role needs a "
                          f"{ROLE_TYPES[role]} model")
-        for section, name in (("backends", entry.kind), ("samplers", entry.preset.sampler)):
-            if name not in self.catalogue.sections[section]:
-                self.problem(f"$.models.{role}.name: model {entry.name!r} needs {section[:-1]} {name!r}, which no loaded "
-                             f"plugin provides; install its plugin (`evs plugins` lists what is loaded)")
+        if entry.kind not in self.catalogue.sections["backends"]:
+            self.problem(f"$.models.{role}.name: model {entry.name!r} needs backend {entry.kind!r}, which no loaded "
+                         f"plugin provides; install its plugin (`evs plugins` lists what is loaded)")
+        sampler_name = choice.sampler or entry.preset.sampler
+        samplers = self.catalogue.sections["samplers"]
+        if sampler_name not in samplers:
+            whose = f"$.models.{role}.sampler: " if choice.sampler else f"$.models.{role}.name: model {entry.name!r} needs "
+            self.problem(f"{whose}sampler {sampler_name!r}, which no loaded plugin provides; use one of "
+                         f"{', '.join(sorted(samplers))} or install its plugin (`evs plugins` lists what is loaded)")
+            return None
+        sampler = samplers[sampler_name].value
+        problems = sampler.parameter_problems(choice.sampler_params, f"$.models.{role}.sampler_params")
+        if problems:
+            self.problems.extend(problems)
+            return None
         try:
             schedule = entry.preset.schedule(choice.steps)
             schedule.levels  # noqa: B018 - computing it validates the step count
@@ -179,7 +193,8 @@ class _Planner:
             self.problem(f"$.models.{role}.steps: {exc}")
             return None
         guidance = choice.guidance if choice.guidance is not None else entry.preset.guidance
-        self.models[role] = PlannedModel(role, entry, choice, schedule, guidance)
+        self.models[role] = PlannedModel(role, entry, choice, schedule, guidance, sampler_name,
+                                         {**sampler.parameters, **choice.sampler_params})
         self.failed.discard(role)
         return self.models[role]
 
@@ -264,8 +279,10 @@ class _Planner:
         if any(b >= a for a, b in zip(sigmas, sigmas[1:])):
             self.problem(f"{where}: sigma does not decrease over levels {first}..{stop} ({sigmas}); "
                          f"use fewer steps or another spacing")
-        self.ops.append(DenoiseOp(index, stage.model, model.entry.preset.sampler, first, stop, tuple(sigmas),
-                                  schedule.timesteps[first:stop], (stop - first) * model.calls_per_step))
+        sampler = self.catalogue.get("samplers", model.sampler)
+        calls = sampler.calls(tuple(sigmas), model.sampler_params) * model.calls_per_step
+        self.ops.append(DenoiseOp(index, stage.model, model.sampler, first, stop, tuple(sigmas),
+                                  schedule.timesteps[first:stop], calls, model.sampler_params))
         off_trained = untrained_timesteps(model.entry.preset, schedule.timesteps[first:stop])
         if off_trained:
             self.notes.append(f"{where}: {model.entry.name} steps at t={list(off_trained)} are not among the timesteps it "

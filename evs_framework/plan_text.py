@@ -12,10 +12,11 @@ def _sigma(value: float | None) -> str:
 def format_plan(plan: Plan, title: str = "") -> str:
     lines = [f"plan: composition {plan.composition}" + (f"  ({title})" if title else ""), "models:"]
     for role, m in plan.models.items():
-        s, p = m.schedule, m.entry.preset
+        s = m.schedule
         upscale = f", latents x{m.choice.upscale:g} ({m.choice.upscale_mode})" if m.choice.upscale != 1.0 else ""
-        lines.append(f"  {role}: {m.entry.name} [{m.entry.kind}] {p.beta_schedule} betas, {s.steps} steps "
-                     f"({s.spacing} spacing), sampler {p.sampler}, guidance {m.guidance:g}{upscale}")
+        params = f" ({', '.join(f'{k} {v:g}' for k, v in m.sampler_params.items())})" if m.sampler_params else ""
+        lines.append(f"  {role}: {m.entry.name} [{m.entry.kind}] {m.entry.preset.beta_schedule} betas, {s.steps} steps "
+                     f"({s.spacing} spacing), sampler {m.sampler}{params}, guidance {m.guidance:g}{upscale}")
     rows = [("#", "stage", "op", "model", "detail", "sigma", "timesteps (model's scale)", "steps", "unet calls")]
     for i, op in enumerate(plan.ops, 1):
         name = plan.models[op.model].entry.name

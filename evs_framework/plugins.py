@@ -48,6 +48,14 @@ CATALOGUE_HOOKS = {
 }
 
 
+def _section_types() -> dict[str, type]:
+    """The type each typed catalogue section holds (imported late: these modules import torch)."""
+    from evs_framework.sampler import Sampler
+    from evs_framework.transfer import Transfer
+
+    return {"samplers": Sampler, "transfers": Transfer}
+
+
 @attrs.frozen
 class Provided:
     value: object
@@ -61,6 +69,10 @@ class Catalogue:
     sections: dict[str, dict[str, Provided]] = attrs.field(factory=lambda: {s: {} for s in CATALOGUE_HOOKS})
 
     def add(self, section: str, name: str, value: object, plugin: str) -> None:
+        expected = _section_types().get(section)
+        if expected is not None and not isinstance(value, expected):
+            raise PluginError(f"plugin {plugin!r} registers {section[:-1]} {name!r} as a {type(value).__name__}, not an "
+                              f"{expected.__module__}.{expected.__name__}; wrap it in one (hookspecs.py says how)")
         entries = self.sections[section]
         if name in entries:
             raise PluginError(

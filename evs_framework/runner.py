@@ -20,7 +20,7 @@ from tqdm import tqdm
 from evs_framework import output_guard, video_io
 from evs_framework.denoiser import Denoiser
 from evs_framework.errors import EVSError, NumericalError, VideoError
-from evs_framework.executor import OpRecord, execute
+from evs_framework.executor import OpRecord, execute, unplanned_calls
 from evs_framework.identity import RunIdentity, package_versions, run_identity, weight_fingerprints
 from evs_framework.loading import LoadContext
 from evs_framework.placement import Placement
@@ -112,7 +112,7 @@ class VideoRun:
     catalogue: object
     device: torch.device
     report: dict = attrs.Factory(dict)
-    state: dict = attrs.Factory(dict)  # plugins' own per-video state, by plugin name
+    state: dict = attrs.Factory(dict)  # per-video state of plugins, samplers and transfers, by plugin name
 
 
 class _StepBar:
@@ -140,7 +140,8 @@ def run_plan(run: VideoRun, hook, progress: bool = False, label: str = "") -> tu
     try:
         hook.video_start(video=run)
         prepare_seconds = time.perf_counter() - started
-        latents, records = execute(run.plan, run.denoisers, run.source, run.catalogue, run.generator, observer=steps)
+        latents, records = execute(run.plan, run.denoisers, run.source, run.catalogue, run.generator, observer=steps,
+                                   video_state=run.state)
     finally:
         steps.bar.close()
         hook.video_end(video=run)
@@ -172,6 +173,9 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
     if spec.output.side_by_side:
         video_io.write_video(folder / f"{stem}.side_by_side.mp4", video_io.side_by_side([clip.frames, frames]), clip.fps)
     calls = {role: d.calls for role, d in denoisers.items()}
+    unplanned = unplanned_calls(records)
+    if unplanned:
+        log.warning("plan_not_kept", source=str(item.video), ops=unplanned)
     seconds = time.perf_counter() - started
     sidecar = video_io.write_json(folder / f"{stem}.json", {
         "job_key": identity.key,
@@ -187,6 +191,7 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
         "plan_notes": list(plan.notes),
         "seconds": round(seconds, 3),
         "unet_calls": calls,
+        "unplanned_calls": unplanned,  # ops whose calls differ from the plan's count (a plugin's miscount)
         "prepare_seconds": round(prepare_seconds, 3),  # plugins' video_start (a feature capture pass, say)
         "stages": _stage_timings(records),
         "plugins": run.report,

@@ -35,13 +35,16 @@ class InputVideo:
 
 @attrs.frozen
 class ModelChoice:
-    """A registry name for one role; `guidance` and `steps` override the registry preset when given."""
+    """A registry name for one role; `guidance`, `steps` and `sampler` override the registry preset when given,
+    `sampler_params` the sampler's own defaults (DDIM's eta, say)."""
 
     name: str
     upscale: float = 1.0
     upscale_mode: str = "bicubic"
     guidance: float | None = None
     steps: int | None = None
+    sampler: str | None = None
+    sampler_params: dict[str, float] = attrs.field(factory=dict)
 
 
 @attrs.frozen

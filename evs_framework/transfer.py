@@ -26,6 +26,9 @@ class TransferContext:
     denoise: Denoiser
     guidance: float
     generator: torch.Generator
+    op: object = None  # the evs_framework.plan.TransferOp being run
+    # lives for the whole video, shared with its samplers and other transfers: key it by your plugin's name
+    video_state: dict = attrs.Factory(dict)
 
 
 @attrs.frozen

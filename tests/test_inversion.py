@@ -8,7 +8,8 @@ from evs_framework.sigmas import ModelSchedule, TrainSchedule
 from evs_framework.transfer import TransferContext
 from evs_framework.vae import encode_frames
 from evs_framework.zoo import make_synthetic_clip
-from evs_plugins.samplers import euler
+from evs_framework.sampler import single_step
+from evs_plugins.samplers import EULER
 from evs_plugins.transfers import ddim_inversion, random_noise
 
 
@@ -33,7 +34,7 @@ def round_trip(denoiser, schedule: ModelSchedule, clean, strength, transfer):
     levels = tuple(reversed(schedule.levels[first:]))
     x = transfer(TransferContext(clean, None, 0.0, levels[-1], levels, denoiser, 1.0, torch.Generator().manual_seed(0)))
     for sigma, sigma_next in zip(schedule.levels[first:], schedule.levels[first + 1:]):
-        x, _ = euler(denoiser, x, sigma, sigma_next, None)
+        x, _ = single_step(EULER, denoiser, x, sigma, sigma_next)
     return float((x - clean).norm() / clean.norm())
 
 

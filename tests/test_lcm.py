@@ -7,7 +7,8 @@ from diffusers import LCMScheduler
 from evs_framework.denoiser import Denoiser
 from evs_framework.plugins import load_plugins
 from evs_framework.sigmas import ModelSchedule, TrainSchedule
-from evs_plugins.samplers import lcm
+from evs_framework.sampler import single_step
+from evs_plugins.samplers import LCM
 
 BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}
 TRAIN = TrainSchedule("linear")
@@ -43,7 +44,7 @@ def _compare_step(scheduler, sigma, sigma_next, t, x_vp, seed=7):
     expected = scheduler.step(model_output, t, x_vp, generator=torch.Generator().manual_seed(seed))
 
     x = x_vp * (1 + sigma**2) ** 0.5  # variance-preserving -> sigma form
-    x_next, prediction = lcm(_denoiser(), x, sigma, sigma_next, torch.Generator().manual_seed(seed))
+    x_next, prediction = single_step(LCM, _denoiser(), x, sigma, sigma_next, torch.Generator().manual_seed(seed))
     torch.testing.assert_close(x_next / (1 + sigma_next**2) ** 0.5, expected.prev_sample, atol=1e-5, rtol=0)
     torch.testing.assert_close(prediction.x0, expected.denoised, atol=1e-5, rtol=0)
     # the pair is consistent: ddim_renoise back to this level gives x again
@@ -97,12 +98,12 @@ def test_original_steps_100_differs_from_the_diffusers_default_50():
 def test_last_step_is_deterministic():
     sigma = ANIMATELCM.levels[7]
     x = _latent(3) * (1 + sigma**2) ** 0.5
-    results = [lcm(_denoiser(), x, sigma, 0.0, torch.Generator().manual_seed(seed))[0] for seed in (0, 1)]
+    results = [single_step(LCM, _denoiser(), x, sigma, 0.0, torch.Generator().manual_seed(seed))[0] for seed in (0, 1)]
     torch.testing.assert_close(results[0], results[1], atol=0, rtol=0)
     # while a middle step does draw fresh noise from the generator
-    noisy = [lcm(_denoiser(), x, sigma, ANIMATELCM.levels[6], torch.Generator().manual_seed(seed))[0] for seed in (0, 1)]
+    noisy = [single_step(LCM, _denoiser(), x, sigma, ANIMATELCM.levels[6], torch.Generator().manual_seed(seed))[0] for seed in (0, 1)]
     assert not torch.equal(noisy[0], noisy[1])
 
 
 def test_lcm_is_registered():
-    assert load_plugins().catalogue.get("samplers", "lcm") is lcm
+    assert load_plugins().catalogue.get("samplers", "lcm") is LCM

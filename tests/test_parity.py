@@ -24,7 +24,8 @@ from evs_framework.spec import InputVideo, ModelChoice, Settings, Spec
 from evs_framework.transfer import TransferContext
 from evs_framework.vae import decode_latents, encode_frames
 from evs_framework.zoo import make_synthetic_clip, make_vae
-from evs_plugins.samplers import euler, lcm
+from evs_framework.sampler import StepContext, single_step
+from evs_plugins.samplers import EULER, LCM
 from evs_plugins.transfers import ddim_inversion, ddim_renoise, random_noise
 
 PROMPT, NEGATIVE = "a red ball rolling on green grass", "blurry, dark, low quality"
@@ -397,20 +398,22 @@ def test_vae_decode_divides_by_the_scaling_factor(vae):
 # --- samplers, step by step through a real Denoiser ----------------------------------------------------------
 
 
-def follow(scheduler, schedule, sampler, guidance, sigma_space, generators=False):
+def follow(scheduler, schedule, sampler, guidance, sigma_space, generators=False, params=None, step_options=None):
     """Run `scheduler` over `schedule`'s levels with guided_eps as the model; at every step, run our
-    `sampler` from the same latent through a Denoiser and compare. `sigma_space`: the scheduler's samples are our
-    sigma-space latents (Euler); otherwise they are variance-preserving (DDIM, LCM)."""
+    `sampler` from the same latent through a Denoiser and compare (its per-op state carried from step to step, as
+    in a run). `sigma_space`: the scheduler's samples are our sigma-space latents (Euler); otherwise they are
+    variance-preserving (DDIM, LCM, DPM-Solver). `step_options` go to scheduler.step."""
     denoiser = Denoiser(RecordingBackend(), schedule.train, TEXT, guidance)
     scheduler.set_timesteps(schedule.steps)
     x = random_latents(2, 4, 6, 8) * scheduler.init_noise_sigma
+    params, state = {**sampler.parameters, **(params or {})}, {}
     for i in range(schedule.steps):
         t, sigma, sigma_next = scheduler.timesteps[i], schedule.levels[i], schedule.levels[i + 1]
         eps = guided_eps(scheduler.scale_model_input(x, t), t, guidance)
         extra = {"generator": torch.Generator().manual_seed(i)} if generators else {}
-        expected = scheduler.step(eps, t, x, **extra).prev_sample
-        ours, _ = sampler(denoiser, x if sigma_space else x * (1 + sigma**2) ** 0.5, sigma, sigma_next,
-                          torch.Generator().manual_seed(i))
+        expected = scheduler.step(eps, t, x, **extra, **(step_options or {})).prev_sample
+        context = StepContext(i, schedule.levels, None, params, state, {}, torch.Generator().manual_seed(i))
+        ours, _ = sampler.step(denoiser, x if sigma_space else x * (1 + sigma**2) ** 0.5, context)
         assert_within(ours if sigma_space else vp(ours, sigma_next), expected, relative(1e-5, expected),
                       f"{type(scheduler).__name__} step {i} (t={int(t)}, tolerance 1e-5 x max(1, |x|))")
         x = expected
@@ -419,19 +422,19 @@ def follow(scheduler, schedule, sampler, guidance, sigma_space, generators=False
 @pytest.mark.parametrize("scheduler_name", ["ddim", "euler"])
 def test_euler_sampler_is_the_sd15_scheduler_step(scheduler_name, registry):
     preset = registry.get("SD").preset
-    follow(sd15_schedulers(preset)[scheduler_name], preset.schedule(), euler, preset.guidance,
+    follow(sd15_schedulers(preset)[scheduler_name], preset.schedule(), EULER, preset.guidance,
            sigma_space=scheduler_name == "euler")
 
 
 def test_euler_sampler_is_lightnings_euler_discrete_step(registry):
     preset = registry.get("lightningEP").preset
-    follow(EulerDiscreteScheduler(**scheduler_config(preset)), preset.schedule(), euler, preset.guidance,
+    follow(EulerDiscreteScheduler(**scheduler_config(preset)), preset.schedule(), EULER, preset.guidance,
            sigma_space=True)
 
 
 def test_lcm_sampler_is_the_lcm_scheduler_step(registry):
     preset = registry.get("animatelcm").preset
-    follow(lcm_scheduler(preset), preset.schedule(), lcm, preset.guidance, sigma_space=False, generators=True)
+    follow(lcm_scheduler(preset), preset.schedule(), LCM, preset.guidance, sigma_space=False, generators=True)
 
 
 # --- the executor's wiring between models ------------------------------------------------------------------
@@ -454,9 +457,9 @@ def test_a_model_switch_renoises_the_last_clean_estimate(registry, plugins):
     first, stop = idm.start_level(0.6), idm.steps - 10
     x = source + idm.levels[first] * torch.randn(source.shape, generator=torch.Generator().manual_seed(SEED))
     for sigma, sigma_next in zip(idm.levels[first:stop], idm.levels[first + 1:stop + 1]):
-        x, prediction = euler(denoisers["idm"], x, sigma, sigma_next, None)
+        x, prediction = single_step(EULER, denoisers["idm"], x, sigma, sigma_next)
     first = vdm.start_level(0.5)
     x = prediction.x0 + vdm.levels[first] * prediction.eps
     for sigma, sigma_next in zip(vdm.levels[first:], vdm.levels[first + 1:]):
-        x, _ = euler(denoisers["vdm"], x, sigma, sigma_next, None)
+        x, _ = single_step(EULER, denoisers["vdm"], x, sigma, sigma_next)
     torch.testing.assert_close(ours, x, atol=1e-6, rtol=0)

@@ -147,18 +147,26 @@ def test_the_readme_plugin_example_works(tmp_path, monkeypatch):
     from pathlib import Path
 
     from evs_framework.denoiser import Prediction
+    from evs_framework.sampler import single_step
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    source = re.search(r"```python\n(# evs_heun/__init__.py\n.*?)```", readme, re.S).group(1)
-    (tmp_path / "evs_heun.py").write_text(source)
+    source = re.search(r"```python\n(# evs_midpoint/__init__.py\n.*?)```", readme, re.S).group(1)
+    (tmp_path / "evs_midpoint.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
-    import evs_heun
+    import evs_midpoint
 
-    catalogue = load_plugins(extra=[evs_heun]).catalogue
+    catalogue = load_plugins(extra=[evs_midpoint]).catalogue
     assert "IDM_then_VDM_polish" in catalogue.names("compositions")
-    heun = catalogue.get("samplers", "heun")
+    midpoint = catalogue.get("samplers", "midpoint")
     # on an exact denoiser of data that is all zeros, eps = x / sigma and one step lands exactly on sigma_next
     x = torch.ones(1, 4, 2, 2)
-    x_next, _ = heun(lambda x, s: Prediction(torch.zeros_like(x), x / s), x, 2.0, 1.0, None)
+    calls = []
+
+    def denoise(x, sigma):
+        calls.append(sigma)
+        return Prediction(torch.zeros_like(x), x / sigma)
+
+    x_next, _ = single_step(midpoint, denoise, x, 2.0, 1.0)
     torch.testing.assert_close(x_next, 0.5 * x)
-    sys.modules.pop("evs_heun", None)
+    assert len(calls) == 2 and midpoint.calls((2.0, 1.0, 0.0), {}) == 3  # two, then one into sigma 0
+    sys.modules.pop("evs_midpoint", None)

@@ -91,4 +91,4 @@ def test_the_plugin_pyproject_example_declares_an_evs_entry_point():
     import tomllib
 
     project = tomllib.loads(block_starting("toml", "# its pyproject.toml"))
-    assert project["project"]["entry-points"]["evs"] == {"heun": "evs_heun"}
+    assert project["project"]["entry-points"]["evs"] == {"midpoint": "evs_midpoint"}

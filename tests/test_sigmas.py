@@ -6,7 +6,8 @@ from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
 from evs_framework.denoiser import Prediction
 from evs_framework.sigmas import ModelSchedule, TrainSchedule, sampling_timesteps
-from evs_plugins.samplers import euler
+from evs_framework.sampler import single_step
+from evs_plugins.samplers import EULER
 
 BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}
 
@@ -67,7 +68,7 @@ def test_one_sigma_step_equals_ddim_step():
 
     sigma, sigma_prev = train.sigma_at(t), train.sigma_at(t_prev)
     x = x_vp * (1 + sigma**2) ** 0.5  # variance-preserving -> sigma form
-    x_next, _ = euler(lambda x, s: Prediction(x - s * eps, eps), x, sigma, sigma_prev, None)
+    x_next, _ = single_step(EULER, lambda x, s: Prediction(x - s * eps, eps), x, sigma, sigma_prev)
     torch.testing.assert_close(x_next / (1 + sigma_prev**2) ** 0.5, expected, atol=1e-5, rtol=0)
 
 
@@ -79,5 +80,5 @@ def test_one_sigma_step_equals_euler_discrete_step():
     expected = sched.step(eps, t, x).prev_sample
     schedule = ModelSchedule(TrainSchedule("linear"), 8, "trailing")
     sigma, sigma_next = schedule.levels[5], schedule.levels[6]
-    x_next, _ = euler(lambda x, s: Prediction(x - s * eps, eps), x, sigma, sigma_next, None)
+    x_next, _ = single_step(EULER, lambda x, s: Prediction(x - s * eps, eps), x, sigma, sigma_next)
     torch.testing.assert_close(x_next, expected, atol=1e-5, rtol=0)

@@ -1,0 +1,173 @@
+"""Samplers: the new ones against diffusers' schedulers and against an exact solution, a spec choosing one per
+model, and plans whose call counts are what every built-in sampler, transfer and composition then makes."""
+
+import math
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+from evs_framework.denoiser import Prediction
+from evs_framework.errors import PlanError, PluginError, SpecError
+from evs_framework.executor import unplanned_calls
+from evs_framework.plan import make_plan
+from evs_framework.plugins import Catalogue, load_plugins
+from evs_framework.runner import VideoRun, load_backends, make_denoisers, run_plan
+from evs_framework.sampler import StepContext
+from evs_framework.sigmas import ModelSchedule, TrainSchedule
+from evs_framework.spec import spec_from_data
+from evs_plugins.samplers import DDIM, DPMPP_2M, EULER, HEUN
+from tests.test_parity import follow, scheduler_config
+
+
+def test_ddim_with_eta_is_the_ddim_scheduler_step(registry):
+    preset = registry.get("SD").preset
+    scheduler = DDIMScheduler(**scheduler_config(preset), clip_sample=False, set_alpha_to_one=True)  # as sd15_schedulers
+    follow(scheduler, preset.schedule(), DDIM, preset.guidance, sigma_space=False, generators=True,
+           params={"eta": 0.7}, step_options={"eta": 0.7})
+
+
+def test_dpmpp_2m_is_diffusers_dpm_solver_plus_plus_2m(registry):
+    # trailing spacing, where diffusers' DPM-Solver spaces timesteps as our schedules do (its `leading` does not);
+    # 25 steps, since diffusers lowers the order near the end below 15
+    preset = registry.get("SD").preset
+    schedule = ModelSchedule(TrainSchedule("scaled_linear"), 25, "trailing")
+    scheduler = DPMSolverMultistepScheduler(**{**scheduler_config(preset), "timestep_spacing": "trailing"},
+                                            algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
+                                            final_sigmas_type="zero")
+    follow(scheduler, schedule, DPMPP_2M, preset.guidance, sigma_space=False)
+
+
+def gaussian_data_error(sampler, steps: int) -> float:
+    """Sample data N(0, 1) exactly denoised (x0 = x / (1 + sigma^2)) from sigma 10 to 0.5 over `steps` geometric
+    steps; the exact ODE path ends at x * sqrt((1 + 0.25) / (1 + 100)). The relative error at the end."""
+    def denoise(x, sigma):
+        x0 = x / (1 + sigma**2)
+        return Prediction(x0, (x - x0) / sigma)
+
+    sigmas = tuple(10 * (0.05 ** (i / steps)) for i in range(steps + 1))
+    x = start = torch.ones(3)
+    state = {}
+    for i in range(steps):
+        x, _ = sampler.step(denoise, x, StepContext(i, sigmas, None, sampler.parameters, state, {}, None))
+    exact = start * math.sqrt(1.25 / 101)
+    return float(((x - exact).abs() / exact).max())
+
+
+@pytest.mark.parametrize("sampler", [HEUN, DPMPP_2M], ids=lambda s: s.name)
+def test_second_order_samplers_converge_at_second_order(sampler):
+    coarse, fine = gaussian_data_error(sampler, 8), gaussian_data_error(sampler, 16)
+    assert fine < coarse / 3.2, (coarse, fine)  # halving the step quarters a second-order error
+    assert fine < gaussian_data_error(EULER, 16) / 4
+
+
+def test_first_order_euler_only_halves_its_error():
+    coarse, fine = gaussian_data_error(EULER, 8), gaussian_data_error(EULER, 16)
+    assert coarse / 2.5 < fine < coarse / 1.6
+
+
+def test_a_bare_function_is_refused_as_a_sampler():
+    with pytest.raises(PluginError, match="plugin 'mine' registers sampler 'plain' as a function, not an "
+                                          "evs_framework.sampler.Sampler"):
+        Catalogue().add("samplers", "plain", lambda denoise, x, ctx: None, "mine")
+
+
+def native(clip, composition="IDM_VDM_IDM", idm=None, vdm=None, using_attn=False, **settings):
+    return spec_from_data({
+        "inputs": [{"video": str(clip), "prompt": "a red ball"}],
+        "models": {"idm": {"name": "EP", **(idm or {})}, "vdm": {"name": "lightningEP", **(vdm or {})}},
+        "composition": composition, "settings": {"stable_steps": [5], **settings}, "seed": 23,
+        "using_attn": using_attn,
+    })
+
+
+def test_a_spec_chooses_the_sampler_and_its_parameters_per_model(clip_file, plugins, registry):
+    plan = make_plan(native(clip_file, idm={"sampler": "heun"}, vdm={"sampler": "ddim", "sampler_params": {"eta": 1.0}}),
+                     registry, plugins)
+    assert (plan.models["idm"].sampler, plan.models["vdm"].sampler) == ("heun", "ddim")
+    assert plan.models["vdm"].sampler_params == {"eta": 1.0}
+    first = next(op for op in plan.ops if op.model == "idm" and hasattr(op, "sampler"))
+    assert first.unet_calls == 2 * 2 * first.steps  # two evaluations a step, each guided
+
+
+@pytest.mark.parametrize("models, error, message", [
+    ({"idm": {"sampler": "hune"}}, PlanError,
+     r"\$\.models\.idm\.sampler: sampler 'hune', which no loaded plugin provides; use one of"),
+    ({"vdm": {"sampler": "ddim", "sampler_params": {"etta": 1}}}, PlanError,
+     r"\$\.models\.vdm\.sampler_params\.etta: sampler 'ddim' has no parameter 'etta' \(its parameters: eta\)"),
+    ({"vdm": {"sampler": "ddim", "sampler_params": {"eta": "high"}}}, SpecError,
+     r"\$\.models\.vdm\.sampler_params\.eta: expected a number"),
+])
+def test_wrong_sampler_choices_are_named_with_the_fix(clip_file, plugins, registry, models, error, message):
+    with pytest.raises(error, match=message):
+        make_plan(native(clip_file, **models), registry, plugins)
+
+
+@pytest.fixture(scope="module")
+def tiny_backends(zoo, plugins, registry):
+    from evs_framework.loading import LoadContext, WeightSettings
+
+    context = LoadContext(plugins, registry, WeightSettings([zoo]), torch.device("cpu"), torch.float32)
+    return context, load_backends(make_plan(native("clip.mp4"), registry, plugins), context)
+
+
+def run_counted(spec, plan, backends, plugins):
+    """The plan run on random latents through the runner's hooks; the op records."""
+    denoisers = make_denoisers(plan, {role: backends[role] for role in plan.models}, "a red ball", "")
+    source = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    run = VideoRun(spec, plan, backends, denoisers, source, torch.Generator().manual_seed(1), plugins.catalogue,
+                   torch.device("cpu"))
+    _, records, _ = run_plan(run, plugins.hook)
+    made = {role: d.calls for role, d in denoisers.items()}
+    return records, made
+
+
+SAMPLERS = ("euler", "ddim", "heun", "dpmpp_2m", "lcm")
+COMPOSITIONS = ("IDM", "VDM", "basic", "IDM_VDM", "VDM_IDM", "IDM_VDM_IDM")
+
+
+@pytest.mark.parametrize("composition", COMPOSITIONS)
+def test_plan_totals_are_the_calls_every_sampler_and_transfer_makes(composition, tiny_backends, plugins, registry):
+    _, backends = tiny_backends
+    transfers_seen = set()
+    for sampler in SAMPLERS:
+        for idm_invert, using_attn in (("random", False), ("ddim", True)):
+            spec = native("clip.mp4", composition, idm={"sampler": sampler}, vdm={"sampler": sampler},
+                          using_attn=using_attn, idm_invert_mode=idm_invert, vdm_invert_mode="ddim",
+                          idm_invert_mode_2="ddim")
+            plan = make_plan(spec, registry, plugins)
+            records, made = run_counted(spec, plan, backends, plugins)
+            assert unplanned_calls(records) == [], (sampler, composition)
+            assert made == {role: t["unet_calls"] for role, t in plan.totals().items()}, (sampler, composition, idm_invert)
+            transfers_seen |= {op.strategy for op in plan.ops if hasattr(op, "strategy")}
+    assert transfers_seen <= set(plugins.catalogue.names("transfers"))
+    if composition == "IDM_VDM_IDM":
+        assert transfers_seen == set(plugins.catalogue.names("transfers"))  # random, ddim_inversion, ddim_renoise
+
+
+def test_a_sampler_that_miscounts_is_reported_in_the_sidecar(clip_file, tmp_path, context, plugins, registry, monkeypatch):
+    import json
+
+    import attrs
+
+    from evs_framework.runner import run_job
+
+    def twice(denoise, x, ctx):  # declares one evaluation, makes two
+        denoise(x, ctx.sigma)
+        return EULER.step(denoise, x, ctx)
+
+    monkeypatch.setitem(plugins.catalogue.sections["samplers"], "euler",
+                        attrs.evolve(plugins.catalogue.sections["samplers"]["euler"],
+                                     value=attrs.evolve(EULER, step=twice)))
+    spec = native(clip_file, "VDM")
+    spec = attrs.evolve(spec, output=attrs.evolve(spec.output, dir=tmp_path / "out"))
+    plan = make_plan(spec, registry, plugins)
+    [result] = run_job(spec, plan, context, progress=False)
+    planned = plan.ops[1].unet_calls  # the T2V's denoise op, after its transfer; unguided, one call a step
+    assert planned == plan.ops[1].steps > 0
+    sidecar = json.loads(result.sidecar.read_text())
+    assert sidecar["unplanned_calls"] == [f"op 2 (DenoiseOp, vdm): {2 * planned} UNet calls made, {planned} planned"]
+
+
+def test_every_built_in_sampler_is_tested_here():
+    assert set(load_plugins().catalogue.names("samplers")) == set(SAMPLERS)
