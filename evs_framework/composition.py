@@ -1,24 +1,31 @@
-"""Compositions: which model denoises which part of the trajectory, as data.
+"""Compositions: which model denoises which part of the trajectory, as data or as a planner function.
 
-A composition is a list of stages, then `per_window` stages repeated once for each entry of the
-`stable_steps` setting. A value written `$name` is read from the spec's settings, so one composition file
-serves every config.
+As data, a composition is a list of stages, then `per_window` stages repeated once for each entry of the
+`stable_steps` setting, then a `cycle` of stages repeated until its `until` model has run to its end. A value
+written `$name` is read from the spec's settings (`$plugin.name` from a plugin's settings), so one
+composition file serves every config. A plugin may instead register a composition with a `planner`: a function
+given an `evs_framework.plan.PlanBuilder` that emits the stages itself (loops, branches, anything), and is planned,
+counted and checked exactly as data is.
 
 Each stage says:
 - `model`: the role that denoises (`idm`, the T2I model on frames; `vdm`, the T2V model on the clip);
 - `enter`: the transfer strategy that moves the latent onto this model's noise level (`random`,
   `ddim_inversion`, `ddim_renoise`, or `ddim`, which means inversion from a clean latent and re-noising
   with the predicted noise mid-trajectory);
-- `start`: a strength in (0, 1] (the fraction of the model's schedule to run, as in img2img), or `resume`
-  to continue where this model last stopped;
+- `start`: a strength in (0, 1] (the fraction of the model's schedule to run, as in img2img), `resume`
+  to continue where this model last stopped, or `current` to start at the model's first level at or below
+  the trajectory's present noise level;
 - how far to go: `steps: N` steps, or `stop: window` (until `stable_steps[k]` steps of this model remain,
-  k counting the windows used so far; to the end once none are left) or `stop: end`.
+  k counting the windows used so far; to the end once none are left) or `stop: end`;
+- optionally `ops`: latent ops (`{name: upscale, params: {factor: 2}}`) applied to the clean estimate before
+  the transfer, and `transfer_params`: parameters of the `enter` transfer.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Callable
 
 import attrs
 from evs_framework.convert import structure
@@ -28,6 +35,15 @@ from evs_framework.errors import SpecError, short_repr
 ROLES = ("idm", "vdm")
 NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,63}")
 STOPS = ("window", "end")
+STARTS = ("resume", "current")
+
+
+@attrs.frozen
+class StageOp:
+    """A latent op (`register_latent_ops`) by name, with its parameters."""
+
+    name: str
+    params: dict[str, float | int | str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -37,6 +53,16 @@ class Stage:
     start: float | str
     stop: str | None = None
     steps: int | str | None = None
+    ops: tuple[StageOp, ...] = ()
+    transfer_params: dict[str, float | int | str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Cycle:
+    """Stages repeated until the `until` model has run to its end (a cycle's `steps` are cut to what remains)."""
+
+    until: str
+    stages: tuple[Stage, ...]
 
 
 @attrs.frozen
@@ -45,10 +71,13 @@ class Composition:
     description: str = ""
     stages: tuple[Stage, ...] = ()
     per_window: tuple[Stage, ...] = ()
+    cycle: Cycle | None = None
+    # a function of an evs_framework.plan.PlanBuilder that emits the stages instead (for plugins; not in YAML)
+    planner: Callable | None = attrs.field(default=None, eq=False)
 
     @property
-    def switches_models(self) -> bool:
-        return len({s.model for s in self.stages + self.per_window}) > 1
+    def all_stages(self) -> tuple[Stage, ...]:
+        return self.stages + self.per_window + (self.cycle.stages if self.cycle else ())
 
 
 def check_composition(composition: Composition, path: str = "$") -> list[str]:
@@ -57,25 +86,46 @@ def check_composition(composition: Composition, path: str = "$") -> list[str]:
     if not NAME.fullmatch(composition.name):
         problems.append(f"{path}.name: {short_repr(composition.name)} goes into output file names; use letters, digits "
                         f"and _ . + - only")
+    if composition.planner is not None:
+        if composition.all_stages:
+            problems.append(f"{path}: a composition has a planner or stages, not both")
+        return problems
     if not composition.stages:
         problems.append(f"{path}.stages: a composition needs at least one stage")
-    for group in ("stages", "per_window"):
-        for i, stage in enumerate(getattr(composition, group)):
-            where = f"{path}.{group}[{i}]"
-            if stage.model not in ROLES and not stage.model.startswith("$"):
-                problems.append(f"{where}.model: {stage.model!r} is not a role; use one of {', '.join(ROLES)}")
-            if (stage.stop is None) == (stage.steps is None):
-                problems.append(f"{where}: give exactly one of `stop` ({' or '.join(STOPS)}) and `steps`")
-            if stage.stop is not None and stage.stop not in STOPS:
-                problems.append(f"{where}.stop: {stage.stop!r} is not one of {', '.join(STOPS)}")
-            if isinstance(stage.start, str) and stage.start != "resume" and not stage.start.startswith("$"):
-                problems.append(f"{where}.start: use a strength in (0, 1], `resume`, or a `$setting`")
+    groups = [("stages", composition.stages), ("per_window", composition.per_window)]
+    if composition.cycle is not None:
+        groups.append(("cycle.stages", composition.cycle.stages))
+        if not composition.cycle.stages:
+            problems.append(f"{path}.cycle.stages: a cycle needs at least one stage")
+        if composition.cycle.until not in {s.model for s in composition.cycle.stages}:
+            problems.append(f"{path}.cycle.until: {composition.cycle.until!r} must be the model of one of the cycle's "
+                            f"stages, or the cycle could never end")
+    for group, stages in groups:
+        for i, stage in enumerate(stages):
+            problems += check_stage(stage, f"{path}.{group}[{i}]")
+    return problems
+
+
+def check_stage(stage: Stage, where: str) -> list[str]:
+    problems = []
+    if stage.model not in ROLES and not stage.model.startswith("$"):
+        problems.append(f"{where}.model: {stage.model!r} is not a role; use one of {', '.join(ROLES)}")
+    if (stage.stop is None) == (stage.steps is None):
+        problems.append(f"{where}: give exactly one of `stop` ({' or '.join(STOPS)}) and `steps`")
+    if stage.stop is not None and stage.stop not in STOPS:
+        problems.append(f"{where}.stop: {stage.stop!r} is not one of {', '.join(STOPS)}")
+    if isinstance(stage.start, str) and stage.start not in STARTS and not stage.start.startswith("$"):
+        problems.append(f"{where}.start: use a strength in (0, 1], `resume`, `current`, or a `$setting`")
     return problems
 
 
 def parse_composition(data: dict, name: str, source: str, path: str = "$") -> Composition:
     if not isinstance(data, dict):
-        raise SpecError([f"{path}: a composition is a mapping with `stages` (and optionally `per_window`)"], source)
+        raise SpecError([f"{path}: a composition is a mapping with `stages` (and optionally `per_window`, `cycle`)"],
+                        source)
+    if "planner" in data:
+        raise SpecError([f"{path}.planner: a planner is a Python function a plugin registers (register_compositions); "
+                         f"a composition file gives `stages`"], source)
     composition = structure({"name": name, **data}, Composition, source, path)
     problems = check_composition(composition, path)
     if problems:

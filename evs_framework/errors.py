@@ -65,3 +65,9 @@ def short_repr(value, limit: int = 80, quote: bool = True) -> str:
     """repr(value) (str(value) without `quote`) cut to `limit` characters, so an error never echoes a huge input."""
     text = repr(value) if quote else str(value)
     return text if len(text) <= limit else f"{text[:limit - 15]}... ({len(text)} chars)"
+
+
+def unknown_parameters(what: str, known, given, where: str) -> list[str]:
+    """A problem for each key of `given` that `what` (e.g. "sampler 'ddim'") does not take."""
+    listed = ", ".join(sorted(known)) or "none"
+    return [f"{where}.{key}: {what} has no parameter {key!r} (its parameters: {listed})" for key in given if key not in known]

@@ -86,7 +86,7 @@ def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, ca
         elif isinstance(op, TransferOp):
             transfer = catalogue.get("transfers", op.strategy)
             context = TransferContext(state.clean, state.eps, state.sigma, op.sigma_to, op.levels, denoisers[op.model],
-                                      plan.inversion_guidance, generator, op, video_state)
+                                      plan.inversion_guidance, generator, op, op.params, video_state)
             state.x, state.sigma = transfer.run(context), op.sigma_to
         else:
             sampler = catalogue.get("samplers", op.sampler)

@@ -1,7 +1,8 @@
 """Planning: a spec and a composition become an explicit list of ops, checked before any weight loads.
 
 Ops, in order of execution:
-- `LatentOp`: an operation on the clean latent (upscale when the trajectory first enters a model that asks for it);
+- `LatentOp`: an operation on the clean latent (upscale when the trajectory first enters a model that asks for
+  it, or one a stage names);
 - `TransferOp`: move the latent onto a model's noise level with a transfer strategy;
 - `DenoiseOp`: run a model's sampler over consecutive levels of its own schedule.
 """
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 import attrs
 
-from evs_framework.composition import Composition, Stage, check_composition
-from evs_framework.errors import EVSError, PlanError
+from evs_framework.composition import Composition, Stage, check_composition, check_stage
+from evs_framework.errors import EVSError, PlanError, unknown_parameters
 from evs_framework.plugins import Catalogue, Plugins
 from evs_framework.registry import ModelEntry, Registry
 from evs_framework.sigmas import ModelSchedule
@@ -57,6 +58,7 @@ class TransferOp:
     # target schedule levels from clean up to sigma_to, ascending (what an inversion walks through)
     levels: tuple[float, ...]
     unet_calls: int
+    params: dict = attrs.Factory(dict)  # the transfer's parameters
 
 
 @attrs.frozen
@@ -182,7 +184,8 @@ class _Planner:
                          f"{', '.join(sorted(samplers))} or install its plugin (`evs plugins` lists what is loaded)")
             return None
         sampler = samplers[sampler_name].value
-        problems = sampler.parameter_problems(choice.sampler_params, f"$.models.{role}.sampler_params")
+        problems = unknown_parameters(f"sampler {sampler_name!r}", sampler.parameters, choice.sampler_params,
+                                      f"$.models.{role}.sampler_params")
         if problems:
             self.problems.extend(problems)
             return None
@@ -198,26 +201,21 @@ class _Planner:
         self.failed.discard(role)
         return self.models[role]
 
-    def stages(self, composition: Composition) -> list[Stage]:
-        windows = self.spec.settings.stable_steps
-        if composition.per_window:
-            return list(composition.stages) + list(composition.per_window) * len(windows)
-        return list(composition.stages)
-
     def plan(self, composition: Composition) -> Plan:
-        for index, stage in enumerate(self.stages(composition)):
-            where = f"{composition.name} stage {index + 1} ({stage.model})"
-            problems_before = len(self.problems)
-            self.stage_ops(index, stage, where)
-            if len(self.problems) > problems_before:
-                self.failed.add(stage.model)
+        builder = PlanBuilder(self, composition.name)
+        if composition.planner is not None:
+            composition.planner(builder)
+        else:
+            compile_stages(composition, builder)
 
         windows = self.spec.settings.stable_steps
+        if not self.failed and not builder.stages_planned:
+            self.problem(f"{composition.name}: the planner emitted no stage")
         if not self.failed and self.sigma != 0.0:
             self.problem(f"{composition.name}: the last stage stops at sigma {self.sigma:.4g} with noise left; "
                          f"let the last stage run to `stop: end`")
         if not self.failed and self.used_windows < len(windows):
-            if any(s.stop == "window" for s in composition.stages + composition.per_window):
+            if any(s.stop == "window" for s in composition.all_stages) or self.used_windows:
                 self.problem(f"$.settings.stable_steps: {len(windows)} windows given but composition {composition.name} "
                              f"switches models at {self.used_windows}; drop the extra entries")
             else:
@@ -226,7 +224,9 @@ class _Planner:
             raise PlanError(self.problems)
         return Plan(composition.name, self.models, tuple(self.ops), tuple(self.notes), self.spec.settings.inversion_guidance)
 
-    def stage_ops(self, index: int, stage: Stage, where: str) -> None:
+    def stage_ops(self, index: int, stage: Stage, where: str, fit: bool = False) -> None:
+        """The ops of one stage. `fit` (as in a cycle): a `steps: N` beyond what the model has left runs to its end,
+        and a `start: current` stage whose model has no level left is skipped with a note."""
         model = self.model(stage.model, where)
         enter, start, steps = (self.setting(v, where) for v in (stage.enter, stage.start, stage.steps))
         if model is None or enter is None or start is None:
@@ -239,20 +239,34 @@ class _Planner:
                     self.problem(f"{where}: starts with `resume` but the {stage.model} model has not run yet")
                 return
             first = self.resume[stage.model]
+        elif start == "current":
+            if not self.has_prediction:
+                self.problem(f"{where}: `start: current` continues at the trajectory's noise level, but no model has "
+                             f"run yet; give a strength")
+                return
+            first = schedule.level_at_or_below(self.sigma)
         elif isinstance(start, (int, float)) and 0 < start <= 1:
             first = schedule.start_level(start)
-            if first == total:
-                self.problem(f"{where}: strength {start} runs no step of the model's {total}; raise it to at least {1 / total:.3g}")
-                return
         else:
-            self.problem(f"{where}: start {start!r} must be a strength in (0, 1] or `resume`")
+            self.problem(f"{where}: start {start!r} must be a strength in (0, 1], `resume` or `current`")
+            return
+        if first == total and fit and start == "current":
+            self.notes.append(f"{where}: skipped: {model.entry.name} has no level at or below sigma {self.sigma:.4g}")
+            return
+        if first == total:
+            self.problem(f"{where}: start {start!r} leaves none of the model's {total} steps to run; "
+                         + (f"raise it to at least {1 / total:.3g}" if isinstance(start, (int, float))
+                            else "the model has already run to its end"))
             return
 
         windows = self.spec.settings.stable_steps
         if steps is not None:
             stop = first + steps if isinstance(steps, int) else -1
+            if fit and stop > total:
+                stop = total
             if stop <= first or stop > total:
-                self.problem(f"{where}: {stage.steps}={steps} steps, but only {total - first} of the model's {total} "
+                asked = f"{stage.steps}={steps}" if isinstance(stage.steps, str) else str(steps)
+                self.problem(f"{where}: {asked} steps, but only {total - first} of the model's {total} "
                              f"steps remain from level {first} (t={schedule.timesteps[first]}); lower it or raise the strength")
                 return
         elif stage.stop == "window" and self.used_windows < len(windows):
@@ -271,7 +285,7 @@ class _Planner:
         else:
             stop = total
 
-        self.enter(index, model, enter, first, where)
+        self.enter(index, model, enter, first, stage, where)
         # a resumed model picks up at its own next level, a small step down by design
         if start != "resume" and self.ops and isinstance(self.ops[-1], TransferOp):
             self.note_level_jump(where, model, self.ops[-1].sigma_to)
@@ -291,29 +305,39 @@ class _Planner:
         self.resume[stage.model] = stop
         self.sigma, self.has_prediction = sigmas[-1], True
 
-    def enter(self, index: int, model: PlannedModel, mode: str, first: int, where: str) -> None:
-        """Ops that bring the trajectory onto `model`'s level `first`: an upscale on first entry, then a transfer."""
+    def enter(self, index: int, model: PlannedModel, mode: str, first: int, stage: Stage, where: str) -> None:
+        """Ops that bring the trajectory onto `model`'s level `first`: an upscale on first entry and the stage's
+        latent ops, then a transfer."""
         upscaled = model.role not in self.resume and model.choice.upscale != 1.0
-        has_prediction = self.has_prediction
         if upscaled:
             self.ops.append(LatentOp(index, model.role, "upscale", {"factor": model.choice.upscale, "mode": model.choice.upscale_mode}))
             if "upscale" not in self.catalogue.sections["latent_ops"]:
                 self.problem(f"{where}: upscaling needs latent op 'upscale', which no loaded plugin provides")
+        for op in stage.ops:
+            if op.name not in self.catalogue.sections["latent_ops"]:
+                self.problem(f"{where}: unknown latent op {op.name!r}; use one of "
+                             f"{', '.join(self.catalogue.names('latent_ops'))} or install its plugin")
+            self.ops.append(LatentOp(index, model.role, op.name, {k: self.setting(v, where) for k, v in op.params.items()}))
+        changed = upscaled or bool(stage.ops)  # a latent op replaces the clean estimate: the noise prediction is gone
+        has_prediction = self.has_prediction and not changed
         if mode == "ddim":  # the original configs' word: invert from a clean latent, else re-use the predicted noise
-            mode = "ddim_renoise" if has_prediction and not upscaled else "ddim_inversion"
+            mode = "ddim_renoise" if has_prediction else "ddim_inversion"
         transfers = self.catalogue.sections["transfers"]
         if mode not in transfers:
             self.problem(f"{where}: unknown transfer (invert mode) {mode!r}; use ddim or one of {', '.join(sorted(transfers))}")
             return
         transfer = transfers[mode].value
-        if transfer.needs_noise_prediction and (not has_prediction or upscaled):
-            why = "the latent was just upscaled, which discards it" if upscaled else "no model has run yet"
+        if transfer.needs_noise_prediction and not has_prediction:
+            why = "the latent was just changed by a latent op, which discards it" if changed else "no model has run yet"
             self.problem(f"{where}: transfer {mode!r} needs a noise prediction but {why}; use random or ddim_inversion")
+        given = {k: self.setting(v, where) for k, v in stage.transfer_params.items()}
+        self.problems.extend(unknown_parameters(f"transfer {mode!r}", transfer.parameters, given, f"{where}: transfer_params"))
         schedule = model.schedule
         levels = tuple(reversed(schedule.levels[first:]))
         guidance_calls = 1 if self.spec.settings.inversion_guidance == 1.0 else 2
         calls = transfer.model_steps(len(levels) - 1) * guidance_calls
-        self.ops.append(TransferOp(index, model.role, mode, first, self.sigma, schedule.levels[first], levels, calls))
+        self.ops.append(TransferOp(index, model.role, mode, first, self.sigma, schedule.levels[first], levels, calls,
+                                   {**transfer.parameters, **given}))
 
     def note_level_jump(self, where: str, model: PlannedModel, sigma_to: float) -> None:
         """Hand-overs that are legal but probably not meant: below the current level, or far above the start."""
@@ -329,6 +353,89 @@ class _Planner:
                               f"{sigma_to / self.start_sigma:.1f}x the level the trajectory started at "
                               f"({self.start_sigma:.4f}), discarding more of the source than the first stage did; "
                               f"lower the stage's strength if that is not meant")
+
+
+MAX_CYCLES = 10_000  # a cycle that has not finished by then is a bug in the composition
+
+
+class PlanBuilder:
+    """What a composition's planner function works with: the spec's settings, where the trajectory is, and
+    `stage()`, which plans one stage exactly as a stage of a composition file (same checks, same counts)."""
+
+    def __init__(self, planner: _Planner, composition: str):
+        self._planner, self.composition = planner, composition
+        self.stages_planned = 0
+
+    @property
+    def settings(self):
+        return self._planner.spec.settings
+
+    def setting(self, name: str):
+        """A setting by name, as `$name` reads it in a composition file (`plugin.key` for a plugin's)."""
+        return self._planner.setting(f"${name}", f"{self.composition}: setting")
+
+    @property
+    def sigma(self) -> float:
+        """The trajectory's noise level now (0.0 before the first stage)."""
+        return self._planner.sigma
+
+    def total_steps(self, role: str) -> int | None:
+        model = self._planner.model(role, f"{self.composition}: {role}")
+        return None if model is None else model.schedule.steps
+
+    def remaining(self, role: str) -> int | None:
+        """Steps the role's model has left after where it last stopped; None before it has run."""
+        stop = self._planner.resume.get(role)
+        total = self.total_steps(role)
+        return None if stop is None or total is None else total - stop
+
+    @property
+    def failed(self) -> bool:
+        """True once a problem was found (a planner may stop early then; the problems are reported either way)."""
+        return bool(self._planner.problems)
+
+    def problem(self, text: str) -> None:
+        self._planner.problem(f"{self.composition}: {text}")
+
+    def stage(self, stage: Stage, fit: bool = False) -> bool:
+        """Plan one stage; False when it had a problem. `fit`: fit the stage to what its model has left (`steps: N`
+        past the model's end stops there; a `start: current` stage with no level left is skipped, with a note)."""
+        index = self.stages_planned
+        self.stages_planned += 1
+        where = f"{self.composition} stage {index + 1} ({stage.model})"
+        shape = check_stage(stage, where)
+        if shape:
+            self._planner.problems.extend(shape)
+            return False
+        before = len(self._planner.problems)
+        self._planner.stage_ops(index, stage, where, fit)
+        if len(self._planner.problems) > before:
+            self._planner.failed.add(stage.model)
+            return False
+        return True
+
+
+def compile_stages(composition: Composition, builder: PlanBuilder) -> None:
+    """A composition file as a planner: its stages, its per-window stages once per `stable_steps` entry, then its
+    cycle until the cycle's `until` model has run to its end."""
+    for stage in composition.stages:
+        builder.stage(stage)
+    for _ in builder.settings.stable_steps if composition.per_window else ():
+        for stage in composition.per_window:
+            builder.stage(stage)
+    cycle = composition.cycle
+    if cycle is None:
+        return
+    for _ in range(MAX_CYCLES):
+        left = builder.remaining(cycle.until)
+        if left == 0 or builder.failed:
+            return
+        for stage in cycle.stages:
+            builder.stage(stage, fit=True)
+        if builder.remaining(cycle.until) == left:
+            builder.problem(f"the cycle does not advance the {cycle.until} model; give its stage in the cycle `steps`")
+            return
+    builder.problem(f"the cycle ran {MAX_CYCLES} times without the {cycle.until} model finishing")
 
 
 def untrained_timesteps(preset, timesteps) -> tuple[int, ...]:

@@ -55,10 +55,6 @@ class Sampler:
         """Model evaluations over a run of consecutive levels, before guidance doubles them."""
         return sum(self.evaluations(a, b, params) for a, b in zip(sigmas, sigmas[1:]))
 
-    def parameter_problems(self, params: Mapping[str, object], where: str) -> list[str]:
-        known = ", ".join(sorted(self.parameters)) or "none"
-        return [f"{where}.{key}: sampler {self.name!r} has no parameter {key!r} (its parameters: {known})"
-                for key in params if key not in self.parameters]
 
 
 def single_step(sampler: Sampler, denoise, x: torch.Tensor, sigma: float, sigma_next: float,

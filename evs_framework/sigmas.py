@@ -118,5 +118,9 @@ class ModelSchedule:
         run = min(int(self.steps * strength + 1e-9), self.steps)
         return self.steps - run
 
+    def level_at_or_below(self, sigma: float) -> int:
+        """The first level whose sigma is at most `sigma` (the clean level, `steps`, when none is)."""
+        return next(i for i, level in enumerate(self.levels) if level <= sigma * (1 + 1e-9))
+
     def timestep_of_level(self, level: int) -> float | None:
         return None if level >= self.steps else float(self.timesteps[level])

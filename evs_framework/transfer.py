@@ -27,6 +27,7 @@ class TransferContext:
     guidance: float
     generator: torch.Generator
     op: object = None  # the evs_framework.plan.TransferOp being run
+    params: dict = attrs.Factory(dict)  # the transfer's parameters: its defaults, overridden by the stage
     # lives for the whole video, shared with its samplers and other transfers: key it by your plugin's name
     video_state: dict = attrs.Factory(dict)
 
@@ -39,6 +40,7 @@ class Transfer:
     model_steps: Callable[[int], int] = lambda levels_up: 0
     needs_noise_prediction: bool = False
     description: str = ""
+    parameters: dict = attrs.Factory(dict)  # every parameter it reads, with its default
 
 
 def fresh_noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -1,0 +1,173 @@
+"""Compositions beyond a fixed list of stages: starting at the current level, latent ops and transfer
+parameters named by a stage, cycles, and planner functions from plugins; each planned and counted exactly."""
+
+import types
+
+import attrs
+
+import pytest
+import torch
+
+from evs_framework.composition import Composition, Cycle, Stage, StageOp, parse_composition
+from evs_framework.errors import PlanError, SpecError
+from evs_framework.executor import unplanned_calls
+from evs_framework.hookspecs import hookimpl
+from evs_framework.plan import DenoiseOp, LatentOp, TransferOp, make_plan
+from evs_framework.plugins import load_plugins
+from evs_framework.transfer import Transfer
+from tests.test_samplers import native, run_counted, tiny_backends  # noqa: F401 - a fixture
+
+EVERY_K = {
+    "description": "one T2V step after every k T2I steps, at the level the trajectory is at",
+    "stages": [{"model": "idm", "enter": "random", "start": 0.6, "steps": 3}],
+    "cycle": {"until": "idm", "stages": [
+        {"model": "vdm", "enter": "ddim", "start": "current", "steps": 1},
+        {"model": "idm", "enter": "ddim", "start": "resume", "steps": 3},
+    ]},
+}
+
+
+def with_composition(clip, composition, **settings):
+    """The test spec with `composition` (a name, or a Composition object as a plugin or an inline mapping makes)."""
+    if isinstance(composition, str):
+        return native(clip, composition, **settings)
+    return attrs.evolve(native(clip, "IDM", **settings), composition=composition)
+
+
+def planned(clip, composition, plugins, registry, **settings):
+    return make_plan(with_composition(clip, composition, **settings), registry, plugins)
+
+
+def test_a_cycle_alternates_until_its_model_ends_and_current_starts_at_the_level_reached(clip_file, plugins, registry):
+    plan = planned(clip_file, parse_composition(EVERY_K, "every_k", "test"), plugins, registry)
+    denoise = [op for op in plan.ops if isinstance(op, DenoiseOp)]
+    idm_steps = [op.steps for op in denoise if op.model == "idm"]
+    idm = plan.models["idm"].schedule
+    assert sum(idm_steps) == idm.steps - idm.start_level(0.6)  # the T2I runs all of its 60%, in pieces of 3
+    assert idm_steps[:-1] == [3] * (len(idm_steps) - 1) and 1 <= idm_steps[-1] <= 3  # the last piece is cut
+    models = [op.model for op in denoise]
+    assert models[0] == models[-1] == "idm" and "vdm" in models
+    assert all(not (a == b == "vdm") for a, b in zip(models, models[1:]))
+    skipped = [n for n in plan.notes if "skipped" in n]  # near the end the T2V has no level that low
+    assert models.count("vdm") + len(skipped) == len(idm_steps) - 1
+    vdm = plan.models["vdm"].schedule
+    for before, window in zip(denoise, denoise[1:]):
+        if window.model == "vdm":  # the T2V's highest level at or below where the T2I stopped
+            assert window.sigmas[0] <= before.sigmas[-1]
+            assert window.first_level == 0 or vdm.levels[window.first_level - 1] > before.sigmas[-1]
+
+
+def test_current_needs_a_model_to_have_run(clip_file, plugins, registry):
+    composition = Composition("x", stages=(Stage("vdm", "random", "current", stop="end"),))
+    with pytest.raises(PlanError, match="`start: current` continues at the trajectory's noise level, but no model"):
+        planned(clip_file, composition, plugins, registry)
+
+
+def test_a_stage_names_latent_ops_that_run_before_its_transfer(clip_file, plugins, registry):
+    composition = Composition("x", stages=(
+        Stage("idm", "random", 0.6, steps=10),
+        Stage("vdm", "ddim", 0.5, stop="end", ops=(StageOp("upscale", {"factor": 2.0, "mode": "bilinear"}),))))
+    plan = planned(clip_file, composition, plugins, registry)
+    kinds = [(type(op).__name__, getattr(op, "strategy", getattr(op, "name", None))) for op in plan.ops]
+    assert kinds[2:4] == [("LatentOp", "upscale"), ("TransferOp", "ddim_inversion")]  # no prediction after an op
+    assert plan.ops[2].params == {"factor": 2.0, "mode": "bilinear"}
+    unknown = Composition("x", stages=(Stage("idm", "random", 0.6, stop="end", ops=(StageOp("sharpen"),)),))
+    with pytest.raises(PlanError, match="unknown latent op 'sharpen'; use one of upscale"):
+        planned(clip_file, unknown, plugins, registry)
+
+
+def recording_plugin():
+    seen = []
+
+    def scaled_noise(ctx):
+        seen.append(dict(ctx.params))
+        return ctx.clean + ctx.params["scale"] * ctx.sigma_to * torch.randn(ctx.clean.shape, generator=ctx.generator)
+
+    module = types.ModuleType("evs_test_scaled")
+
+    @hookimpl
+    def register_transfers(register):
+        register("scaled", Transfer("scaled", scaled_noise, parameters={"scale": 1.0}))
+
+    module.register_transfers = register_transfers
+    return module, seen
+
+
+def test_transfer_parameters_reach_the_transfer_and_unknown_ones_are_named(clip_file, registry, tiny_backends):  # noqa: F811
+    module, seen = recording_plugin()
+    plugins = load_plugins(extra=[module])
+    composition = Composition("x", stages=(Stage("idm", "scaled", 0.6, stop="end", transfer_params={"scale": 0.5}),))
+    spec = with_composition(clip_file, composition)
+    plan = make_plan(spec, registry, plugins)
+    assert plan.ops[0].params == {"scale": 0.5}
+    run_counted(spec, plan, tiny_backends[1], plugins)
+    assert seen == [{"scale": 0.5}]
+    wrong = Composition("x", stages=(Stage("idm", "scaled", 0.6, stop="end", transfer_params={"scael": 2}),))
+    with pytest.raises(PlanError, match=r"transfer_params\.scael: transfer 'scaled' has no parameter 'scael' "
+                                        r"\(its parameters: scale\)"):
+        make_plan(with_composition(clip_file, wrong), registry, plugins)
+
+
+def every_k_planner(builder):
+    """A planner function: T2I in pieces of `stable_num`, a T2V step at the current level between them."""
+    k = builder.setting("stable_num")
+    builder.stage(Stage("idm", "random", builder.setting("idm_inverse_strength"), steps=k))
+    while builder.remaining("idm") and not builder.failed:
+        builder.stage(Stage("vdm", "ddim", "current", steps=1), fit=True)  # skipped once the T2V has no level left
+        builder.stage(Stage("idm", "ddim", "resume", steps=min(k, builder.remaining("idm"))))
+
+
+def planner_plugin(planner):
+    module = types.ModuleType("evs_test_planner")
+
+    @hookimpl
+    def register_compositions(register):
+        register("every_k", Composition("every_k", "planned by a function", planner=planner))
+
+    module.register_compositions = register_compositions
+    return module
+
+
+def test_a_planner_function_plans_runs_and_counts_as_a_file_does(clip_file, registry, tiny_backends):  # noqa: F811
+    plugins = load_plugins(extra=[planner_plugin(every_k_planner)])
+    spec = native(clip_file, "every_k", stable_num=4, idm_inverse_strength=0.5)
+    plan = make_plan(spec, registry, plugins)
+    models = [op.model for op in plan.ops if isinstance(op, DenoiseOp)]
+    assert models[:3] == ["idm", "vdm", "idm"] and models[-1] == "idm"
+    assert all(op.steps <= 4 for op in plan.ops if isinstance(op, DenoiseOp) and op.model == "idm")
+    records, made = run_counted(spec, plan, tiny_backends[1], plugins)
+    assert unplanned_calls(records) == [] and made == {r: t["unet_calls"] for r, t in plan.totals().items()}
+
+
+def test_a_planners_bad_stage_is_reported_like_a_files(clip_file, registry):
+    def bad(builder):
+        builder.stage(Stage("idm", "random", 0.6, steps=500))
+
+    plugins = load_plugins(extra=[planner_plugin(bad)])
+    with pytest.raises(PlanError, match=r"every_k stage 1 \(idm\): 500 steps, but only 30 of the model's 50 steps"):
+        make_plan(native(clip_file, "every_k"), registry, plugins)
+
+
+def test_composition_files_cannot_name_a_planner_and_a_cycle_must_be_able_to_end():
+    with pytest.raises(SpecError, match=r"\$\.planner: a planner is a Python function a plugin registers"):
+        parse_composition({**EVERY_K, "planner": "os.system"}, "x", "test")
+    stuck = {**EVERY_K, "cycle": {"until": "vdm", "stages": [{"model": "idm", "enter": "ddim", "start": "resume",
+                                                             "steps": 1}]}}
+    with pytest.raises(SpecError, match=r"cycle\.until: 'vdm' must be the model of one of the cycle's stages"):
+        parse_composition(stuck, "x", "test")
+
+
+def test_a_cycle_that_does_not_advance_is_an_error_not_a_hang(clip_file, plugins, registry):
+    composition = Composition("x", stages=(Stage("idm", "random", 0.6, steps=3),), cycle=Cycle("idm", (
+        Stage("vdm", "random", 0.5, steps=1), Stage("idm", "ddim", 0.6, steps=3))))  # restarts instead of resuming
+    with pytest.raises(PlanError):
+        planned(clip_file, composition, plugins, registry)
+
+
+def test_every_k_cycle_runs_with_exact_totals(clip_file, plugins, registry, tiny_backends):  # noqa: F811
+    spec = with_composition(clip_file, parse_composition(EVERY_K, "every_k", "test"))
+    plan = make_plan(spec, registry, plugins)
+    assert any(isinstance(op, TransferOp) and op.strategy == "ddim_renoise" for op in plan.ops)
+    assert not any(isinstance(op, LatentOp) for op in plan.ops)
+    records, made = run_counted(spec, plan, tiny_backends[1], plugins)
+    assert unplanned_calls(records) == [] and made == {r: t["unet_calls"] for r, t in plan.totals().items()}
