@@ -65,6 +65,17 @@ def context(plugins, registry, zoo):
 
 
 @pytest.fixture(scope="session")
+def tiny_backends(zoo, plugins, registry):
+    """The tiny EP and lightningEP backends, loaded once: (context, backends by role)."""
+    from evs_framework.plan import make_plan
+    from evs_framework.runner import load_backends
+    from tests.planning import native
+
+    context = LoadContext(plugins, registry, WeightSettings([zoo]), torch.device("cpu"), torch.float32)
+    return context, load_backends(make_plan(native("clip.mp4"), registry, plugins), context)
+
+
+@pytest.fixture(scope="session")
 def clip_file(tmp_path_factory):
     """An 8-frame 64x48 synthetic clip at 8 fps."""
     return video_io.write_video(tmp_path_factory.mktemp("clips") / "ball.mp4", make_synthetic_clip(8, 64, 48), 8.0)

@@ -15,7 +15,7 @@ from evs_framework.hookspecs import hookimpl
 from evs_framework.plan import DenoiseOp, LatentOp, TransferOp, make_plan
 from evs_framework.plugins import load_plugins
 from evs_framework.transfer import Transfer
-from tests.test_samplers import native, run_counted, tiny_backends  # noqa: F401 - a fixture
+from tests.planning import native, run_counted
 
 EVERY_K = {
     "description": "one T2V step after every k T2I steps, at the level the trajectory is at",
@@ -93,7 +93,7 @@ def recording_plugin():
     return module, seen
 
 
-def test_transfer_parameters_reach_the_transfer_and_unknown_ones_are_named(clip_file, registry, tiny_backends):  # noqa: F811
+def test_transfer_parameters_reach_the_transfer_and_unknown_ones_are_named(clip_file, registry, tiny_backends):
     module, seen = recording_plugin()
     plugins = load_plugins(extra=[module])
     composition = Composition("x", stages=(Stage("idm", "scaled", 0.6, stop="end", transfer_params={"scale": 0.5}),))
@@ -128,7 +128,7 @@ def planner_plugin(planner):
     return module
 
 
-def test_a_planner_function_plans_runs_and_counts_as_a_file_does(clip_file, registry, tiny_backends):  # noqa: F811
+def test_a_planner_function_plans_runs_and_counts_as_a_file_does(clip_file, registry, tiny_backends):
     plugins = load_plugins(extra=[planner_plugin(every_k_planner)])
     spec = native(clip_file, "every_k", stable_num=4, idm_inverse_strength=0.5)
     plan = make_plan(spec, registry, plugins)
@@ -164,7 +164,7 @@ def test_a_cycle_that_does_not_advance_is_an_error_not_a_hang(clip_file, plugins
         planned(clip_file, composition, plugins, registry)
 
 
-def test_every_k_cycle_runs_with_exact_totals(clip_file, plugins, registry, tiny_backends):  # noqa: F811
+def test_every_k_cycle_runs_with_exact_totals(clip_file, plugins, registry, tiny_backends):
     spec = with_composition(clip_file, parse_composition(EVERY_K, "every_k", "test"))
     plan = make_plan(spec, registry, plugins)
     assert any(isinstance(op, TransferOp) and op.strategy == "ddim_renoise" for op in plan.ops)

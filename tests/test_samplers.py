@@ -12,11 +12,10 @@ from evs_framework.errors import PlanError, PluginError, SpecError
 from evs_framework.executor import unplanned_calls
 from evs_framework.plan import make_plan
 from evs_framework.plugins import Catalogue, load_plugins
-from evs_framework.runner import VideoRun, load_backends, make_denoisers, run_plan
 from evs_framework.sampler import StepContext
 from evs_framework.sigmas import ModelSchedule, TrainSchedule
-from evs_framework.spec import spec_from_data
 from evs_plugins.samplers import DDIM, DPMPP_2M, EULER, HEUN
+from tests.planning import native, run_counted
 from tests.test_parity import follow, scheduler_config
 
 
@@ -72,15 +71,6 @@ def test_a_bare_function_is_refused_as_a_sampler():
         Catalogue().add("samplers", "plain", lambda denoise, x, ctx: None, "mine")
 
 
-def native(clip, composition="IDM_VDM_IDM", idm=None, vdm=None, using_attn=False, **settings):
-    return spec_from_data({
-        "inputs": [{"video": str(clip), "prompt": "a red ball"}],
-        "models": {"idm": {"name": "EP", **(idm or {})}, "vdm": {"name": "lightningEP", **(vdm or {})}},
-        "composition": composition, "settings": {"stable_steps": [5], **settings}, "seed": 23,
-        "using_attn": using_attn,
-    })
-
-
 def test_a_spec_chooses_the_sampler_and_its_parameters_per_model(clip_file, plugins, registry):
     plan = make_plan(native(clip_file, idm={"sampler": "heun"}, vdm={"sampler": "ddim", "sampler_params": {"eta": 1.0}}),
                      registry, plugins)
@@ -101,25 +91,6 @@ def test_a_spec_chooses_the_sampler_and_its_parameters_per_model(clip_file, plug
 def test_wrong_sampler_choices_are_named_with_the_fix(clip_file, plugins, registry, models, error, message):
     with pytest.raises(error, match=message):
         make_plan(native(clip_file, **models), registry, plugins)
-
-
-@pytest.fixture(scope="module")
-def tiny_backends(zoo, plugins, registry):
-    from evs_framework.loading import LoadContext, WeightSettings
-
-    context = LoadContext(plugins, registry, WeightSettings([zoo]), torch.device("cpu"), torch.float32)
-    return context, load_backends(make_plan(native("clip.mp4"), registry, plugins), context)
-
-
-def run_counted(spec, plan, backends, plugins):
-    """The plan run on random latents through the runner's hooks; the op records."""
-    denoisers = make_denoisers(plan, {role: backends[role] for role in plan.models}, "a red ball", "")
-    source = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    run = VideoRun(spec, plan, backends, denoisers, source, torch.Generator().manual_seed(1), plugins.catalogue,
-                   torch.device("cpu"))
-    _, records, _ = run_plan(run, plugins.hook)
-    made = {role: d.calls for role, d in denoisers.items()}
-    return records, made
 
 
 SAMPLERS = ("euler", "ddim", "heun", "dpmpp_2m", "lcm")
