@@ -418,7 +418,7 @@ def main(argv=None) -> int:
     try:
         with _sigterm_as_interrupt():
             plugins = load_plugins()
-            registry = load_registry(args.registry)
+            registry = load_registry(args.registry, plugins)
             return COMMANDS[args.command](args, plugins, registry)
     except EVSError as exc:
         print(f"error: {exc}", file=sys.stderr)

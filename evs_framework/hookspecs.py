@@ -87,6 +87,17 @@ def resolve_weights(location, settings):
 
 
 @hookspec
+def registry_files():
+    """Registry files this plugin ships (YAML laid out as registry.yaml, its presets and models): return a list of
+    paths, or None. Reach files inside your package with `importlib.resources.files(__package__)`.
+
+    Each model is named `<plugin>:<name>`, and `<name>` as well unless EVS's own registry has that name or another
+    plugin gives it too. A file may use the presets of EVS's registry and of the files read before it; a `base`
+    naming a model of the same file means that model.
+    """
+
+
+@hookspec
 def required_models(entry, context):
     """Other registry entries whose weight files loading `entry` reads (a base model, a folder of configs): return a
     list of `ModelEntry`, or None for kinds you do not provide.

@@ -121,7 +121,7 @@ def resolve_composition(spec: Spec, catalogue: Catalogue) -> Composition:
     except EVSError as exc:
         raise PlanError(f"unknown composition (pipeline_mode) {spec.composition!r}: {exc}") from None
     problems = check_composition(composition, f"composition {spec.composition!r}")  # a plugin's, never checked yet
-    if problems or composition.name != spec.composition:
+    if problems or composition.name != spec.composition.split(":", 1)[-1]:  # `plugin:name` reaches `name`
         raise PlanError(problems or [f"composition {spec.composition!r} calls itself {composition.name!r}; the plugin "
                                      f"that registers it must use one name"])
     return composition
@@ -173,17 +173,18 @@ class _Planner:
         if entry.type != ROLE_TYPES[role]:
             self.problem(f"$.models.{role}.name: {entry.name!r} is a {entry.type} model but the {role} role needs a "
                          f"{ROLE_TYPES[role]} model")
-        if entry.kind not in self.catalogue.sections["backends"]:
-            self.problem(f"$.models.{role}.name: model {entry.name!r} needs backend {entry.kind!r}, which no loaded "
-                         f"plugin provides; install its plugin (`evs plugins` lists what is loaded)")
+        if not self.catalogue.has("backends", entry.kind):
+            self.problem(f"$.models.{role}.name: " + (self.catalogue.ambiguity("backends", entry.kind) or (
+                f"model {entry.name!r} needs backend {entry.kind!r}, which no loaded plugin provides; install its "
+                f"plugin (`evs plugins` lists what is loaded)")))
         sampler_name = choice.sampler or entry.preset.sampler
-        samplers = self.catalogue.sections["samplers"]
-        if sampler_name not in samplers:
+        if not self.catalogue.has("samplers", sampler_name):
             whose = f"$.models.{role}.sampler: " if choice.sampler else f"$.models.{role}.name: model {entry.name!r} needs "
-            self.problem(f"{whose}sampler {sampler_name!r}, which no loaded plugin provides; use one of "
-                         f"{', '.join(sorted(samplers))} or install its plugin (`evs plugins` lists what is loaded)")
+            self.problem(self.catalogue.ambiguity("samplers", sampler_name) or (
+                f"{whose}sampler {sampler_name!r}, which no loaded plugin provides; use one of "
+                f"{', '.join(self.catalogue.names('samplers'))} or install its plugin (`evs plugins` lists what is loaded)"))
             return None
-        sampler = samplers[sampler_name].value
+        sampler = self.catalogue.get("samplers", sampler_name)
         problems = unknown_parameters(f"sampler {sampler_name!r}", sampler.parameters, choice.sampler_params,
                                       f"$.models.{role}.sampler_params")
         if problems:
@@ -311,22 +312,24 @@ class _Planner:
         upscaled = model.role not in self.resume and model.choice.upscale != 1.0
         if upscaled:
             self.ops.append(LatentOp(index, model.role, "upscale", {"factor": model.choice.upscale, "mode": model.choice.upscale_mode}))
-            if "upscale" not in self.catalogue.sections["latent_ops"]:
+            if not self.catalogue.has("latent_ops", "upscale"):
                 self.problem(f"{where}: upscaling needs latent op 'upscale', which no loaded plugin provides")
         for op in stage.ops:
-            if op.name not in self.catalogue.sections["latent_ops"]:
-                self.problem(f"{where}: unknown latent op {op.name!r}; use one of "
-                             f"{', '.join(self.catalogue.names('latent_ops'))} or install its plugin")
+            if not self.catalogue.has("latent_ops", op.name):
+                self.problem(f"{where}: " + (self.catalogue.ambiguity("latent_ops", op.name) or (
+                    f"unknown latent op {op.name!r}; use one of {', '.join(self.catalogue.names('latent_ops'))} or "
+                    f"install its plugin")))
             self.ops.append(LatentOp(index, model.role, op.name, {k: self.setting(v, where) for k, v in op.params.items()}))
         changed = upscaled or bool(stage.ops)  # a latent op replaces the clean estimate: the noise prediction is gone
         has_prediction = self.has_prediction and not changed
         if mode == "ddim":  # the original configs' word: invert from a clean latent, else re-use the predicted noise
             mode = "ddim_renoise" if has_prediction else "ddim_inversion"
-        transfers = self.catalogue.sections["transfers"]
-        if mode not in transfers:
-            self.problem(f"{where}: unknown transfer (invert mode) {mode!r}; use ddim or one of {', '.join(sorted(transfers))}")
+        if not self.catalogue.has("transfers", mode):
+            self.problem(f"{where}: " + (self.catalogue.ambiguity("transfers", mode) or (
+                f"unknown transfer (invert mode) {mode!r}; use ddim or one of "
+                f"{', '.join(self.catalogue.names('transfers'))}")))
             return
-        transfer = transfers[mode].value
+        transfer = self.catalogue.get("transfers", mode)
         if transfer.needs_noise_prediction and not has_prediction:
             why = "the latent was just changed by a latent op, which discards it" if changed else "no model has run yet"
             self.problem(f"{where}: transfer {mode!r} needs a noise prediction but {why}; use random or ddim_inversion")

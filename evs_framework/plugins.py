@@ -4,6 +4,10 @@ Built-in plugins are ordinary plugin modules: they are declared as `evs` entry p
 exactly as a third-party package would declare its own, and they are also listed here so that EVS works
 from a source checkout that was never installed. `EVS_PLUGINS=name,name` limits which third-party entry
 points load (an empty value loads none); built-ins always load.
+
+Every name a plugin provides can be written `<plugin>:<name>`. The bare name goes to its first provider, built-ins
+before third-party plugins, so installing a plugin never takes a name away from EVS itself; two third-party
+plugins giving the same name leave the bare name ambiguous (an error that names both, when it is used).
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ from importlib.metadata import entry_points
 
 import attrs
 import pluggy
+import structlog
 
 from evs_framework import hookspecs
 from evs_framework.errors import PluginError, did_you_mean
+
+log = structlog.get_logger(__name__)
 
 ENTRY_POINT_GROUP = "evs"
 LIMIT_ENV = "EVS_PLUGINS"
@@ -64,29 +71,56 @@ class Provided:
 
 @attrs.define
 class Catalogue:
-    """Everything the loaded plugins provide, by section and name, with the providing plugin."""
+    """Everything the loaded plugins provide, by section: `sections` by bare name, `qualified` by
+    `<plugin>:<name>`, and the bare names that two third-party plugins give (`ambiguous`)."""
 
     sections: dict[str, dict[str, Provided]] = attrs.field(factory=lambda: {s: {} for s in CATALOGUE_HOOKS})
+    qualified: dict[str, dict[str, Provided]] = attrs.field(factory=lambda: {s: {} for s in CATALOGUE_HOOKS})
+    ambiguous: dict[str, dict[str, list[str]]] = attrs.field(factory=lambda: {s: {} for s in CATALOGUE_HOOKS})
+    builtin: frozenset[str] = frozenset()  # names of the built-in plugins
 
     def add(self, section: str, name: str, value: object, plugin: str) -> None:
         expected = _section_types().get(section)
         if expected is not None and not isinstance(value, expected):
             raise PluginError(f"plugin {plugin!r} registers {section[:-1]} {name!r} as a {type(value).__name__}, not an "
                               f"{expected.__module__}.{expected.__name__}; wrap it in one (hookspecs.py says how)")
-        entries = self.sections[section]
-        if name in entries:
-            raise PluginError(
-                f"{section[:-1]} {name!r} is provided by both plugin {entries[name].plugin!r} and plugin {plugin!r}; "
-                f"uninstall one of them or leave one out with {LIMIT_ENV}"
-            )
-        entries[name] = Provided(value, plugin)
+        provided = Provided(value, plugin)
+        self.qualified[section][f"{plugin}:{name}"] = provided
+        entries, ambiguous = self.sections[section], self.ambiguous[section]
+        if name in ambiguous:
+            ambiguous[name].append(plugin)
+        elif name not in entries:
+            entries[name] = provided
+        elif entries[name].plugin in self.builtin:
+            if plugin in self.builtin:
+                raise PluginError(f"built-in plugins {entries[name].plugin!r} and {plugin!r} both provide "
+                                  f"{section[:-1]} {name!r}")
+            log.warning("plugin_name_taken", section=section, name=name, plugin=plugin,
+                        use=f"{plugin}:{name}", kept=entries[name].plugin)
+        else:
+            ambiguous[name] = [entries.pop(name).plugin, plugin]
+
+    def ambiguity(self, section: str, name: str) -> str | None:
+        """Why a bare name cannot be used: two third-party plugins provide it (None when they do not)."""
+        if name not in self.ambiguous[section]:
+            return None
+        plugins = sorted(self.ambiguous[section][name])
+        return (f"{section[:-1]} {name!r} is provided by plugins {' and '.join(map(repr, plugins))}; "
+                f"say which: {' or '.join(f'{p}:{name}' for p in plugins)}")
 
     def get(self, section: str, name: str):
+        if name in self.qualified[section]:
+            return self.qualified[section][name].value
+        if name in self.ambiguous[section]:
+            raise PluginError(self.ambiguity(section, name))
         entries = self.sections[section]
         if name not in entries:
             raise PluginError(f"no plugin provides {section[:-1]} {name!r}{did_you_mean(name, entries)}; "
                               f"install the plugin that provides it (`evs plugins` lists what is loaded)")
         return entries[name].value
+
+    def has(self, section: str, name: str) -> bool:
+        return name in self.sections[section] or name in self.qualified[section]
 
     def names(self, section: str) -> list[str]:
         return sorted(self.sections[section])
@@ -128,9 +162,11 @@ def _register_entry_points(manager: pluggy.PluginManager) -> None:
 
 
 def _fill_catalogue(manager: pluggy.PluginManager) -> Catalogue:
-    catalogue = Catalogue()
+    builtin = frozenset(name.rsplit(".", 1)[-1] for name in BUILTIN_PLUGINS)
+    catalogue = Catalogue(builtin=builtin)
     for section, hook_name in CATALOGUE_HOOKS.items():
-        for impl in getattr(manager.hook, hook_name).get_hookimpls():
+        impls = getattr(manager.hook, hook_name).get_hookimpls()
+        for impl in sorted(impls, key=lambda impl: impl.plugin_name not in builtin):  # built-ins first
             def register(name, value, _section=section, _plugin=impl.plugin_name):
                 catalogue.add(_section, name, value, _plugin)
 
@@ -156,8 +192,12 @@ def describe(plugins: Plugins) -> list[tuple[str, str, list[str]]]:
     rows = []
     for name, module in plugins.manager.list_name_plugin():
         provided = {}
-        for section, entries in plugins.catalogue.sections.items():
-            mine = sorted(n for n, p in entries.items() if p.plugin == name)
+        catalogue = plugins.catalogue
+        for section, entries in catalogue.qualified.items():
+            # the bare name where this plugin holds it, else the one that reaches its entry
+            mine = sorted(bare if catalogue.sections[section].get(bare) is provided_entry else qualified
+                          for qualified, provided_entry in entries.items() if provided_entry.plugin == name
+                          for bare in [qualified.split(":", 1)[1]])
             if mine:
                 provided[section] = mine
         hooks = sorted(h.name for h in plugins.manager.get_hookcallers(module) or [] if h.name not in CATALOGUE_HOOKS.values())

@@ -1,8 +1,10 @@
 """The model registry: names used in configs (`EP`, `lightningEP`, ...) mapped to a backend kind, weight
 locations and a sampling preset. It is data (registry.yaml); adding an SD1.5 fine-tune is a YAML edit.
 
-Files are read in order (the project's registry.yaml, then each path in `EVS_REGISTRY`, then `--registry`);
-a later file's entry replaces an earlier one of the same name.
+Files are read in order: the project's registry.yaml, the files plugins ship (`registry_files` hook), each
+path in `EVS_REGISTRY`, then `--registry`. A plugin's names can always be written `<plugin>:<name>`; the bare
+name works too unless EVS's own registry has it or two plugins give it. A name in a user's file (`EVS_REGISTRY`,
+`--registry`) replaces an earlier entry of that name. A preset named in a file may be defined in any file before it.
 """
 
 from __future__ import annotations
@@ -99,8 +101,13 @@ class ModelEntry:
 @attrs.frozen
 class Registry:
     entries: dict[str, ModelEntry]
+    ambiguous: dict[str, list[str]] = attrs.Factory(dict)  # bare names two plugins give -> those plugins
 
     def get(self, name: str) -> ModelEntry:
+        if name in self.ambiguous:
+            plugins = sorted(self.ambiguous[name])
+            raise RegistryError(f"model name {name!r} is given by plugins {' and '.join(map(repr, plugins))}; say which: "
+                                f"{' or '.join(f'{p}:{name}' for p in plugins)}")
         if name not in self.entries:
             raise RegistryError(f"unknown model name {name!r}{did_you_mean(name, self.entries)}; "
                                 f"add it to registry.yaml or fix the name (`evs models` lists them)")
@@ -137,21 +144,50 @@ def _entries_of(file: Path, known_presets: dict[str, Preset]) -> tuple[dict[str,
 
 
 def registry_files(extra=()) -> list[Path]:
+    """The user's registry files, after EVS's own and the plugins': `EVS_REGISTRY`'s, then `extra` (--registry)."""
     from_env = [Path(p) for p in os.environ.get(REGISTRY_ENV, "").split(os.pathsep) if p]
-    return [DEFAULT_REGISTRY, *from_env, *map(Path, extra)]
+    return [*from_env, *map(Path, extra)]
 
 
-def load_registry(extra=()) -> Registry:
-    entries: dict[str, ModelEntry] = {}
-    presets: dict[str, Preset] = {}
+def plugin_registry_files(plugins) -> list[tuple[str, Path]]:
+    """(plugin name, file) for each registry file a loaded plugin ships."""
+    return [(impl.plugin_name, Path(path)) for impl in plugins.manager.hook.registry_files.get_hookimpls()
+            for path in impl.function() or ()]
+
+
+def _namespaced(entry: ModelEntry, plugin: str, own_names) -> ModelEntry:
+    """A plugin's entry under `plugin:name`; a `base` that names another entry of the same plugin follows it."""
+    base = f"{plugin}:{entry.base}" if entry.base in own_names else entry.base
+    return attrs.evolve(entry, name=f"{plugin}:{entry.name}", base=base)
+
+
+def load_registry(extra=(), plugins=None) -> Registry:
+    """EVS's registry, the files of `plugins` (an evs_framework.plugins.Plugins) and the user's files."""
+    entries, presets = _entries_of(DEFAULT_REGISTRY, {})
+    core = set(entries)
+    givers: dict[str, list[str]] = {}  # bare names plugins give -> the plugins giving them
+    for plugin, file in plugin_registry_files(plugins) if plugins is not None else ():
+        file_entries, presets = _entries_of(file, presets)
+        for name, entry in file_entries.items():
+            entry = _namespaced(entry, plugin, file_entries)
+            entries[entry.name] = entry
+            if name in core:
+                log.warning("plugin_model_name_taken", name=name, plugin=plugin, use=entry.name)
+                continue
+            givers.setdefault(name, []).append(plugin)
+            entries[name] = entry
+    ambiguous = {name: plugins_ for name, plugins_ in givers.items() if len(plugins_) > 1}
+    for name in ambiguous:
+        del entries[name]
     for file in registry_files(extra):
         file_entries, presets = _entries_of(file, presets)
         for name, entry in file_entries.items():
             if name in entries:
                 log.info("registry_override", name=name, was=entries[name].source, now=entry.source)
             entries[name] = entry
+            ambiguous.pop(name, None)
     for entry in entries.values():
         if entry.base is not None and entry.base not in entries:
             raise RegistryError(f"model {entry.name!r} ({entry.source}) builds on unknown base {entry.base!r}"
                                 f"{did_you_mean(entry.base, entries)}; fix its `base`")
-    return Registry(entries)
+    return Registry(entries, ambiguous)

@@ -32,6 +32,10 @@ SEED_EXAMPLE = {
 }
 
 
+# Core tests see EVS's own plugins only, whatever third-party plugins are installed beside it; tests of third-party
+# loading install their own and clear this (the `site` fixture in test_plugins.py)
+os.environ["EVS_PLUGINS"] = ""
+
 # Two test workers share the machine's cores: one torch thread each (the CLI's default reads this variable too)
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)

@@ -116,12 +116,23 @@ def test_third_party_backend_and_composition_run(site, tmp_path, zoo, clip_file,
     assert sidecar["composition"] == "toy_two_pass" and sidecar["models"] == {"idm": "toy"}
 
 
-def test_duplicate_names_name_both_plugins(site):
+def test_a_plugin_cannot_take_a_built_in_name_and_is_reached_by_its_own(site):
     install(site, "evs_dup_plugin", "dup", "evs_dup_plugin", DUPLICATE_PLUGIN)
-    with pytest.raises(PluginError) as caught:
-        load_plugins()
-    assert "composition 'IDM'" in str(caught.value)
-    assert "'compositions'" in str(caught.value) and "'dup'" in str(caught.value)
+    catalogue = load_plugins().catalogue
+    built_in = catalogue.get("compositions", "IDM")
+    assert catalogue.sections["compositions"]["IDM"].plugin == "compositions"  # EVS keeps its name
+    assert catalogue.get("compositions", "dup:IDM") is not built_in
+    assert catalogue.get("compositions", "dup:IDM").stages[0].start == 1.0
+
+
+def test_a_name_two_plugins_give_must_be_qualified(site):
+    install(site, "evs_dup_plugin", "dup", "evs_dup_plugin", DUPLICATE_PLUGIN.replace('"IDM"', '"shared"'))
+    install(site, "evs_toy_plugin", "dup2", "evs_toy_plugin", DUPLICATE_PLUGIN.replace('"IDM"', '"shared"'))
+    catalogue = load_plugins().catalogue
+    with pytest.raises(PluginError, match="composition 'shared' is provided by plugins 'dup' and 'dup2'; say which: "
+                                          "dup:shared or dup2:shared"):
+        catalogue.get("compositions", "shared")
+    assert catalogue.get("compositions", "dup2:shared").name == "shared"
 
 
 def test_environment_variable_limits_third_party_plugins(site, monkeypatch):
@@ -170,3 +181,60 @@ def test_the_readme_plugin_example_works(tmp_path, monkeypatch):
     torch.testing.assert_close(x_next, 0.5 * x)
     assert len(calls) == 2 and midpoint.calls((2.0, 1.0, 0.0), {}) == 3  # two, then one into sigma 0
     sys.modules.pop("evs_midpoint", None)
+
+
+REGISTRY_PLUGIN = '''
+from pathlib import Path
+
+from evs_framework.hookspecs import hookimpl
+
+
+@hookimpl
+def registry_files():
+    return [Path(__file__).with_name("{name}_models.yaml")]
+'''
+
+PLUGIN_MODELS = """
+models:
+  SD:             # EVS's own registry has this name: reachable as <plugin>:SD only
+    kind: sd15
+    type: t2i
+    weights: {local: other-sd}
+    preset: sd15
+  myLightning:    # a motion adapter over the plugin's own SD, with a preset from EVS's registry
+    kind: animatediff
+    type: t2v
+    base: SD
+    weights: {local: my_adapter.safetensors}
+    preset: lightning_8step
+"""
+
+
+def install_registry_plugin(site, dist, name):
+    install(site, dist, name, dist, REGISTRY_PLUGIN.replace("{name}", name))
+    (site / f"{name}_models.yaml").write_text(PLUGIN_MODELS)
+
+
+def test_a_plugin_ships_model_names_namespaced_and_never_replacing_evs_own(site):
+    from evs_framework.registry import load_registry
+
+    install_registry_plugin(site, "evs_toy_plugin", "toy")
+    registry = load_registry(plugins=load_plugins())
+    assert registry.get("SD").weights.local != "other-sd"  # EVS's SD stays
+    assert registry.get("toy:SD").weights.local == "other-sd"
+    lightning = registry.get("myLightning")
+    assert lightning is registry.get("toy:myLightning") and lightning.base == "toy:SD"  # its base is the plugin's SD
+    assert lightning.preset.steps == 8 and lightning.preset.spacing == "trailing"
+
+
+def test_a_model_name_two_plugins_ship_must_be_qualified(site):
+    from evs_framework.errors import RegistryError
+    from evs_framework.registry import load_registry
+
+    install_registry_plugin(site, "evs_toy_plugin", "toy")
+    install_registry_plugin(site, "evs_dup_plugin", "dup")
+    registry = load_registry(plugins=load_plugins())
+    with pytest.raises(RegistryError, match="model name 'myLightning' is given by plugins 'dup' and 'toy'; say which: "
+                                            "dup:myLightning or toy:myLightning"):
+        registry.get("myLightning")
+    assert registry.get("dup:myLightning").base == "dup:SD"
