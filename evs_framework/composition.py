@@ -15,10 +15,11 @@ Each stage says:
 - `start`: a strength in (0, 1] (the fraction of the model's schedule to run, as in img2img), `resume`
   to continue where this model last stopped, or `current` to start at the model's first level at or below
   the trajectory's present noise level;
-- how far to go: `steps: N` steps, or `stop: window` (until `stable_steps[k]` steps of this model remain,
+- how far to go: `steps: N` steps (0: the transfer alone), or `stop: window` (until `stable_steps[k]` steps of this model remain,
   k counting the windows used so far; to the end once none are left) or `stop: end`;
 - optionally `ops`: latent ops (`{name: upscale, params: {factor: 2}}`) applied to the clean estimate before
-  the transfer, and `transfer_params`: parameters of the `enter` transfer.
+  the transfer, `transfer_params`: parameters of the `enter` transfer, and `guidance`: the stage's own
+  classifier-free guidance scale.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Stage:
     steps: int | str | None = None
     ops: tuple[StageOp, ...] = ()
     transfer_params: dict[str, float | int | str] = attrs.field(factory=dict)
+    guidance: float | str | None = None  # this stage's classifier-free guidance, instead of the model's
 
 
 @attrs.frozen

@@ -8,6 +8,7 @@ recorded beside the plan's count for it, so a sampler or transfer that did not d
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Protocol
 
@@ -62,6 +63,19 @@ class StepObserver(Protocol):
     def step_end(self, op: DenoiseOp, step: int, sigma: float, latents: torch.Tensor) -> None: ...
 
 
+@contextlib.contextmanager
+def _guidance(denoiser: Denoiser, guidance: float | None):
+    """The denoiser with a stage's own guidance for the op (its calls still count on it)."""
+    if guidance is None:
+        yield
+        return
+    model_guidance, denoiser.guidance = denoiser.guidance, guidance
+    try:
+        yield
+    finally:
+        denoiser.guidance = model_guidance
+
+
 def unplanned_calls(records: list[OpRecord]) -> list[str]:
     """Each op whose model calls differ from the plan's count, in words (empty when the plan held)."""
     return [f"op {r.index} ({r.op}, {r.model}): {r.unet_calls} UNet calls made, {r.planned_unet_calls} planned"
@@ -86,21 +100,22 @@ def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, ca
         elif isinstance(op, TransferOp):
             transfer = catalogue.get("transfers", op.strategy)
             context = TransferContext(state.clean, state.eps, state.sigma, op.sigma_to, op.levels, denoisers[op.model],
-                                      plan.inversion_guidance, generator, op, op.params, video_state)
+                                      plan.inversion_guidance, generator, op, op.params, video_state, state.x)
             state.x, state.sigma = transfer.run(context), op.sigma_to
         else:
             sampler = catalogue.get("samplers", op.sampler)
             denoiser = denoisers[op.model]
             op_state: dict = {}
-            for step, (sigma, sigma_next) in enumerate(zip(op.sigmas, op.sigmas[1:])):
-                if observer is not None:
-                    observer.step_start(op, step, sigma)
-                context = StepContext(step, op.sigmas, op, op.sampler_params, op_state, video_state, generator)
-                state.x, prediction = sampler.step(denoiser, state.x, context)
-                state.clean, state.eps, state.sigma = prediction.x0, prediction.eps, sigma_next
-                _check_finite(state.x, index, op, sigma)
-                if observer is not None:
-                    observer.step_end(op, step, sigma_next, state.x)
+            with _guidance(denoiser, op.guidance):
+                for step, (sigma, sigma_next) in enumerate(zip(op.sigmas, op.sigmas[1:])):
+                    if observer is not None:
+                        observer.step_start(op, step, sigma)
+                    context = StepContext(step, op.sigmas, op, op.sampler_params, op_state, video_state, generator)
+                    state.x, prediction = sampler.step(denoiser, state.x, context)
+                    state.clean, state.eps, state.sigma = prediction.x0, prediction.eps, sigma_next
+                    _check_finite(state.x, index, op, sigma)
+                    if observer is not None:
+                        observer.step_end(op, step, sigma_next, state.x)
         _check_finite(state.x, index, op, state.sigma)
         if state.x.device.type == "cuda":
             torch.cuda.synchronize(state.x.device)

@@ -59,6 +59,7 @@ class TransferOp:
     levels: tuple[float, ...]
     unet_calls: int
     params: dict = attrs.Factory(dict)  # the transfer's parameters
+    evaluations: int = 0  # model evaluations (inversion steps) before guidance doubles them
 
 
 @attrs.frozen
@@ -72,6 +73,7 @@ class DenoiseOp:
     timesteps: tuple[int, ...]
     unet_calls: int
     sampler_params: dict = attrs.Factory(dict)
+    guidance: float | None = None  # the stage's guidance; None: the model's
 
     @property
     def steps(self) -> int:
@@ -108,7 +110,7 @@ class Plan:
                 totals[op.model]["steps"] += op.steps
                 totals[op.model]["unet_calls"] += op.unet_calls
             elif isinstance(op, TransferOp):
-                totals[op.model]["inversion_steps"] += len(op.levels) - 1 if op.unet_calls else 0
+                totals[op.model]["inversion_steps"] += op.evaluations
                 totals[op.model]["unet_calls"] += op.unet_calls
         return totals
 
@@ -225,7 +227,7 @@ class _Planner:
             raise PlanError(self.problems)
         return Plan(composition.name, self.models, tuple(self.ops), tuple(self.notes), self.spec.settings.inversion_guidance)
 
-    def stage_ops(self, index: int, stage: Stage, where: str, fit: bool = False) -> None:
+    def stage_ops(self, index: int, stage: Stage, where: str, fit: bool = False, first_level: int | None = None) -> None:
         """The ops of one stage. `fit` (as in a cycle): a `steps: N` beyond what the model has left runs to its end,
         and a `start: current` stage whose model has no level left is skipped with a note."""
         model = self.model(stage.model, where)
@@ -234,7 +236,12 @@ class _Planner:
             return
         schedule, total = model.schedule, model.schedule.steps
 
-        if start == "resume":
+        if first_level is not None:
+            if not 0 <= first_level < total:
+                self.problem(f"{where}: level {first_level} is not one of the model's levels 0..{total - 1}")
+                return
+            first = first_level
+        elif start == "resume":
             if stage.model not in self.resume:
                 if stage.model not in self.failed:
                     self.problem(f"{where}: starts with `resume` but the {stage.model} model has not run yet")
@@ -261,6 +268,10 @@ class _Planner:
             return
 
         windows = self.spec.settings.stable_steps
+        if steps == 0:  # a transfer alone: the trajectory moves to the level, no model step follows
+            self.enter(index, model, enter, first, stage, where)
+            self.sigma, self.has_prediction = schedule.levels[first], False
+            return
         if steps is not None:
             stop = first + steps if isinstance(steps, int) else -1
             if fit and stop > total:
@@ -287,17 +298,23 @@ class _Planner:
             stop = total
 
         self.enter(index, model, enter, first, stage, where)
-        # a resumed model picks up at its own next level, a small step down by design
-        if start != "resume" and self.ops and isinstance(self.ops[-1], TransferOp):
+        # a resumed model picks up at its own next level, and `current` the level at or below, by design
+        if start not in ("resume", "current") and first_level is None and self.ops and isinstance(self.ops[-1], TransferOp):
             self.note_level_jump(where, model, self.ops[-1].sigma_to)
         sigmas = schedule.levels[first:stop + 1]
         if any(b >= a for a, b in zip(sigmas, sigmas[1:])):
             self.problem(f"{where}: sigma does not decrease over levels {first}..{stop} ({sigmas}); "
                          f"use fewer steps or another spacing")
+        guidance = None if stage.guidance is None else self.setting(stage.guidance, where)
+        if guidance is not None and not isinstance(guidance, (int, float)):
+            self.problem(f"{where}: guidance {guidance!r} must be a number")
+            return
         sampler = self.catalogue.get("samplers", model.sampler)
-        calls = sampler.calls(tuple(sigmas), model.sampler_params) * model.calls_per_step
+        per_call = model.calls_per_step if guidance is None else (1 if guidance == 1.0 else 2)
+        calls = sampler.calls(tuple(sigmas), model.sampler_params) * per_call
         self.ops.append(DenoiseOp(index, stage.model, model.sampler, first, stop, tuple(sigmas),
-                                  schedule.timesteps[first:stop], calls, model.sampler_params))
+                                  schedule.timesteps[first:stop], calls, model.sampler_params,
+                                  None if guidance is None else float(guidance)))
         off_trained = untrained_timesteps(model.entry.preset, schedule.timesteps[first:stop])
         if off_trained:
             self.notes.append(f"{where}: {model.entry.name} steps at t={list(off_trained)} are not among the timesteps it "
@@ -337,10 +354,11 @@ class _Planner:
         self.problems.extend(unknown_parameters(f"transfer {mode!r}", transfer.parameters, given, f"{where}: transfer_params"))
         schedule = model.schedule
         levels = tuple(reversed(schedule.levels[first:]))
-        guidance_calls = 1 if self.spec.settings.inversion_guidance == 1.0 else 2
-        calls = transfer.model_steps(len(levels) - 1) * guidance_calls
-        self.ops.append(TransferOp(index, model.role, mode, first, self.sigma, schedule.levels[first], levels, calls,
-                                   {**transfer.parameters, **given}))
+        params = {**transfer.parameters, **given}
+        guidance = self.spec.settings.inversion_guidance if params.get("guidance") is None else params["guidance"]
+        evaluations = transfer.evaluations(levels, self.sigma, params)
+        self.ops.append(TransferOp(index, model.role, mode, first, self.sigma, schedule.levels[first], levels,
+                                   evaluations * (1 if guidance == 1.0 else 2), params, evaluations))
 
     def note_level_jump(self, where: str, model: PlannedModel, sigma_to: float) -> None:
         """Hand-overs that are legal but probably not meant: below the current level, or far above the start."""
@@ -400,9 +418,16 @@ class PlanBuilder:
     def problem(self, text: str) -> None:
         self._planner.problem(f"{self.composition}: {text}")
 
-    def stage(self, stage: Stage, fit: bool = False) -> bool:
+    def levels(self, role: str) -> tuple[float, ...]:
+        """The role's model's noise levels, from its first step's down to 0.0 (empty when it cannot be planned)."""
+        model = self._planner.model(role, f"{self.composition}: {role}")
+        return () if model is None else model.schedule.levels
+
+    def stage(self, stage: Stage, fit: bool = False, first_level: int | None = None) -> bool:
         """Plan one stage; False when it had a problem. `fit`: fit the stage to what its model has left (`steps: N`
-        past the model's end stops there; a `start: current` stage with no level left is skipped, with a note)."""
+        past the model's end stops there; a `start: current` stage with no level left is skipped, with a note).
+        `first_level` starts it at that level of its model's schedule, whatever `start` says. A stage of
+        `steps: 0` is its transfer alone."""
         index = self.stages_planned
         self.stages_planned += 1
         where = f"{self.composition} stage {index + 1} ({stage.model})"
@@ -411,7 +436,7 @@ class PlanBuilder:
             self._planner.problems.extend(shape)
             return False
         before = len(self._planner.problems)
-        self._planner.stage_ops(index, stage, where, fit)
+        self._planner.stage_ops(index, stage, where, fit, first_level)
         if len(self._planner.problems) > before:
             self._planner.failed.add(stage.model)
             return False

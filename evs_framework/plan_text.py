@@ -25,7 +25,7 @@ def format_plan(plan: Plan, title: str = "") -> str:
             rows.append((i, op.stage + 1, op.name, name, detail, "clean", "-", "-", 0))
         elif isinstance(op, TransferOp):
             timestep = plan.models[op.model].schedule.timestep_of_level(op.level)
-            steps = len(op.levels) - 1 if op.unet_calls else "-"
+            steps = op.evaluations or "-"
             rows.append((i, op.stage + 1, "transfer", name, op.strategy,
                          f"{_sigma(op.sigma_from)} -> {_sigma(op.sigma_to)}",
                          f"level {op.level}" + (f" (t={timestep:g})" if timestep is not None else ""), steps, op.unet_calls))

@@ -17,6 +17,8 @@ from evs_framework.denoiser import Denoiser
 
 @attrs.frozen
 class TransferContext:
+    """`x` is the present latent at `sigma_from` (the source latent at the start)."""
+
     clean: torch.Tensor
     eps: torch.Tensor | None
     sigma_from: float
@@ -30,17 +32,24 @@ class TransferContext:
     params: dict = attrs.Factory(dict)  # the transfer's parameters: its defaults, overridden by the stage
     # lives for the whole video, shared with its samplers and other transfers: key it by your plugin's name
     video_state: dict = attrs.Factory(dict)
+    x: torch.Tensor | None = None
+
+
+def no_evaluations(levels: tuple[float, ...], sigma_from: float, params) -> int:
+    return 0
 
 
 @attrs.frozen
 class Transfer:
     name: str
     run: Callable[[TransferContext], torch.Tensor]
-    # model evaluations (before guidance doubling) for a target `levels_up` schedule levels above clean
-    model_steps: Callable[[int], int] = lambda levels_up: 0
+    # model evaluations it makes (before guidance doubles them), from what its context will hold: the target
+    # model's levels from clean up to the target, the level it starts from, its parameters
+    evaluations: Callable[[tuple[float, ...], float, dict], int] = no_evaluations
     needs_noise_prediction: bool = False
     description: str = ""
-    parameters: dict = attrs.Factory(dict)  # every parameter it reads, with its default
+    parameters: dict = attrs.Factory(dict)  # every parameter it reads, with its default; `guidance`, when declared,
+    # is the guidance its model evaluations use (the plan doubles their count unless it is 1)
 
 
 def fresh_noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

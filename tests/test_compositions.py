@@ -171,3 +171,26 @@ def test_every_k_cycle_runs_with_exact_totals(clip_file, plugins, registry, tiny
     assert not any(isinstance(op, LatentOp) for op in plan.ops)
     records, made = run_counted(spec, plan, tiny_backends[1], plugins)
     assert unplanned_calls(records) == [] and made == {r: t["unet_calls"] for r, t in plan.totals().items()}
+
+
+def test_iv_mixed_on_one_grid_makes_the_papers_two_t2i_and_three_t2v_evaluations_a_step(clip_file, tmp_path, plugins):
+    """With the T2V on the T2I's own grid (as the IV-Mixed code runs both on one DDIM grid), each zig-zag step is
+    one T2I step down, one T2V step down, one T2I and one T2V inversion step up, and the T2V's own step."""
+    from evs_framework.registry import load_registry
+
+    (tmp_path / "grid.yaml").write_text(
+        "models:\n  lightningOnSDGrid:\n    kind: animatediff\n    type: t2v\n    base: EP\n"
+        "    weights: {local: animatediff_lightning_8step_diffusers.safetensors}\n"
+        "    preset: {beta_schedule: scaled_linear, steps: 8, spacing: leading, steps_offset: 1, guidance: 1.0}\n")
+    registry = load_registry([tmp_path / "grid.yaml"])
+    spec = native(clip_file, "IV_mixed", idm={"steps": 8}, vdm_inverse_strength=1.0)
+    spec = attrs.evolve(spec, models={**spec.models, "vdm": attrs.evolve(spec.models["vdm"], name="lightningOnSDGrid")})
+    plan = make_plan(spec, registry, plugins)
+    assert plan.models["idm"].schedule.levels == plan.models["vdm"].schedule.levels
+    zigzag_steps = 8 - 2  # the first and last T2V steps are plain
+    totals = plan.totals()
+    assert totals["idm"]["steps"] == totals["idm"]["inversion_steps"] == zigzag_steps
+    assert totals["vdm"]["steps"] == 8 + zigzag_steps and totals["vdm"]["inversion_steps"] == zigzag_steps
+    # guidance +-4 doubles the zig-zag's calls; the T2V's own steps are unguided (Lightning)
+    assert totals["idm"]["unet_calls"] == 2 * 2 * zigzag_steps
+    assert totals["vdm"]["unet_calls"] == 8 + 2 * 2 * zigzag_steps

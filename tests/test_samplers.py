@@ -94,7 +94,7 @@ def test_wrong_sampler_choices_are_named_with_the_fix(clip_file, plugins, regist
 
 
 SAMPLERS = ("euler", "ddim", "heun", "dpmpp_2m", "lcm")
-COMPOSITIONS = ("IDM", "VDM", "basic", "IDM_VDM", "VDM_IDM", "IDM_VDM_IDM")
+COMPOSITIONS = ("IDM", "VDM", "basic", "IDM_VDM", "VDM_IDM", "IDM_VDM_IDM", "IV_mixed")
 
 
 @pytest.mark.parametrize("composition", COMPOSITIONS)
@@ -113,7 +113,9 @@ def test_plan_totals_are_the_calls_every_sampler_and_transfer_makes(composition,
             transfers_seen |= {op.strategy for op in plan.ops if hasattr(op, "strategy")}
     assert transfers_seen <= set(plugins.catalogue.names("transfers"))
     if composition == "IDM_VDM_IDM":
-        assert transfers_seen == set(plugins.catalogue.names("transfers"))  # random, ddim_inversion, ddim_renoise
+        assert transfers_seen == {"random", "ddim_inversion", "ddim_renoise"}
+    if composition == "IV_mixed":
+        assert "ddim_invert_up" in transfers_seen
 
 
 def test_a_sampler_that_miscounts_is_reported_in_the_sidecar(clip_file, tmp_path, context, plugins, registry, monkeypatch):
@@ -140,5 +142,7 @@ def test_a_sampler_that_miscounts_is_reported_in_the_sidecar(clip_file, tmp_path
     assert sidecar["unplanned_calls"] == [f"op 2 (DenoiseOp, vdm): {2 * planned} UNet calls made, {planned} planned"]
 
 
-def test_every_built_in_sampler_is_tested_here():
-    assert set(load_plugins().catalogue.names("samplers")) == set(SAMPLERS)
+def test_every_built_in_sampler_and_composition_is_tested_here():
+    catalogue = load_plugins().catalogue
+    assert set(catalogue.names("samplers")) == set(SAMPLERS)
+    assert set(catalogue.names("compositions")) == set(COMPOSITIONS)
