@@ -27,10 +27,12 @@ def register_backends(register):
 def register_transfers(register):
     """Provide transfer strategies that move a latent onto a model's noise level: `register(name, transfer)`.
 
-    `transfer` is an `evs_framework.transfer.Transfer`: a name, the function that maps a
-    `TransferContext` to the new latent, how many model evaluations it spends for a given number of
-    schedule levels, and whether it needs a noise prediction from an earlier step. The context carries the
-    `TransferOp` being run and `video_state`, a dict that lives for the whole video (key it by your plugin's name).
+    `transfer` is an `evs_framework.transfer.Transfer`: a name, the function that maps a `TransferContext` to the
+    new latent, `evaluations(levels, sigma_from, params)`: how many model evaluations that will make (the plan
+    counts with it; a run reports any op that differs), the `parameters` a stage may set (`transfer_params`) with
+    their defaults, and whether it needs a noise prediction from an earlier step. The context carries the present
+    latent `x`, the clean estimate and latest noise, the levels, the `TransferOp` being run, its parameters and
+    `video_state`, a dict that lives for the whole video (key it by your plugin's name).
     """
 
 
