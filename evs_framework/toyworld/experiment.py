@@ -10,6 +10,7 @@ a number with its uncertainty.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -23,6 +24,7 @@ from evs_framework import video_io
 from evs_framework.plan import make_plan
 from evs_framework.runner import run_job
 from evs_framework.spec import spec_from_data
+from evs_framework.toyworld import models
 from evs_framework.toyworld.measures import measure
 from evs_framework.toyworld.world import HELD_OUT_FIRST_SEED, ClipSpec, degrade, render_with_masks, sample_spec
 
@@ -72,15 +74,44 @@ def source_rows(clips: list[HeldOutClip]) -> list[dict]:
              **measure(read_clip(c.video), c.truth, c.masks, c.spec.step(), c.spec.colour)} for c in clips]
 
 
+def fingerprint(settings: dict | None = None) -> str:
+    """What a row's numbers depend on besides its clip and seed: the shipped toy models (their training record)
+    and the settings. Rows kept from an earlier run are reused only under the same fingerprint."""
+    record = (models.EXPORT_DIR / models.TRAINING_RECORD).read_bytes()
+    spent = json.dumps({**TOY_SETTINGS, **(settings or {})}, sort_keys=True).encode()
+    return hashlib.sha256(record + spent).hexdigest()[:16]
+
+
+def kept_rows(rows_file: Path, key: str) -> list[dict]:
+    """The rows of `rows_file` measured under fingerprint `key` (the latest of any repeated one)."""
+    if not rows_file.is_file():
+        return []
+    rows = {}
+    for line in rows_file.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row.get("fingerprint") == key:
+            rows[row["composition"], row["clip"], row["seed"]] = row
+    return list(rows.values())
+
+
 def run_compositions(clips: list[HeldOutClip], compositions, seeds, out_dir: Path, registry, plugins, context,
                      settings: dict | None = None, progress: bool = False, rows_file: Path | None = None,
                      using_attn: bool = False, label: str | None = None) -> list[dict]:
     """One row per (composition, clip, seed): every measure, UNet calls and seconds; each row is also appended to
-    `rows_file` (JSON lines) as soon as it is known, so a long run cut short keeps what it measured. `label`
+    `rows_file` (JSON lines) as soon as it is known, so a long run cut short keeps what it measured, and a
+    (composition, seed) whose clips that file already holds under the same fingerprint is not run again. `label`
     names the rows' composition instead of the composition's own name (for runs that differ in settings)."""
+    key = fingerprint({**(settings or {}), "using_attn": using_attn})
+    kept = kept_rows(rows_file, key) if rows_file is not None else []
     rows = []
     for composition in compositions:
         for seed in seeds:
+            name = label or composition
+            done = [r for r in kept if r["composition"] == name and r["seed"] == seed
+                    and r["clip"] in {c.video.stem for c in clips}]
+            if len(done) == len(clips):
+                rows += sorted(done, key=lambda r: r["clip"])
+                continue
             spec = toy_spec(clips, composition, seed, out_dir / composition / f"seed{seed}", settings, using_attn)
             started = time.process_time()
             results = run_job(spec, make_plan(spec, registry, plugins, context), context, progress, overwrite=True)
@@ -88,7 +119,7 @@ def run_compositions(clips: list[HeldOutClip], compositions, seeds, out_dir: Pat
             for clip, result in zip(clips, results):
                 if result.error:
                     raise RuntimeError(f"{composition} failed on {clip.video.name}: {result.error}")
-                rows.append({"composition": label or composition, "clip": clip.video.stem, "seed": seed,
+                rows.append({"composition": name, "fingerprint": key, "clip": clip.video.stem, "seed": seed,
                              "unet_calls": result.unet_calls, "cpu_seconds": cpu_seconds,
                              **measure(read_clip(result.output), clip.truth, clip.masks, clip.spec.step(),
                                              clip.spec.colour)})
