@@ -56,6 +56,14 @@ def register_compositions(register):
 
 
 @hookspec
+def register_settings(register):
+    """Provide a namespace of settings for specs: `register(namespace, defaults)`, `defaults` a dict of each setting's
+    name and default value (a number, bool or string; a spec's value must have the same type). A spec sets them
+    under `plugin_settings: {namespace: {name: value}}`; compositions read them as `$namespace.name`, planners as
+    `builder.setting("namespace.name")`. Unknown namespaces and names in a spec are errors."""
+
+
+@hookspec
 def register_latent_ops(register):
     """Provide operations on clean latents (e.g. `upscale`): `register(name, op)`.
 

@@ -149,13 +149,41 @@ class _Planner:
         self.problems.append(text)
 
     def setting(self, value, where: str):
-        if isinstance(value, str) and value.startswith("$"):
-            name = value[1:]
-            if not hasattr(self.spec.settings, name):
-                self.problem(f"{where}: unknown setting {value!r}; settings are {', '.join(attrs.fields_dict(type(self.spec.settings)))}")
+        """`value`, or the setting it names when it is `$name` (`$namespace.name` for a plugin's)."""
+        if not (isinstance(value, str) and value.startswith("$")):
+            return value
+        name = value[1:]
+        if "." in name:
+            namespace, key = name.split(".", 1)
+            if not self.catalogue.has("settings", namespace):
+                self.problem(f"{where}: {value!r} names settings namespace {namespace!r}, which no loaded plugin "
+                             f"registers (known: {', '.join(self.catalogue.names('settings')) or 'none'})")
                 return None
-            return getattr(self.spec.settings, name)
-        return value
+            defaults = self.catalogue.get("settings", namespace)
+            if key not in defaults:
+                self.problem(f"{where}: unknown setting {value!r}; {namespace}'s settings are {', '.join(defaults)}")
+                return None
+            return self.spec.plugin_settings.get(namespace, {}).get(key, defaults[key])
+        if not hasattr(self.spec.settings, name):
+            self.problem(f"{where}: unknown setting {value!r}; settings are {', '.join(attrs.fields_dict(type(self.spec.settings)))}")
+            return None
+        return getattr(self.spec.settings, name)
+
+    def check_plugin_settings(self) -> None:
+        """The spec's `plugin_settings`: known namespaces and names, values of their defaults' types."""
+        for namespace, values in self.spec.plugin_settings.items():
+            where = f"$.plugin_settings.{namespace}"
+            if not self.catalogue.has("settings", namespace):
+                self.problem(f"{where}: no loaded plugin registers settings {namespace!r} (known: "
+                             f"{', '.join(self.catalogue.names('settings')) or 'none'}); install it or drop the key")
+                continue
+            defaults = self.catalogue.get("settings", namespace)
+            for key, value in values.items():
+                if key not in defaults:
+                    self.problem(f"{where}.{key}: unknown; {namespace}'s settings are {', '.join(defaults)}")
+                elif not _same_kind(value, defaults[key]):
+                    self.problem(f"{where}.{key}: {value!r} must have the type of its default {defaults[key]!r} "
+                                 f"({type(defaults[key]).__name__})")
 
     def model(self, role: str, where: str) -> PlannedModel | None:
         if role in self.models or role in self.failed:
@@ -205,6 +233,7 @@ class _Planner:
         return self.models[role]
 
     def plan(self, composition: Composition) -> Plan:
+        self.check_plugin_settings()
         builder = PlanBuilder(self, composition.name)
         if composition.planner is not None:
             composition.planner(builder)
@@ -464,6 +493,15 @@ def compile_stages(composition: Composition, builder: PlanBuilder) -> None:
             builder.problem(f"the cycle does not advance the {cycle.until} model; give its stage in the cycle `steps`")
             return
     builder.problem(f"the cycle ran {MAX_CYCLES} times without the {cycle.until} model finishing")
+
+
+def _same_kind(value, default) -> bool:
+    """A spec's value fits its default's type (an int where a float is expected does too)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
 
 
 def untrained_timesteps(preset, timesteps) -> tuple[int, ...]:

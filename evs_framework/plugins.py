@@ -53,6 +53,7 @@ CATALOGUE_HOOKS = {
     "compositions": "register_compositions",
     "latent_ops": "register_latent_ops",
     "metrics": "register_metrics",
+    "settings": "register_settings",
 }
 
 

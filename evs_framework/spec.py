@@ -112,6 +112,8 @@ class Spec:
     injection: InjectionSettings = InjectionSettings()
     video: VideoOptions = VideoOptions()
     output: OutputOptions = OutputOptions()
+    # a plugin's own settings, by the namespace it registers (`register_settings`): `$namespace.key` in compositions
+    plugin_settings: dict[str, dict[str, float | int | bool | str]] = attrs.field(factory=dict)
 
     @property
     def composition_name(self) -> str:

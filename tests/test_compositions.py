@@ -194,3 +194,48 @@ def test_iv_mixed_on_one_grid_makes_the_papers_two_t2i_and_three_t2v_evaluations
     # guidance +-4 doubles the zig-zag's calls; the T2V's own steps are unguided (Lightning)
     assert totals["idm"]["unet_calls"] == 2 * 2 * zigzag_steps
     assert totals["vdm"]["unet_calls"] == 8 + 2 * 2 * zigzag_steps
+
+
+def settings_plugin():
+    module = types.ModuleType("evs_test_every_k")
+
+    @hookimpl
+    def register_settings(register):
+        register("every_k", {"k": 3, "strength": 0.6})
+
+    @hookimpl
+    def register_compositions(register):
+        register("every_k_file", parse_composition({
+            "stages": [{"model": "idm", "enter": "random", "start": "$every_k.strength", "steps": "$every_k.k"}],
+            "cycle": {"until": "idm", "stages": [
+                {"model": "vdm", "enter": "ddim", "start": "current", "steps": 1},
+                {"model": "idm", "enter": "ddim", "start": "resume", "steps": "$every_k.k"}]}}, "every_k_file", "test"))
+
+    module.register_settings, module.register_compositions = register_settings, register_compositions
+    return module
+
+
+def idm_pieces(plan):
+    return [op.steps for op in plan.ops if isinstance(op, DenoiseOp) and op.model == "idm"]
+
+
+def test_a_plugins_settings_have_defaults_and_a_spec_sets_them(clip_file, registry):
+    plugins = load_plugins(extra=[settings_plugin()])
+    default = make_plan(native(clip_file, "every_k_file"), registry, plugins)
+    assert idm_pieces(default)[0] == 3
+    spec = attrs.evolve(native(clip_file, "every_k_file"), plugin_settings={"every_k": {"k": 5, "strength": 0.8}})
+    plan = make_plan(spec, registry, plugins)
+    assert idm_pieces(plan)[0] == 5 and sum(idm_pieces(plan)) == 40  # 80% of EP's 50 steps
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"every_kk": {"k": 5}}, r"\$\.plugin_settings\.every_kk: no loaded plugin registers settings 'every_kk' "
+                             r"\(known: every_k\)"),
+    ({"every_k": {"kk": 5}}, r"\$\.plugin_settings\.every_k\.kk: unknown; every_k's settings are k, strength"),
+    ({"every_k": {"k": "five"}}, r"\$\.plugin_settings\.every_k\.k: 'five' must have the type of its default 3 \(int\)"),
+])
+def test_wrong_plugin_settings_are_named(clip_file, registry, settings, message):
+    plugins = load_plugins(extra=[settings_plugin()])
+    spec = attrs.evolve(native(clip_file, "every_k_file"), plugin_settings=settings)
+    with pytest.raises(PlanError, match=message):
+        make_plan(spec, registry, plugins)
