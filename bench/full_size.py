@@ -23,7 +23,7 @@ import attrs
 import torch
 
 from evs_framework.loading import LoadContext, WeightSettings
-from evs_framework.plan import make_plan
+from evs_framework.planner import make_plan
 from evs_framework.plugins import load_plugins
 from evs_framework.registry import load_registry
 from evs_framework.runner import VideoRun, load_backends, make_denoisers, run_plan

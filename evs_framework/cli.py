@@ -160,7 +160,7 @@ def prepare_job(args, plugins, registry, parsed=None, source: str | None = None,
     one error, before any weight loads."""
     import torch
 
-    from evs_framework.plan import make_plan
+    from evs_framework.planner import make_plan
     from evs_framework.preflight import input_problems, weight_problems
     from evs_framework.spec import read_spec
 

@@ -4,7 +4,7 @@ As data, a composition is a list of stages, then `per_window` stages repeated on
 `stable_steps` setting, then a `cycle` of stages repeated until its `until` model has run to its end. A value
 written `$name` is read from the spec's settings (`$plugin.name` from a plugin's settings), so one
 composition file serves every config. A plugin may instead register a composition with a `planner`: a function
-given an `evs_framework.plan.PlanBuilder` that emits the stages itself (loops, branches, anything), and is planned,
+given an `evs_framework.planner.PlanBuilder` that emits the stages itself (loops, branches, anything), and is planned,
 counted and checked exactly as data is.
 
 Each stage says:
@@ -74,7 +74,7 @@ class Composition:
     stages: tuple[Stage, ...] = ()
     per_window: tuple[Stage, ...] = ()
     cycle: Cycle | None = None
-    # a function of an evs_framework.plan.PlanBuilder that emits the stages instead (for plugins; not in YAML)
+    # a function of an evs_framework.planner.PlanBuilder that emits the stages instead (for plugins; not in YAML)
     planner: Callable | None = attrs.field(default=None, eq=False)
 
     @property

@@ -52,7 +52,7 @@ def register_samplers(register):
 @hookspec
 def register_compositions(register):
     """Provide named compositions: `register(name, composition)` with an `evs_framework.composition.Composition`:
-    stages as data, or a `planner` function of an `evs_framework.plan.PlanBuilder` that emits the stages."""
+    stages as data, or a `planner` function of an `evs_framework.planner.PlanBuilder` that emits the stages."""
 
 
 @hookspec

@@ -71,7 +71,7 @@ def context(plugins, registry, zoo):
 @pytest.fixture(scope="session")
 def tiny_backends(zoo, plugins, registry):
     """The tiny EP and lightningEP backends, loaded once: (context, backends by role)."""
-    from evs_framework.plan import make_plan
+    from evs_framework.planner import make_plan
     from evs_framework.runner import load_backends
     from tests.planning import native
 

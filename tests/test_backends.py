@@ -13,7 +13,7 @@ from evs_framework.lora import read_lora
 from evs_framework.loading import LoadContext, WeightSettings
 from evs_framework.runner import run_job
 from evs_framework.spec import load_spec
-from evs_framework.plan import make_plan
+from evs_framework.planner import make_plan
 from evs_framework.zoo import ANIMATELCM_FOLDER, ANIMATELCM_LORA, SINGLE_FILES, WATERCOLOR_LORA
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

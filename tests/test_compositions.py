@@ -12,7 +12,8 @@ from evs_framework.composition import Composition, Cycle, Stage, StageOp, parse_
 from evs_framework.errors import PlanError, SpecError
 from evs_framework.executor import unplanned_calls
 from evs_framework.hookspecs import hookimpl
-from evs_framework.plan import DenoiseOp, LatentOp, TransferOp, make_plan
+from evs_framework.plan import DenoiseOp, LatentOp, TransferOp
+from evs_framework.planner import make_plan
 from evs_framework.plugins import load_plugins
 from evs_framework.transfer import Transfer
 from tests.planning import native, run_counted

@@ -12,7 +12,7 @@ import attrs
 import pytest
 import torch
 
-from evs_framework.plan import make_plan
+from evs_framework.planner import make_plan
 from evs_framework.plugins import describe, load_plugins
 from evs_framework.registry import load_registry
 from evs_framework.runner import run_job

@@ -21,7 +21,7 @@ from evs_framework import output_guard, runner
 from evs_framework.cli import INTERRUPTED, main
 from evs_framework.errors import VideoError
 from evs_framework.output_guard import LockOwner, claim_stem, lock_path, prepare_output_folder
-from evs_framework.plan import make_plan
+from evs_framework.planner import make_plan
 from evs_framework.runner import output_stems, run_job
 from evs_framework.spec import load_spec
 from evs_framework.video_io import write_video

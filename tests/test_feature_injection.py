@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from evs_framework.errors import PlanError
-from evs_framework.plan import make_plan
+from evs_framework.planner import make_plan
 from evs_framework.runner import VideoRun, load_backends, make_denoisers, run_plan
 from evs_framework.spec import spec_from_data
 from evs_framework.vae import encode_frames

@@ -17,7 +17,8 @@ from diffusers import (AnimateDiffVideoToVideoPipeline, DDIMInverseScheduler, DD
 from evs_framework.denoiser import Denoiser
 from evs_framework.executor import execute
 from evs_framework.loading import LoadContext, WeightSettings
-from evs_framework.plan import TransferOp, make_plan
+from evs_framework.plan import TransferOp
+from evs_framework.planner import make_plan
 from evs_framework.runner import make_denoisers
 from evs_framework.sigmas import TrainSchedule
 from evs_framework.spec import InputVideo, ModelChoice, Settings, Spec

@@ -3,7 +3,8 @@
 import pytest
 
 from evs_framework.errors import PlanError
-from evs_framework.plan import DenoiseOp, LatentOp, TransferOp, make_plan
+from evs_framework.plan import DenoiseOp, LatentOp, TransferOp
+from evs_framework.planner import make_plan
 from evs_framework.plan_text import format_plan
 from evs_framework.registry import load_registry
 from evs_framework.spec import spec_from_data

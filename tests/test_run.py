@@ -10,7 +10,7 @@ import torch
 from evs_framework import runner
 from evs_framework.cli import main
 from evs_framework.errors import EVSError, VideoError
-from evs_framework.plan import make_plan
+from evs_framework.planner import make_plan
 from evs_framework.runner import run_job
 from evs_framework.spec import load_spec
 from evs_plugins.animatediff import AnimateDiffBackend

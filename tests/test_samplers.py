@@ -10,7 +10,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from evs_framework.denoiser import Prediction
 from evs_framework.errors import PlanError, PluginError, SpecError
 from evs_framework.executor import unplanned_calls
-from evs_framework.plan import make_plan
+from evs_framework.planner import make_plan
 from evs_framework.plugins import Catalogue, load_plugins
 from evs_framework.sampler import StepContext
 from evs_framework.sigmas import ModelSchedule, TrainSchedule

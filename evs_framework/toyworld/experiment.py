@@ -21,7 +21,7 @@ import torch
 from scipy import stats
 
 from evs_framework import video_io
-from evs_framework.plan import make_plan
+from evs_framework.planner import make_plan
 from evs_framework.runner import run_job
 from evs_framework.spec import spec_from_data
 from evs_framework.toyworld import models

@@ -1,0 +1,420 @@
+"""Planning: a spec and a composition become a plan (evs_framework.plan), every problem found at once.
+
+A composition given as data is compiled to the same calls a planner function makes through a `PlanBuilder`:
+one stage at a time, each checked, counted and turned into ops by the same code.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from evs_framework.composition import Composition, Stage, check_composition, check_stage
+from evs_framework.errors import EVSError, PlanError, unknown_parameters
+from evs_framework.plan import DenoiseOp, LatentOp, Plan, PlannedModel, TransferOp, untrained_timesteps
+from evs_framework.plugins import Catalogue, Plugins
+from evs_framework.registry import Registry
+from evs_framework.spec import Spec
+
+ROLE_TYPES = {"idm": "t2i", "vdm": "t2v"}
+# a later stage entering above this multiple of the first stage's level is reported (the example config's
+# T2V window enters at 1.3x)
+RENOISE_WARNING = 1.5
+
+
+def resolve_composition(spec: Spec, catalogue: Catalogue) -> Composition:
+    if isinstance(spec.composition, Composition):
+        return spec.composition
+    try:
+        composition = catalogue.get("compositions", spec.composition)
+    except EVSError as exc:
+        raise PlanError(f"unknown composition (pipeline_mode) {spec.composition!r}: {exc}") from None
+    problems = check_composition(composition, f"composition {spec.composition!r}")  # a plugin's, never checked yet
+    if problems or composition.name != spec.composition.split(":", 1)[-1]:  # `plugin:name` reaches `name`
+        raise PlanError(problems or [f"composition {spec.composition!r} calls itself {composition.name!r}; the plugin "
+                                     f"that registers it must use one name"])
+    return composition
+
+
+class _Planner:
+    """Walks the stages once, collecting ops and every problem found."""
+
+    def __init__(self, spec: Spec, registry: Registry, catalogue: Catalogue, broken_roles=frozenset()):
+        self.spec, self.registry, self.catalogue = spec, registry, catalogue
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+        self.ops: list = []
+        self.models: dict[str, PlannedModel] = {}
+        self.failed: set[str] = set(broken_roles)  # roles whose model or a stage already had a problem
+        # the trajectory so far
+        self.sigma, self.has_prediction = 0.0, False
+        self.start_sigma: float | None = None  # where the first transfer put the trajectory
+        self.resume: dict[str, int] = {}  # role -> the level where it stopped
+        self.used_windows = 0
+
+    def problem(self, text: str) -> None:
+        self.problems.append(text)
+
+    def setting(self, value, where: str):
+        """`value`, or the setting it names when it is `$name` (`$namespace.name` for a plugin's)."""
+        if not (isinstance(value, str) and value.startswith("$")):
+            return value
+        name = value[1:]
+        if "." in name:
+            namespace, key = name.split(".", 1)
+            if not self.catalogue.has("settings", namespace):
+                self.problem(f"{where}: {value!r} names settings namespace {namespace!r}, which no loaded plugin "
+                             f"registers (known: {', '.join(self.catalogue.names('settings')) or 'none'})")
+                return None
+            defaults = self.catalogue.get("settings", namespace)
+            if key not in defaults:
+                self.problem(f"{where}: unknown setting {value!r}; {namespace}'s settings are {', '.join(defaults)}")
+                return None
+            return self.spec.plugin_settings.get(namespace, {}).get(key, defaults[key])
+        if not hasattr(self.spec.settings, name):
+            self.problem(f"{where}: unknown setting {value!r}; settings are {', '.join(attrs.fields_dict(type(self.spec.settings)))}")
+            return None
+        return getattr(self.spec.settings, name)
+
+    def check_plugin_settings(self) -> None:
+        """The spec's `plugin_settings`: known namespaces and names, values of their defaults' types."""
+        for namespace, values in self.spec.plugin_settings.items():
+            where = f"$.plugin_settings.{namespace}"
+            if not self.catalogue.has("settings", namespace):
+                self.problem(f"{where}: no loaded plugin registers settings {namespace!r} (known: "
+                             f"{', '.join(self.catalogue.names('settings')) or 'none'}); install it or drop the key")
+                continue
+            defaults = self.catalogue.get("settings", namespace)
+            for key, value in values.items():
+                if key not in defaults:
+                    self.problem(f"{where}.{key}: unknown; {namespace}'s settings are {', '.join(defaults)}")
+                elif not _same_kind(value, defaults[key]):
+                    self.problem(f"{where}.{key}: {value!r} must have the type of its default {defaults[key]!r} "
+                                 f"({type(defaults[key]).__name__})")
+
+    def model(self, role: str, where: str) -> PlannedModel | None:
+        if role in self.models or role in self.failed:
+            return self.models.get(role)
+        self.failed.add(role)
+        choice = self.spec.models.get(role)
+        if choice is None:
+            key = "idm_type" if role == "idm" else "vdm_type"
+            self.problem(f"{where}: the composition uses the {role} model but the spec names none; "
+                         f"add models.{role} (or {key} in an original config)")
+            return None
+        try:
+            entry = self.registry.get(choice.name)
+        except EVSError as exc:
+            self.problem(f"$.models.{role}.name: {exc}")
+            return None
+        if entry.type != ROLE_TYPES[role]:
+            self.problem(f"$.models.{role}.name: {entry.name!r} is a {entry.type} model but the {role} role needs a "
+                         f"{ROLE_TYPES[role]} model")
+        if not self.catalogue.has("backends", entry.kind):
+            self.problem(f"$.models.{role}.name: " + (self.catalogue.ambiguity("backends", entry.kind) or (
+                f"model {entry.name!r} needs backend {entry.kind!r}, which no loaded plugin provides; install its "
+                f"plugin (`evs plugins` lists what is loaded)")))
+        sampler_name = choice.sampler or entry.preset.sampler
+        if not self.catalogue.has("samplers", sampler_name):
+            whose = f"$.models.{role}.sampler: " if choice.sampler else f"$.models.{role}.name: model {entry.name!r} needs "
+            self.problem(self.catalogue.ambiguity("samplers", sampler_name) or (
+                f"{whose}sampler {sampler_name!r}, which no loaded plugin provides; use one of "
+                f"{', '.join(self.catalogue.names('samplers'))} or install its plugin (`evs plugins` lists what is loaded)"))
+            return None
+        sampler = self.catalogue.get("samplers", sampler_name)
+        problems = unknown_parameters(f"sampler {sampler_name!r}", sampler.parameters, choice.sampler_params,
+                                      f"$.models.{role}.sampler_params")
+        if problems:
+            self.problems.extend(problems)
+            return None
+        try:
+            schedule = entry.preset.schedule(choice.steps)
+            schedule.levels  # noqa: B018 - computing it validates the step count
+        except ValueError as exc:
+            self.problem(f"$.models.{role}.steps: {exc}")
+            return None
+        guidance = choice.guidance if choice.guidance is not None else entry.preset.guidance
+        self.models[role] = PlannedModel(role, entry, choice, schedule, guidance, sampler_name,
+                                         {**sampler.parameters, **choice.sampler_params})
+        self.failed.discard(role)
+        return self.models[role]
+
+    def plan(self, composition: Composition) -> Plan:
+        self.check_plugin_settings()
+        builder = PlanBuilder(self, composition.name)
+        if composition.planner is not None:
+            composition.planner(builder)
+        else:
+            compile_stages(composition, builder)
+
+        windows = self.spec.settings.stable_steps
+        if not self.failed and not builder.stages_planned:
+            self.problem(f"{composition.name}: the planner emitted no stage")
+        if not self.failed and self.sigma != 0.0:
+            self.problem(f"{composition.name}: the last stage stops at sigma {self.sigma:.4g} with noise left; "
+                         f"let the last stage run to `stop: end`")
+        if not self.failed and self.used_windows < len(windows):
+            if any(s.stop == "window" for s in composition.all_stages) or self.used_windows:
+                self.problem(f"$.settings.stable_steps: {len(windows)} windows given but composition {composition.name} "
+                             f"switches models at {self.used_windows}; drop the extra entries")
+            else:
+                self.notes.append(f"stable_steps {list(windows)} unused: composition {composition.name} has no window")
+        if self.problems:
+            raise PlanError(self.problems)
+        return Plan(composition.name, self.models, tuple(self.ops), tuple(self.notes), self.spec.settings.inversion_guidance)
+
+    def stage_ops(self, index: int, stage: Stage, where: str, fit: bool = False, first_level: int | None = None) -> None:
+        """The ops of one stage. `fit` (as in a cycle): a `steps: N` beyond what the model has left runs to its end,
+        and a `start: current` stage whose model has no level left is skipped with a note."""
+        model = self.model(stage.model, where)
+        enter, start, steps = (self.setting(v, where) for v in (stage.enter, stage.start, stage.steps))
+        if model is None or enter is None or start is None:
+            return
+        schedule, total = model.schedule, model.schedule.steps
+
+        if first_level is not None:
+            if not 0 <= first_level < total:
+                self.problem(f"{where}: level {first_level} is not one of the model's levels 0..{total - 1}")
+                return
+            first = first_level
+        elif start == "resume":
+            if stage.model not in self.resume:
+                if stage.model not in self.failed:
+                    self.problem(f"{where}: starts with `resume` but the {stage.model} model has not run yet")
+                return
+            first = self.resume[stage.model]
+        elif start == "current":
+            if not self.has_prediction:
+                self.problem(f"{where}: `start: current` continues at the trajectory's noise level, but no model has "
+                             f"run yet; give a strength")
+                return
+            first = schedule.level_at_or_below(self.sigma)
+        elif isinstance(start, (int, float)) and 0 < start <= 1:
+            first = schedule.start_level(start)
+        else:
+            self.problem(f"{where}: start {start!r} must be a strength in (0, 1], `resume` or `current`")
+            return
+        if first == total and fit and start == "current":
+            self.notes.append(f"{where}: skipped: {model.entry.name} has no level at or below sigma {self.sigma:.4g}")
+            return
+        if first == total:
+            self.problem(f"{where}: start {start!r} leaves none of the model's {total} steps to run; "
+                         + (f"raise it to at least {1 / total:.3g}" if isinstance(start, (int, float))
+                            else "the model has already run to its end"))
+            return
+
+        windows = self.spec.settings.stable_steps
+        if steps == 0:  # a transfer alone: the trajectory moves to the level, no model step follows
+            self.enter(index, model, enter, first, stage, where)
+            self.sigma, self.has_prediction = schedule.levels[first], False
+            return
+        if steps is not None:
+            stop = first + steps if isinstance(steps, int) else -1
+            if fit and stop > total:
+                stop = total
+            if stop <= first or stop > total:
+                asked = f"{stage.steps}={steps}" if isinstance(stage.steps, str) else str(steps)
+                self.problem(f"{where}: {asked} steps, but only {total - first} of the model's {total} "
+                             f"steps remain from level {first} (t={schedule.timesteps[first]}); lower it or raise the strength")
+                return
+        elif stage.stop == "window" and self.used_windows < len(windows):
+            k = self.used_windows
+            self.used_windows += 1
+            stop = total - windows[k]
+            if stop <= first:
+                if start == "resume":
+                    self.problem(f"{where}: windows overlap: stable_steps[{k}]={windows[k]} leaves no step after the "
+                                 f"previous window (stable_steps[{k - 1}]={windows[k - 1]}); list stable_steps in strictly "
+                                 f"decreasing order")
+                else:
+                    self.problem(f"{where}: stable_steps[{k}]={windows[k]} must be smaller than the {total - first} "
+                                 f"steps the model runs ({total} steps x strength {start}); lower it")
+                return
+        else:
+            stop = total
+
+        self.enter(index, model, enter, first, stage, where)
+        # a resumed model picks up at its own next level, and `current` the level at or below, by design
+        if start not in ("resume", "current") and first_level is None and self.ops and isinstance(self.ops[-1], TransferOp):
+            self.note_level_jump(where, model, self.ops[-1].sigma_to)
+        sigmas = schedule.levels[first:stop + 1]
+        if any(b >= a for a, b in zip(sigmas, sigmas[1:])):
+            self.problem(f"{where}: sigma does not decrease over levels {first}..{stop} ({sigmas}); "
+                         f"use fewer steps or another spacing")
+        guidance = None if stage.guidance is None else self.setting(stage.guidance, where)
+        if guidance is not None and not isinstance(guidance, (int, float)):
+            self.problem(f"{where}: guidance {guidance!r} must be a number")
+            return
+        sampler = self.catalogue.get("samplers", model.sampler)
+        per_call = model.calls_per_step if guidance is None else (1 if guidance == 1.0 else 2)
+        calls = sampler.calls(tuple(sigmas), model.sampler_params) * per_call
+        self.ops.append(DenoiseOp(index, stage.model, model.sampler, first, stop, tuple(sigmas),
+                                  schedule.timesteps[first:stop], calls, model.sampler_params,
+                                  None if guidance is None else float(guidance)))
+        off_trained = untrained_timesteps(model.entry.preset, schedule.timesteps[first:stop])
+        if off_trained:
+            self.notes.append(f"{where}: {model.entry.name} steps at t={list(off_trained)} are not among the timesteps it "
+                              f"was distilled on ({list(model.entry.preset.trained_timesteps)}); expect weaker results, "
+                              f"or use its default step count")
+        self.resume[stage.model] = stop
+        self.sigma, self.has_prediction = sigmas[-1], True
+
+    def enter(self, index: int, model: PlannedModel, mode: str, first: int, stage: Stage, where: str) -> None:
+        """Ops that bring the trajectory onto `model`'s level `first`: an upscale on first entry and the stage's
+        latent ops, then a transfer."""
+        upscaled = model.role not in self.resume and model.choice.upscale != 1.0
+        if upscaled:
+            self.ops.append(LatentOp(index, model.role, "upscale", {"factor": model.choice.upscale, "mode": model.choice.upscale_mode}))
+            if not self.catalogue.has("latent_ops", "upscale"):
+                self.problem(f"{where}: upscaling needs latent op 'upscale', which no loaded plugin provides")
+        for op in stage.ops:
+            if not self.catalogue.has("latent_ops", op.name):
+                self.problem(f"{where}: " + (self.catalogue.ambiguity("latent_ops", op.name) or (
+                    f"unknown latent op {op.name!r}; use one of {', '.join(self.catalogue.names('latent_ops'))} or "
+                    f"install its plugin")))
+            self.ops.append(LatentOp(index, model.role, op.name, {k: self.setting(v, where) for k, v in op.params.items()}))
+        changed = upscaled or bool(stage.ops)  # a latent op replaces the clean estimate: the noise prediction is gone
+        has_prediction = self.has_prediction and not changed
+        if mode == "ddim":  # the original configs' word: invert from a clean latent, else re-use the predicted noise
+            mode = "ddim_renoise" if has_prediction else "ddim_inversion"
+        if not self.catalogue.has("transfers", mode):
+            self.problem(f"{where}: " + (self.catalogue.ambiguity("transfers", mode) or (
+                f"unknown transfer (invert mode) {mode!r}; use ddim or one of "
+                f"{', '.join(self.catalogue.names('transfers'))}")))
+            return
+        transfer = self.catalogue.get("transfers", mode)
+        if transfer.needs_noise_prediction and not has_prediction:
+            why = "the latent was just changed by a latent op, which discards it" if changed else "no model has run yet"
+            self.problem(f"{where}: transfer {mode!r} needs a noise prediction but {why}; use random or ddim_inversion")
+        given = {k: self.setting(v, where) for k, v in stage.transfer_params.items()}
+        self.problems.extend(unknown_parameters(f"transfer {mode!r}", transfer.parameters, given, f"{where}: transfer_params"))
+        schedule = model.schedule
+        levels = tuple(reversed(schedule.levels[first:]))
+        params = {**transfer.parameters, **given}
+        guidance = self.spec.settings.inversion_guidance if params.get("guidance") is None else params["guidance"]
+        evaluations = transfer.evaluations(levels, self.sigma, params)
+        self.ops.append(TransferOp(index, model.role, mode, first, self.sigma, schedule.levels[first], levels,
+                                   evaluations * (1 if guidance == 1.0 else 2), params, evaluations))
+
+    def note_level_jump(self, where: str, model: PlannedModel, sigma_to: float) -> None:
+        """Hand-overs that are legal but probably not meant: below the current level, or far above the start."""
+        if self.start_sigma is None:
+            self.start_sigma = sigma_to
+            return
+        if sigma_to < self.sigma:
+            self.notes.append(f"{where}: warning: {model.entry.name} enters at sigma {sigma_to:.4f}, below the current "
+                              f"{self.sigma:.4f}, so the hand-over removes noise without a model step; raise the stage's "
+                              f"strength if that is not meant")
+        elif sigma_to > RENOISE_WARNING * self.start_sigma:
+            self.notes.append(f"{where}: warning: {model.entry.name} re-noises to sigma {sigma_to:.4f}, "
+                              f"{sigma_to / self.start_sigma:.1f}x the level the trajectory started at "
+                              f"({self.start_sigma:.4f}), discarding more of the source than the first stage did; "
+                              f"lower the stage's strength if that is not meant")
+
+
+MAX_CYCLES = 10_000  # a cycle that has not finished by then is a bug in the composition
+
+
+class PlanBuilder:
+    """What a composition's planner function works with: the spec's settings, where the trajectory is, and
+    `stage()`, which plans one stage exactly as a stage of a composition file (same checks, same counts)."""
+
+    def __init__(self, planner: _Planner, composition: str):
+        self._planner, self.composition = planner, composition
+        self.stages_planned = 0
+
+    @property
+    def settings(self):
+        return self._planner.spec.settings
+
+    def setting(self, name: str):
+        """A setting by name, as `$name` reads it in a composition file (`plugin.key` for a plugin's)."""
+        return self._planner.setting(f"${name}", f"{self.composition}: setting")
+
+    @property
+    def sigma(self) -> float:
+        """The trajectory's noise level now (0.0 before the first stage)."""
+        return self._planner.sigma
+
+    def total_steps(self, role: str) -> int | None:
+        model = self._planner.model(role, f"{self.composition}: {role}")
+        return None if model is None else model.schedule.steps
+
+    def remaining(self, role: str) -> int | None:
+        """Steps the role's model has left after where it last stopped; None before it has run."""
+        stop = self._planner.resume.get(role)
+        total = self.total_steps(role)
+        return None if stop is None or total is None else total - stop
+
+    @property
+    def failed(self) -> bool:
+        """True once a problem was found (a planner may stop early then; the problems are reported either way)."""
+        return bool(self._planner.problems)
+
+    def problem(self, text: str) -> None:
+        self._planner.problem(f"{self.composition}: {text}")
+
+    def levels(self, role: str) -> tuple[float, ...]:
+        """The role's model's noise levels, from its first step's down to 0.0 (empty when it cannot be planned)."""
+        model = self._planner.model(role, f"{self.composition}: {role}")
+        return () if model is None else model.schedule.levels
+
+    def stage(self, stage: Stage, fit: bool = False, first_level: int | None = None) -> bool:
+        """Plan one stage; False when it had a problem. `fit`: fit the stage to what its model has left (`steps: N`
+        past the model's end stops there; a `start: current` stage with no level left is skipped, with a note).
+        `first_level` starts it at that level of its model's schedule, whatever `start` says. A stage of
+        `steps: 0` is its transfer alone."""
+        index = self.stages_planned
+        self.stages_planned += 1
+        where = f"{self.composition} stage {index + 1} ({stage.model})"
+        shape = check_stage(stage, where)
+        if shape:
+            self._planner.problems.extend(shape)
+            return False
+        before = len(self._planner.problems)
+        self._planner.stage_ops(index, stage, where, fit, first_level)
+        if len(self._planner.problems) > before:
+            self._planner.failed.add(stage.model)
+            return False
+        return True
+
+
+def compile_stages(composition: Composition, builder: PlanBuilder) -> None:
+    """A composition file as a planner: its stages, its per-window stages once per `stable_steps` entry, then its
+    cycle until the cycle's `until` model has run to its end."""
+    for stage in composition.stages:
+        builder.stage(stage)
+    for _ in builder.settings.stable_steps if composition.per_window else ():
+        for stage in composition.per_window:
+            builder.stage(stage)
+    cycle = composition.cycle
+    if cycle is None:
+        return
+    for _ in range(MAX_CYCLES):
+        left = builder.remaining(cycle.until)
+        if left == 0 or builder.failed:
+            return
+        for stage in cycle.stages:
+            builder.stage(stage, fit=True)
+        if builder.remaining(cycle.until) == left:
+            builder.problem(f"the cycle does not advance the {cycle.until} model; give its stage in the cycle `steps`")
+            return
+    builder.problem(f"the cycle ran {MAX_CYCLES} times without the {cycle.until} model finishing")
+
+
+def _same_kind(value, default) -> bool:
+    """A spec's value fits its default's type (an int where a float is expected does too)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def make_plan(spec: Spec, registry: Registry, plugins: Plugins, context=None, broken_roles=frozenset()) -> Plan:
+    """The checked plan of `spec`, with what plugins add to it (`context`, a LoadContext, lets them read configs).
+
+    `broken_roles` are roles whose model key the spec could not read (already reported): they are not planned.
+    """
+    plan = _Planner(spec, registry, plugins.catalogue, broken_roles).plan(resolve_composition(spec, plugins.catalogue))
+    extras = [extra for extra in plugins.hook.plan_extras(spec=spec, plan=plan, context=context) if extra is not None]
+    return attrs.evolve(plan, extras=tuple(extras))
