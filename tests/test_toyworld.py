@@ -3,7 +3,7 @@
 import torch
 
 from evs_framework.toyworld.world import (COLOURS, HELD_OUT_FIRST_SEED, ClipSpec, degrade, render, render_with_masks,
-                                          sample_spec)
+                                          sample_spec, soften)
 
 
 def test_a_seed_always_draws_and_renders_the_same_clip():
@@ -59,3 +59,13 @@ def test_degradation_is_deterministic_softer_and_flickers():
     assert detail(smooth_clips) < 0.7 * detail(clips)
     brightness = lambda x: x.mean(dim=(2, 3, 4))  # noqa: E731
     assert brightness(bad).diff(dim=1).abs().mean() > 3 * brightness(clips).diff(dim=1).abs().mean()
+
+
+def test_soften_removes_fine_detail_and_factor_one_keeps_the_clip():
+    clips = render([sample_spec(seed) for seed in range(2)], frames=2)
+
+    def detail(x):
+        return (x[..., 1:] - x[..., :-1]).abs().mean()
+
+    torch.testing.assert_close(soften(clips, 1), clips)
+    assert detail(soften(clips, 4)) < detail(soften(clips, 2)) < detail(clips)

@@ -27,12 +27,13 @@ def test_every_prompt_word_is_one_token_and_other_words_still_tokenize(tmp_path)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Stages vae and t2i for 2 steps, then t2i resumed to 3, t2v for 3 and the export."""
+    """Stages vae and t2i for 2 steps, then t2i resumed to 3, t2v for 3 (on softened clips) and the export."""
     root = tmp_path_factory.mktemp("toy")
     work, weights = root / "work", root / "weights"
     common = ["--work", str(work), "--batch", "1", "--measure", "16", "--device", "cpu", "--log-every", "1"]
     main(["--stage", "vae", "t2i", "--steps", "2", *common])
-    main(["--stage", "t2i", "t2v", "export", "--steps", "3", "--export", str(weights / "toyworld"), *common])
+    main(["--stage", "t2i", "t2v", "export", "--steps", "3", "--t2v-soften", "2", "--export", str(weights / "toyworld"),
+          *common])
     return work, weights
 
 
@@ -41,6 +42,7 @@ def test_stages_resume_and_the_record_says_what_was_done(trained):
     record = json.loads((weights / "toyworld" / models.TRAINING_RECORD).read_text())
     stages = record["stages"]
     assert [stages[s]["steps"] for s in ("vae", "t2i", "t2v")] == [2, 3, 3]
+    assert stages["t2v"]["soften"] == 2  # the T2V learnt from softened clips
     assert [step for step, _ in stages["t2i"]["losses"]] == [1, 2, 3]  # steps 1-2 kept from the first run
     vae_config = json.loads((weights / "toyworld" / "toy-sd" / "vae" / "config.json").read_text())
     assert vae_config["scaling_factor"] == pytest.approx(record["scaling_factor"]) == stages["vae"]["scaling_factor"]

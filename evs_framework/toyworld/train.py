@@ -9,7 +9,8 @@ The shipped models were made on one H200 (the schedules follow time; training.js
     python -m evs_framework.toyworld.train --stage export --work DIR
 
 (each with --log-every 100 --save-every 0). Longer T2I and T2V stages would draw better pictures: both losses
-were still falling when their time ran out.
+were still falling when their time ran out. `--t2v-soften N` trains the T2V on clips down-sampled by N and back,
+as real T2Vs learn from poorer video than T2Is (the shipped T2V learnt from clips as rendered).
 
 Stages, each reading the products of the ones before it from DIR:
 - vae: an AutoencoderKL on single frames with varied textures (L1 + L2, weighted up inside the shape, + a small
@@ -44,7 +45,7 @@ import torch
 
 from evs_framework.toyworld import models, quality
 from evs_framework.toyworld.world import (DIRECTIONS, FRAMES, HELD_OUT_FIRST_SEED, ClipSpec, render, render_with_masks,
-                                          sample_spec)
+                                          sample_spec, soften)
 
 STAGES = ("vae", "t2i", "t2v", "eval", "export")
 TRAINING_STAGES = {"vae": 0, "t2i": 1, "t2v": 2}  # stage -> stream of its seeded generators
@@ -72,6 +73,7 @@ class Settings:
     measure: int
     reuse: int
     eval_prompts: int
+    t2v_soften: int = 1  # t2v: train on clips softened by this down-up factor (1: as rendered)
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -433,6 +435,8 @@ def stage_t2v(settings: Settings) -> None:
 
     def new_latents(count: int) -> tuple[torch.Tensor, list[str]]:
         clips, prompts = data.clips(count)
+        if settings.t2v_soften > 1:
+            clips = soften(clips, settings.t2v_soften)
         return encode(vae, clips.flatten(0, 1)).float().unflatten(0, clips.shape[:2]), prompts
 
     def loss_of(data: WorldData, batch: int) -> torch.Tensor:
@@ -447,7 +451,7 @@ def stage_t2v(settings: Settings) -> None:
     write_motion_adapter_file(adapter, settings.work / "motion_adapter.safetensors", "diffusers")
     summary.update(parameters=models.parameter_count(adapter), beta_schedule="linear", prediction="epsilon",
                    reuse=settings.reuse, pool=pool.capacity,
-                   prompt_dropout=PROMPT_DROPOUT, frames=FRAMES)
+                   prompt_dropout=PROMPT_DROPOUT, frames=FRAMES, soften=settings.t2v_soften)
     write_summary(settings, "t2v", summary)
 
 
@@ -545,6 +549,8 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("--reuse", type=int, default=4, help="t2i, t2v: times each encoded latent is used, on "
                         "average (a pool of recent latents; encoding the frames costs more than the UNet's step)")
     parser.add_argument("--eval-prompts", type=int, default=4, help="held-out prompts per colour in eval")
+    parser.add_argument("--t2v-soften", type=int, default=1, help="t2v: train on clips down-sampled by this factor "
+                        "and back, as real T2Vs learn from poorer video than T2Is (default 1: as rendered)")
     parser.add_argument("--export", type=Path, default=models.EXPORT_DIR, help="where export writes")
     return parser.parse_args(argv)
 
@@ -553,7 +559,7 @@ def main(argv=None) -> None:
     args = parse(argv)
     settings = Settings(args.work, args.seed, args.steps, args.batch, args.lr, torch.device(args.device),
                         args.log_every, args.save_every, args.max_minutes, args.measure, args.reuse,
-                        args.eval_prompts)
+                        args.eval_prompts, args.t2v_soften)
     settings.work.mkdir(parents=True, exist_ok=True)
     if settings.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True

@@ -171,6 +171,14 @@ def _pattern(u, v, p) -> torch.Tensor:
     return torch.sigmoid(16.0 * chosen)  # crisp, but still about a pixel of transition
 
 
+def soften(clips: torch.Tensor, scale: int) -> torch.Tensor:
+    """Clips (B, T, 3, H, W) down-sampled by `scale` (area) and back (bilinear): the detail finer than `scale`
+    pixels gone."""
+    flat = clips.flatten(0, 1)
+    small = F.interpolate(flat, scale_factor=1 / scale, mode="area")
+    return F.interpolate(small, size=flat.shape[-2:], mode="bilinear", align_corners=False).unflatten(0, clips.shape[:2])
+
+
 def degrade(clips: torch.Tensor, seed: int, scale: int = 4, flicker: float = 0.08, jitter: int = 2,
             noise: float = 0.04) -> torch.Tensor:
     """The low-quality analogue of clean clips (B, T, 3, H, W) in [-1, 1]: each frame down-sampled by `scale` and back
@@ -178,9 +186,7 @@ def degrade(clips: torch.Tensor, seed: int, scale: int = 4, flicker: float = 0.0
     Gaussian noise of std `noise` added. Deterministic in `seed`."""
     g = torch.Generator().manual_seed(seed)
     batch, frames, channels, height, width = clips.shape
-    flat = clips.flatten(0, 1)
-    small = F.interpolate(flat, scale_factor=1 / scale, mode="area")
-    soft = F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
+    soft = soften(clips, scale).flatten(0, 1)
     gains = 1 + flicker * torch.randn(batch * frames, channels, 1, 1, generator=g)
     lit = (soft + 1) * gains.to(soft.device) - 1
     shifts = torch.randint(-jitter, jitter + 1, (batch * frames, 2), generator=g)
