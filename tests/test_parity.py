@@ -8,6 +8,7 @@ change to any of them fails a test here. bench/mutations.py checks that claim.
 
 from pathlib import Path
 
+import attrs
 import diffusers.schedulers.scheduling_lcm
 import pytest
 import torch
@@ -20,14 +21,14 @@ from evs_framework.loading import LoadContext, WeightSettings
 from evs_framework.plan import TransferOp
 from evs_framework.planner import make_plan
 from evs_framework.runner import make_denoisers
+from evs_framework.sampler import StepContext, single_step
 from evs_framework.sigmas import TrainSchedule
 from evs_framework.spec import InputVideo, ModelChoice, Settings, Spec
 from evs_framework.transfer import TransferContext
 from evs_framework.vae import decode_latents, encode_frames
 from evs_framework.zoo import make_synthetic_clip, make_vae
-from evs_framework.sampler import StepContext, single_step
 from evs_plugins.samplers import EULER, LCM
-from evs_plugins.transfers import ddim_inversion, ddim_renoise, random_noise
+from evs_plugins.transfers import ddim_invert_up, ddim_inversion, ddim_renoise, random_noise
 
 PROMPT, NEGATIVE = "a red ball rolling on green grass", "blurry, dark, low quality"
 SEED = 11
@@ -354,6 +355,26 @@ def test_ddim_inversion_equals_ddim_inverse_scheduler(models, registry):
             x = inverse.step(unet_eps(backend.unet, x, t, text, 1.0), t, x).prev_sample
     # inversion amplifies rounding (steps agree to 3e-7; 20 of them to 2.5e-5 on the random UNet)
     assert_within(vp(ours, levels[-1]), x, 1e-4, "ddim_inversion vs DDIMInverseScheduler, 20 steps")
+
+
+def test_ddim_invert_up_continues_an_inversion_from_the_present_latent(models, registry):
+    """From the latent an inversion reached half-way, ddim_invert_up walks the rest of the same levels and lands
+    where the whole inversion does; from a clean latent with its own `guidance` it is that inversion at that
+    guidance (IV-Mixed inverts with negative guidance)."""
+    backend, _, denoiser, _, _, levels = inversion_setup(models, registry)
+    clean = clean_latents(backend, 2)
+    half = len(levels) // 2
+    x_half = ddim_inversion(transfer_context(clean, levels[half], levels=levels[:half + 1], denoise=denoiser))
+    rest = attrs.evolve(transfer_context(clean, levels[-1], sigma_from=levels[half], levels=levels, denoise=denoiser),
+                        x=x_half)
+    whole = ddim_inversion(transfer_context(clean, levels[-1], levels=levels, denoise=denoiser))
+    torch.testing.assert_close(ddim_invert_up(rest), whole, atol=1e-5, rtol=0)
+
+    from_clean = attrs.evolve(transfer_context(clean, levels[-1], levels=levels, denoise=denoiser),
+                              x=clean, params={"guidance": -4.0})
+    negative = ddim_inversion(transfer_context(clean, levels[-1], levels=levels, denoise=denoiser, guidance=-4.0))
+    torch.testing.assert_close(ddim_invert_up(from_clean), negative, atol=1e-5, rtol=0)
+    assert (negative - whole).abs().max() > 1e-3  # the guidance reached the model
 
 
 def test_ddim_inversion_steps_with_guidance_are_ddim_inverse_scheduler_steps(models, registry):

@@ -72,3 +72,24 @@ def test_the_export_loads_through_the_registry_and_prompts_change_the_picture(tr
     clip = torch.randn(1, 16, 4, 16, 16, generator=torch.Generator().manual_seed(1))
     eps = t2v.predict_noise(clip, 500, text[:1])
     assert eps.shape == clip.shape and torch.isfinite(eps).all()
+
+
+def test_t2v_soften_softens_the_clips_the_t2v_learns_from(trained, tmp_path, monkeypatch):
+    import shutil
+
+    from evs_framework.toyworld import train
+
+    work = tmp_path / "work"
+    shutil.copytree(trained[0], work)
+    seen = []
+
+    def spy(clips, scale):
+        seen.append(scale)
+        return train_soften(clips, scale)
+
+    train_soften = train.soften
+    monkeypatch.setattr(train, "soften", spy)
+    main(["--stage", "t2v", "--steps", "4", "--t2v-soften", "3", "--work", str(work), "--batch", "1", "--measure", "16",
+          "--device", "cpu", "--log-every", "1"])  # resumes at step 3, draws new clips for step 4
+    assert seen and set(seen) == {3}
+    assert json.loads((work / "t2v.json").read_text())["soften"] == 3
