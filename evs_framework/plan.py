@@ -17,6 +17,11 @@ from evs_framework.sigmas import ModelSchedule
 from evs_framework.spec import ModelChoice
 
 
+def calls_per_evaluation(guidance: float) -> int:
+    """UNet calls one model evaluation costs: classifier-free guidance other than 1 runs both halves."""
+    return 1 if guidance == 1.0 else 2
+
+
 @attrs.frozen
 class PlannedModel:
     role: str
@@ -29,7 +34,7 @@ class PlannedModel:
 
     @property
     def calls_per_step(self) -> int:
-        return 1 if self.guidance == 1.0 else 2
+        return calls_per_evaluation(self.guidance)
 
 
 @attrs.frozen

@@ -10,7 +10,8 @@ import attrs
 
 from evs_framework.composition import Composition, Stage, check_composition, check_stage
 from evs_framework.errors import EVSError, PlanError, unknown_parameters
-from evs_framework.plan import DenoiseOp, LatentOp, Plan, PlannedModel, TransferOp, untrained_timesteps
+from evs_framework.plan import (DenoiseOp, LatentOp, Plan, PlannedModel, TransferOp, calls_per_evaluation,
+                                untrained_timesteps)
 from evs_framework.plugins import Catalogue, Plugins
 from evs_framework.registry import Registry
 from evs_framework.spec import Spec
@@ -53,6 +54,14 @@ class _Planner:
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
+
+    def provides(self, section: str, name: str, where: str, missing: str) -> bool:
+        """Whether a loaded plugin provides `name`; if not, a problem at `where`: that two plugins give it, or
+        `missing`."""
+        if self.catalogue.has(section, name):
+            return True
+        self.problem(where + (self.catalogue.ambiguity(section, name) or missing))
+        return False
 
     def setting(self, value, where: str):
         """`value`, or the setting it names when it is `$name` (`$namespace.name` for a plugin's)."""
@@ -109,16 +118,16 @@ class _Planner:
         if entry.type != ROLE_TYPES[role]:
             self.problem(f"$.models.{role}.name: {entry.name!r} is a {entry.type} model but the {role} role needs a "
                          f"{ROLE_TYPES[role]} model")
-        if not self.catalogue.has("backends", entry.kind):
-            self.problem(f"$.models.{role}.name: " + (self.catalogue.ambiguity("backends", entry.kind) or (
-                f"model {entry.name!r} needs backend {entry.kind!r}, which no loaded plugin provides; install its "
-                f"plugin (`evs plugins` lists what is loaded)")))
+        self.provides("backends", entry.kind, f"$.models.{role}.name: ",
+                      f"model {entry.name!r} needs backend {entry.kind!r}, which no loaded plugin provides; install its "
+                      f"plugin (`evs plugins` lists what is loaded)")
         sampler_name = choice.sampler or entry.preset.sampler
-        if not self.catalogue.has("samplers", sampler_name):
-            whose = f"$.models.{role}.sampler: " if choice.sampler else f"$.models.{role}.name: model {entry.name!r} needs "
-            self.problem(self.catalogue.ambiguity("samplers", sampler_name) or (
-                f"{whose}sampler {sampler_name!r}, which no loaded plugin provides; use one of "
-                f"{', '.join(self.catalogue.names('samplers'))} or install its plugin (`evs plugins` lists what is loaded)"))
+        where_sampler = f"$.models.{role}.sampler: " if choice.sampler else f"$.models.{role}.name: "
+        if not self.provides("samplers", sampler_name, where_sampler,
+                             ("" if choice.sampler else f"model {entry.name!r} needs ")
+                             + f"sampler {sampler_name!r}, which no loaded plugin provides; use one of "
+                             f"{', '.join(self.catalogue.names('samplers'))} or install its plugin (`evs plugins` lists "
+                             f"what is loaded)"):
             return None
         sampler = self.catalogue.get("samplers", sampler_name)
         problems = unknown_parameters(f"sampler {sampler_name!r}", sampler.parameters, choice.sampler_params,
@@ -245,7 +254,7 @@ class _Planner:
             self.problem(f"{where}: guidance {guidance!r} must be a number")
             return
         sampler = self.catalogue.get("samplers", model.sampler)
-        per_call = model.calls_per_step if guidance is None else (1 if guidance == 1.0 else 2)
+        per_call = model.calls_per_step if guidance is None else calls_per_evaluation(guidance)
         calls = sampler.calls(tuple(sigmas), model.sampler_params) * per_call
         self.ops.append(DenoiseOp(index, stage.model, model.sampler, first, stop, tuple(sigmas),
                                   schedule.timesteps[first:stop], calls, model.sampler_params,
@@ -264,22 +273,19 @@ class _Planner:
         upscaled = model.role not in self.resume and model.choice.upscale != 1.0
         if upscaled:
             self.ops.append(LatentOp(index, model.role, "upscale", {"factor": model.choice.upscale, "mode": model.choice.upscale_mode}))
-            if not self.catalogue.has("latent_ops", "upscale"):
-                self.problem(f"{where}: upscaling needs latent op 'upscale', which no loaded plugin provides")
+            self.provides("latent_ops", "upscale", f"{where}: ",
+                          "upscaling needs latent op 'upscale', which no loaded plugin provides")
         for op in stage.ops:
-            if not self.catalogue.has("latent_ops", op.name):
-                self.problem(f"{where}: " + (self.catalogue.ambiguity("latent_ops", op.name) or (
-                    f"unknown latent op {op.name!r}; use one of {', '.join(self.catalogue.names('latent_ops'))} or "
-                    f"install its plugin")))
+            self.provides("latent_ops", op.name, f"{where}: ",
+                          f"unknown latent op {op.name!r}; use one of {', '.join(self.catalogue.names('latent_ops'))} "
+                          f"or install its plugin")
             self.ops.append(LatentOp(index, model.role, op.name, {k: self.setting(v, where) for k, v in op.params.items()}))
         changed = upscaled or bool(stage.ops)  # a latent op replaces the clean estimate: the noise prediction is gone
         has_prediction = self.has_prediction and not changed
         if mode == "ddim":  # the original configs' word: invert from a clean latent, else re-use the predicted noise
             mode = "ddim_renoise" if has_prediction else "ddim_inversion"
-        if not self.catalogue.has("transfers", mode):
-            self.problem(f"{where}: " + (self.catalogue.ambiguity("transfers", mode) or (
-                f"unknown transfer (invert mode) {mode!r}; use ddim or one of "
-                f"{', '.join(self.catalogue.names('transfers'))}")))
+        if not self.provides("transfers", mode, f"{where}: ", f"unknown transfer (invert mode) {mode!r}; use ddim or "
+                             f"one of {', '.join(self.catalogue.names('transfers'))}"):
             return
         transfer = self.catalogue.get("transfers", mode)
         if transfer.needs_noise_prediction and not has_prediction:
@@ -293,7 +299,7 @@ class _Planner:
         guidance = self.spec.settings.inversion_guidance if params.get("guidance") is None else params["guidance"]
         evaluations = transfer.evaluations(levels, self.sigma, params)
         self.ops.append(TransferOp(index, model.role, mode, first, self.sigma, schedule.levels[first], levels,
-                                   evaluations * (1 if guidance == 1.0 else 2), params, evaluations))
+                                   evaluations * calls_per_evaluation(guidance), params, evaluations))
 
     def note_level_jump(self, where: str, model: PlannedModel, sigma_to: float) -> None:
         """Hand-overs that are legal but probably not meant: below the current level, or far above the start."""

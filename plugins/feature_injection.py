@@ -15,7 +15,7 @@ import torch
 
 from evs_framework.errors import PlanError
 from evs_framework.hookspecs import hookimpl
-from evs_framework.plan import DenoiseOp, LatentOp, PlanExtra
+from evs_framework.plan import DenoiseOp, LatentOp, PlanExtra, calls_per_evaluation
 from evs_framework.transfer import TransferContext
 from evs_plugins.attention_features import GIB, FeatureCache, Injector, nearest_level, self_attention_layers
 from evs_plugins.transfers import ddim_inversion
@@ -129,7 +129,7 @@ def cache_bytes(spec, plan, context, levels: int) -> int | None:
     frames, height, width = size
     if min(height, width) < MIN_LATENT_SIDE:
         return None  # the input is too small to run at all, which the input checks report
-    batch = frames * (1 if plan.inversion_guidance == 1.0 else 2)
+    batch = frames * calls_per_evaluation(plan.inversion_guidance)
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(config).to(context.dtype)
         injector = Injector(spec.injection.features, FeatureCache(None, limit_bytes=2**62), mode="record", level=1.0)
@@ -165,7 +165,7 @@ def plan_extras(spec, plan, context):
             f"window {list(spec.injection.window)}"
         raise PlanError(f"$.injection: {chooser} selects none of the denoising steps of {', '.join(spec.injection.models)}; "
                         f"widen it, or turn using_attn off")
-    calls = (len(captured.inversion_levels) - 1) * (1 if plan.inversion_guidance == 1.0 else 2)
+    calls = (len(captured.inversion_levels) - 1) * calls_per_evaluation(plan.inversion_guidance)
     settings = spec.injection
     detail = (f"using_attn: DDIM inversion of the source with {plan.models['idm'].entry.name} capturing "
               f"{settings.features} of layers {', '.join(settings.layers)} at {len(captured.captured)} levels, "

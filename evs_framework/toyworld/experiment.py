@@ -103,12 +103,12 @@ def run_compositions(clips: list[HeldOutClip], compositions, seeds, out_dir: Pat
     names the rows' composition instead of the composition's own name (for runs that differ in settings)."""
     key = fingerprint({**(settings or {}), "using_attn": using_attn})
     kept = kept_rows(rows_file, key) if rows_file is not None else []
+    stems = {c.video.stem for c in clips}
     rows = []
     for composition in compositions:
         for seed in seeds:
             name = label or composition
-            done = [r for r in kept if r["composition"] == name and r["seed"] == seed
-                    and r["clip"] in {c.video.stem for c in clips}]
+            done = [r for r in kept if r["composition"] == name and r["seed"] == seed and r["clip"] in stems]
             if len(done) == len(clips):
                 rows += sorted(done, key=lambda r: r["clip"])
                 continue
