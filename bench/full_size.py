@@ -28,11 +28,11 @@ from evs_framework.plugins import load_plugins
 from evs_framework.registry import load_registry
 from evs_framework.runner import VideoRun, load_backends, make_denoisers, run_plan
 from evs_framework.spec import InjectionSettings, InputVideo, ModelChoice, Spec
-from evs_framework.vae import decode_latents, encode_frames
-from evs_framework.lora_write import write_kohya_lora
-from evs_framework.motion_adapter import write_motion_adapter_file
-from evs_framework.single_file import write_sd15_single_file
-from evs_framework.zoo import (
+from evs_framework.io.vae import decode_latents, encode_frames
+from evs_framework.testing.lora_write import write_kohya_lora
+from evs_framework.loaders.motion_adapter import write_motion_adapter_file
+from evs_framework.loaders.single_file import write_sd15_single_file
+from evs_framework.testing.zoo import (
     ANIMATELCM_FOLDER, ANIMATELCM_LORA, LIGHTNING_FILE, SD_FOLDER, WATERCOLOR_LORA, make_scheduler, make_synthetic_clip,
     save_tokenizer,
 )
@@ -177,7 +177,7 @@ def timed_run(plan, backends, clip, spec, plugins, context) -> dict:
     source = encode_frames(vae, clip, 8).to(device)
     _sync(device)
     t1 = time.perf_counter()
-    denoisers = make_denoisers(plan, backends, spec.inputs[0].prompt, spec.negative_prompt, placement)
+    denoisers = make_denoisers(plan, backends, spec.inputs[0].prompt, spec.negative_prompt, plugins.catalogue, placement)
     video = VideoRun(spec, plan, backends, denoisers, source, torch.Generator().manual_seed(23), plugins.catalogue, device)
     latents, ops, prepare_s = run_plan(video, plugins.hook)
     t2 = time.perf_counter()

@@ -39,8 +39,8 @@ class Mutation:
     new: str
 
 
-DENOISER, SIGMAS = "evs_framework/denoiser.py", "evs_framework/sigmas.py"
-EXECUTOR, VAE = "evs_framework/executor.py", "evs_framework/vae.py"
+DENOISER, SIGMAS = "evs_framework/denoiser.py", "evs_framework/schedules.py"
+EXECUTOR, VAE = "evs_framework/executor.py", "evs_framework/io/vae.py"
 SAMPLERS, TRANSFERS = "plugins/samplers.py", "plugins/transfers.py"
 
 MUTATIONS = (

@@ -265,21 +265,21 @@ def cmd_sfi(args, plugins, registry) -> int:
 
 
 def cmd_eval(args, plugins, registry) -> int:
-    from evs_framework.evaluate import choose_metrics, evaluate, format_table, write_reports
+    from evs_framework.evaluation.evaluate import choose_metrics, evaluate, format_table, write_reports
 
-    from evs_framework.metrics import load_weight_paths
+    from evs_framework.evaluation.metrics import load_weight_paths
 
     weights = load_weight_paths(args.weights) if args.weights else None
     metrics = choose_metrics(plugins, args.metrics.split(",") if args.metrics else None, weights)
     if args.vbench:
-        from evs_framework.vbench_extra import VBenchSetup, preflight
+        from evs_framework.evaluation.vbench_extra import VBenchSetup, preflight
 
         setup = VBenchSetup(args.vbench_python, args.vbench_cache, args.torch_home)
         dimensions = [d.strip() for d in args.vbench.split(",") if d.strip()]
         preflight(setup, dimensions)  # before any scoring: a missing file is known at once
     data = evaluate(args.outputs, metrics, progress=not args.quiet)
     if args.vbench:
-        from evs_framework.evaluate import add_vbench
+        from evs_framework.evaluation.evaluate import add_vbench
 
         add_vbench(data, setup, dimensions)
     print(format_table(data))
@@ -289,8 +289,8 @@ def cmd_eval(args, plugins, registry) -> int:
 
 
 def cmd_compare(args, plugins, registry) -> int:
-    from evs_framework.compare import compare, format_comparison
-    from evs_framework.metrics import load_weight_paths
+    from evs_framework.evaluation.compare import compare, format_comparison
+    from evs_framework.evaluation.metrics import load_weight_paths
 
     job = prepare_job(args, plugins, registry)
     names = [name.strip() for name in args.compositions.split(",") if name.strip()]
@@ -329,7 +329,7 @@ def cmd_fetch(args, plugins, registry) -> int:
 def cmd_toyworld(args, plugins, registry) -> int:
     import yaml
 
-    from evs_framework import video_io
+    from evs_framework.io import video_io
     from evs_framework.toyworld import experiment
 
     context = _context(args, plugins, registry)

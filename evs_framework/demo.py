@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evs_framework import video_io
-from evs_framework.contact_sheet import contact_sheet, labelled, save_png
+from evs_framework.io import video_io
+from evs_framework.evaluation.contact_sheet import contact_sheet, labelled, save_png
 from evs_framework.toyworld import experiment
 
 DEMO_COMPOSITIONS = ("IDM", "VDM", "basic", "IDM_VDM_IDM")

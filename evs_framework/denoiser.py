@@ -1,19 +1,20 @@
 """A model seen as a denoiser in sigma space: D(x, sigma) -> (x0, eps).
 
-The backend predicts noise on its own timestep scale; this wrapper converts sigma to that model's
-(fractional) timestep through its own training schedule, scales the input to the variance-preserving form
-the UNet expects, and applies classifier-free guidance. Switching models is calling another Denoiser.
+The backend evaluates on its own timestep scale; this wrapper converts sigma to that model's (fractional)
+timestep through its own noise schedule, scales the input to the form the model was trained on, applies
+classifier-free guidance, and reads the output through the model's prediction type. Switching models is calling
+another Denoiser.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import attrs
 import torch
 
-from evs_framework.sigmas import TrainSchedule
+from evs_framework.predictions import from_epsilon
+from evs_framework.schedules import NoiseSchedule
 
 
 @attrs.frozen
@@ -24,18 +25,20 @@ class Prediction:
 
 @attrs.define
 class Denoiser:
-    """`text` holds the negative and positive prompt embeddings, shape (2, tokens, dim); `prepare`, when given,
-    runs before each evaluation (it brings offloaded weights onto the compute device)."""
+    """`conditioning` is what the backend's `encode_prompts` made of the negative and the positive prompt (two rows:
+    a tensor, or an object sliced by rows); `prediction` converts the model's output (evs_framework.predictions);
+    `prepare`, when given, runs before each evaluation (it brings offloaded weights onto the compute device)."""
 
     backend: object
-    train: TrainSchedule
-    text: torch.Tensor
+    schedule: NoiseSchedule
+    conditioning: object
     guidance: float
+    prediction: Callable = from_epsilon
     prepare: Callable[[], None] | None = None
     calls: int = 0
 
     def timestep(self, sigma: float) -> float:
-        t = self.train.timestep_at(sigma)
+        t = self.schedule.timestep_at(sigma)
         return float(round(t)) if abs(t - round(t)) < 1e-6 else t
 
     def __call__(self, x: torch.Tensor, sigma: float, *, timestep_sigma: float | None = None,
@@ -49,12 +52,13 @@ class Denoiser:
             self.prepare()
         guidance = self.guidance if guidance is None else guidance
         t = self.timestep(sigma if timestep_sigma is None else timestep_sigma)
-        x_in = (x / math.sqrt(sigma**2 + 1.0))[None]
+        divisor = self.schedule.input_divisor(sigma)
+        x_in = (x / divisor)[None]
         if guidance == 1.0:
-            eps = self.backend.predict_noise(x_in, t, self.text[1:2])[0]
+            output = self.backend.predict(x_in, t, self.conditioning[1:2])[0]
             self.calls += 1
         else:
-            eps_uncond, eps_cond = self.backend.predict_noise(torch.cat([x_in, x_in]), t, self.text).unbind(0)
-            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+            uncond, cond = self.backend.predict(torch.cat([x_in, x_in]), t, self.conditioning).unbind(0)
+            output = uncond + guidance * (cond - uncond)
             self.calls += 2
-        return Prediction(x - sigma * eps, eps)
+        return Prediction(*self.prediction(output, x, sigma, 1.0 / divisor))

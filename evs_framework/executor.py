@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 import attrs
 import torch
 
 from evs_framework.denoiser import Denoiser
 from evs_framework.errors import NumericalError
-from evs_framework.plan import DenoiseOp, LatentOp, Plan, TransferOp
+from evs_framework.plan import ConvertOp, DenoiseOp, LatentOp, Plan, TransferOp
 from evs_framework.plugins import Catalogue
 from evs_framework.sampler import StepContext
 from evs_framework.transfer import TransferContext
@@ -43,6 +43,8 @@ class OpRecord:
 
 
 def describe_op(op) -> str:
+    if isinstance(op, ConvertOp):
+        return f"convert {op.source_space} -> {op.target_space} ({op.model})"
     if isinstance(op, LatentOp):
         return f"{op.name} ({op.model})"
     if isinstance(op, TransferOp):
@@ -83,18 +85,24 @@ def unplanned_calls(records: list[OpRecord]) -> list[str]:
 
 
 def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, catalogue: Catalogue,
-            generator: torch.Generator, observer: StepObserver | None = None, video_state: dict | None = None
-            ) -> tuple[torch.Tensor, list[OpRecord]]:
+            generator: torch.Generator, observer: StepObserver | None = None, video_state: dict | None = None,
+            convert: Callable[[ConvertOp, torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, list[OpRecord]]:
     """Run every op of `plan` from the clean `source` latents (frames, channels, h, w); returns clean latents.
     `video_state` is the video's state that samplers and transfers share (the runner passes the one its plugins
-    see); a new one when None."""
+    see); a new one when None. `convert(op, latents)` carries out ConvertOps (the runner's goes through the
+    models' VAEs); a plan that has them needs it."""
     state = Trajectory(x=source, sigma=0.0, clean=source)
     video_state = {} if video_state is None else video_state
     records = []
     for index, op in enumerate(plan.ops):
         calls_before = sum(d.calls for d in denoisers.values())
         started = time.perf_counter()
-        if isinstance(op, LatentOp):
+        if isinstance(op, ConvertOp):
+            if convert is None:
+                raise ValueError("the plan converts between latent spaces; pass `convert` to execute it")
+            state.clean = convert(op, state.clean)
+            state.x, state.eps = state.clean, None
+        elif isinstance(op, LatentOp):
             state.clean = catalogue.get("latent_ops", op.name)(state.clean, **op.params)
             state.x, state.eps = state.clean, None
         elif isinstance(op, TransferOp):

@@ -18,7 +18,7 @@ def register_backends(register):
 
     `loader(entry, context) -> backend` loads the registry entry `entry` (a `ModelEntry`) with the
     `LoadContext` `context` (device, dtype, weight resolution, shared-component cache). The backend it
-    returns satisfies `evs_framework.loading.Backend`: `encode_prompts`, `predict_noise`, `vae`,
+    returns satisfies `evs_framework.loading.Backend`: `encode_prompts`, `predict`, `vae`,
     `frames_as_batch`, and `unet` / `text_encoder` (the modules --offload moves, or None).
     """
 
@@ -50,6 +50,40 @@ def register_samplers(register):
 
 
 @hookspec
+def register_noise_schedules(register):
+    """Provide noise schedule kinds that presets name (`schedule: <kind>`): `register(kind, make)`.
+
+    `make(preset) -> schedule` builds the schedule from a registry `Preset` (its `schedule_params`, and its beta_*
+    and train_steps fields where they apply); raise ValueError, naming the parameter, for settings it cannot use.
+    The schedule has the shape of `evs_framework.schedules.NoiseSchedule`: `sigma_at(timestep)`,
+    `timestep_at(sigma)`, `input_divisor(sigma)` (what the model's input is divided by) and
+    `sampling_timesteps(steps, spacing, steps_offset, original_steps)`, all in the sigma space where
+    `x = x0 + sigma * eps`. Keep sigmas finite: a pure-noise end stops at a large sigma.
+    """
+
+
+@hookspec
+def register_prediction_types(register):
+    """Provide what a model's output can mean (presets say `prediction: <name>`): `register(name, convert)`.
+
+    `convert(output, x, sigma, scale) -> (x0, eps)` turns the model's raw output for latent `x` (sigma space) at
+    `sigma`, whose input was `scale * x` (`scale` is 1 / the schedule's `input_divisor(sigma)`), into the clean estimate and
+    the noise (evs_framework.predictions has the built-in four).
+    """
+
+
+@hookspec
+def register_latent_converters(register):
+    """Provide cheaper ways between two latent spaces than decoding and encoding: `register(name, converter)`.
+
+    `converter` is an `evs_framework.latent_space.Converter`: the spaces it goes between (`source`, `target`, names
+    as presets declare them), what one conversion costs (a few words for `evs plan`), and
+    `convert(latents, source_backend, target_backend) -> latents` on clean (frames, channels, h, w) latents. The
+    planner takes a registered converter for a pair before the default VAE round trip.
+    """
+
+
+@hookspec
 def register_compositions(register):
     """Provide named compositions: `register(name, composition)` with an `evs_framework.composition.Composition`:
     stages as data, or a `planner` function of an `evs_framework.planner.PlanBuilder` that emits the stages."""
@@ -73,7 +107,7 @@ def register_latent_ops(register):
 
 @hookspec
 def register_metrics(register):
-    """Provide metrics for `evs eval`: `register(name, metric)` with an `evs_framework.metrics.Metric` of that name.
+    """Provide metrics for `evs eval`: `register(name, metric)` with an `evs_framework.evaluation.metrics.Metric` of that name.
 
     A metric declares its family (`vbench_exact`, `vbench_port` or `proxy`; a proxy's name starts with `proxy.`),
     how a batch aggregates it, and `compute(frames, fps) -> MetricResult` over uint8 (T, H, W, 3) RGB frames.
@@ -83,7 +117,7 @@ def register_metrics(register):
 @hookspec
 def register_weighted_metrics(register, weights):
     """Provide metrics that need weight files: `register(name, metric)` for those whose files are in `weights`
-    (a dict from the keys of `evs_framework.metrics.WEIGHT_FILES` to existing local paths). Never download."""
+    (a dict from the keys of `evs_framework.evaluation.metrics.WEIGHT_FILES` to existing local paths). Never download."""
 
 
 @hookspec(firstresult=True)

@@ -32,7 +32,7 @@ class Backend(Protocol):
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """Text embeddings, shape (len(prompts), tokens, dim)."""
 
-    def predict_noise(self, x: torch.Tensor, timestep: float, text: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, timestep: float, text: torch.Tensor) -> torch.Tensor:
         """Noise prediction for x (batch, frames, channels, h, w) with text (batch, tokens, dim), same shape as x."""
 
 

@@ -2,6 +2,8 @@
 weight loads, and the models it uses.
 
 Ops, in order of execution:
+- `ConvertOp`: carry the clean latent from one latent space into another (decode with one model's VAE, encode
+  with the next's, or a plugin's converter) when the next model does not share the present model's space;
 - `LatentOp`: an operation on the clean latent (upscale when the trajectory first enters a model that asks for
   it, or one a stage names);
 - `TransferOp`: move the latent onto a model's noise level with a transfer strategy;
@@ -13,7 +15,7 @@ from __future__ import annotations
 import attrs
 
 from evs_framework.registry import ModelEntry
-from evs_framework.sigmas import ModelSchedule
+from evs_framework.schedules import ModelSchedule
 from evs_framework.spec import ModelChoice
 
 
@@ -35,6 +37,17 @@ class PlannedModel:
     @property
     def calls_per_step(self) -> int:
         return calls_per_evaluation(self.guidance)
+
+
+@attrs.frozen
+class ConvertOp:
+    stage: int
+    model: str  # the role whose latent space the latent enters
+    source_model: str  # the role whose latent space it leaves
+    converter: str  # a registered converter's name, or VAE_ROUND_TRIP
+    source_space: str
+    target_space: str
+    cost: str  # in words, for `evs plan`
 
 
 @attrs.frozen
@@ -92,10 +105,20 @@ class PlanExtra:
 class Plan:
     composition: str
     models: dict[str, PlannedModel]
-    ops: tuple[LatentOp | TransferOp | DenoiseOp, ...]
+    ops: tuple[ConvertOp | LatentOp | TransferOp | DenoiseOp, ...]
     notes: tuple[str, ...]
     inversion_guidance: float
     extras: tuple[PlanExtra, ...] = ()
+
+    @property
+    def source_model(self) -> str:
+        """The role whose VAE encodes the input video: the first model the trajectory enters."""
+        return self.ops[0].model
+
+    @property
+    def output_model(self) -> str:
+        """The role whose VAE decodes the result: the model that owns the latent at the end."""
+        return self.ops[-1].model
 
     def totals(self) -> dict[str, dict[str, int]]:
         """Per model role: denoising steps, transfer (inversion) steps and UNet calls (plugins' extras included)."""

@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
-from evs_framework.plan import DenoiseOp, LatentOp, Plan, TransferOp, untrained_timesteps
+from evs_framework.plan import ConvertOp, DenoiseOp, LatentOp, Plan, TransferOp, untrained_timesteps
 
 
 def _sigma(value: float | None) -> str:
     return "clean" if not value else f"{value:.4f}"
 
 
+def _noise(preset) -> str:
+    """The model's noise schedule and prediction type in words."""
+    params = "".join(f", {k} {v}" for k, v in preset.schedule_params.items())
+    schedule = f"{preset.beta_schedule} betas{params}" if preset.schedule == "betas" else f"{preset.schedule}{params}"
+    return schedule if preset.prediction == "epsilon" else f"{schedule}, {preset.prediction} prediction"
+
+
 def format_plan(plan: Plan, title: str = "") -> str:
     lines = [f"plan: composition {plan.composition}" + (f"  ({title})" if title else ""), "models:"]
+    converts = any(isinstance(op, ConvertOp) for op in plan.ops)
     for role, m in plan.models.items():
         s = m.schedule
         upscale = f", latents x{m.choice.upscale:g} ({m.choice.upscale_mode})" if m.choice.upscale != 1.0 else ""
         params = f" ({', '.join(f'{k} {v:g}' for k, v in m.sampler_params.items())})" if m.sampler_params else ""
-        lines.append(f"  {role}: {m.entry.name} [{m.entry.kind}] {m.entry.preset.beta_schedule} betas, {s.steps} steps "
-                     f"({s.spacing} spacing), sampler {m.sampler}{params}, guidance {m.guidance:g}{upscale}")
+        space = m.entry.preset.latent_space
+        latents = (f", latent space {space.name} ({space.channels} channels, /{space.spatial}"
+                   + (f", frames /{space.temporal}" if space.temporal > 1 else "") + ")") if converts else ""
+        lines.append(f"  {role}: {m.entry.name} [{m.entry.kind}] {_noise(m.entry.preset)}, {s.steps} steps "
+                     f"({s.spacing} spacing), sampler {m.sampler}{params}, guidance {m.guidance:g}{upscale}{latents}")
     rows = [("#", "stage", "op", "model", "detail", "sigma", "timesteps (model's scale)", "steps", "unet calls")]
     for i, op in enumerate(plan.ops, 1):
         name = plan.models[op.model].entry.name
-        if isinstance(op, LatentOp):
+        if isinstance(op, ConvertOp):
+            rows.append((i, op.stage + 1, "convert", name, f"{op.source_space} -> {op.target_space}: {op.cost}", "clean",
+                         "-", "-", 0))
+        elif isinstance(op, LatentOp):
             detail = " ".join(f"{k}={v}" for k, v in op.params.items())
             rows.append((i, op.stage + 1, op.name, name, detail, "clean", "-", "-", 0))
         elif isinstance(op, TransferOp):
@@ -37,7 +51,7 @@ def format_plan(plan: Plan, title: str = "") -> str:
                 trained = f", off trained t={' '.join(map(str, off))}" if off else ", on trained levels"
             rows.append((i, op.stage + 1, "denoise", name, f"levels {op.first_level}..{op.stop_level}{trained}",
                          f"{_sigma(op.sigmas[0])} -> {_sigma(op.sigmas[-1])}",
-                         " ".join(map(str, op.timesteps)), op.steps, op.unet_calls))
+                         " ".join(f"{t:g}" for t in op.timesteps), op.steps, op.unet_calls))
     widths = [max(len(str(row[c])) for row in rows) for c in range(len(rows[0]) - 1)]
     for row in rows:
         lines.append("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths)) + f"  {row[-1]}")

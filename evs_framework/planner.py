@@ -10,7 +10,8 @@ import attrs
 
 from evs_framework.composition import Composition, Stage, check_composition, check_stage
 from evs_framework.errors import EVSError, PlanError, unknown_parameters
-from evs_framework.plan import (DenoiseOp, LatentOp, Plan, PlannedModel, TransferOp, calls_per_evaluation,
+from evs_framework.latent_space import VAE_ROUND_TRIP, converter_between
+from evs_framework.plan import (ConvertOp, DenoiseOp, LatentOp, Plan, PlannedModel, TransferOp, calls_per_evaluation,
                                 untrained_timesteps)
 from evs_framework.plugins import Catalogue, Plugins
 from evs_framework.registry import Registry
@@ -48,6 +49,7 @@ class _Planner:
         self.failed: set[str] = set(broken_roles)  # roles whose model or a stage already had a problem
         # the trajectory so far
         self.sigma, self.has_prediction = 0.0, False
+        self.space: PlannedModel | None = None  # the model whose latent space the latent is in (None: not encoded yet)
         self.start_sigma: float | None = None  # where the first transfer put the trajectory
         self.resume: dict[str, int] = {}  # role -> the level where it stopped
         self.used_windows = 0
@@ -135,8 +137,20 @@ class _Planner:
         if problems:
             self.problems.extend(problems)
             return None
+        preset = entry.preset
+        for section, name, what in (("noise_schedules", preset.schedule, "noise schedule"),
+                                    ("prediction_types", preset.prediction, "prediction type")):
+            if not self.provides(section, name, f"$.models.{role}.name: ",
+                                 f"model {entry.name!r} needs {what} {name!r}, which no loaded plugin provides; use one "
+                                 f"of {', '.join(self.catalogue.names(section))} or install its plugin"):
+                return None
         try:
-            schedule = entry.preset.schedule(choice.steps)
+            noise_schedule = self.catalogue.get("noise_schedules", preset.schedule)(preset)
+        except ValueError as exc:
+            self.problem(f"$.models.{role}.name: model {entry.name!r}'s preset: {exc}")
+            return None
+        try:
+            schedule = preset.sampling(noise_schedule, choice.steps)
             schedule.levels  # noqa: B018 - computing it validates the step count
         except ValueError as exc:
             self.problem(f"$.models.{role}.steps: {exc}")
@@ -268,8 +282,9 @@ class _Planner:
         self.sigma, self.has_prediction = sigmas[-1], True
 
     def enter(self, index: int, model: PlannedModel, mode: str, first: int, stage: Stage, where: str) -> None:
-        """Ops that bring the trajectory onto `model`'s level `first`: an upscale on first entry and the stage's
-        latent ops, then a transfer."""
+        """Ops that bring the trajectory onto `model`'s level `first`: a conversion when it leaves another latent
+        space, an upscale on first entry and the stage's latent ops, then a transfer."""
+        converted = self.convert_to(index, model, where)
         upscaled = model.role not in self.resume and model.choice.upscale != 1.0
         if upscaled:
             self.ops.append(LatentOp(index, model.role, "upscale", {"factor": model.choice.upscale, "mode": model.choice.upscale_mode}))
@@ -280,7 +295,8 @@ class _Planner:
                           f"unknown latent op {op.name!r}; use one of {', '.join(self.catalogue.names('latent_ops'))} "
                           f"or install its plugin")
             self.ops.append(LatentOp(index, model.role, op.name, {k: self.setting(v, where) for k, v in op.params.items()}))
-        changed = upscaled or bool(stage.ops)  # a latent op replaces the clean estimate: the noise prediction is gone
+        # a latent op or a conversion replaces the clean estimate: the noise prediction is gone
+        changed = upscaled or bool(stage.ops) or converted
         has_prediction = self.has_prediction and not changed
         if mode == "ddim":  # the original configs' word: invert from a clean latent, else re-use the predicted noise
             mode = "ddim_renoise" if has_prediction else "ddim_inversion"
@@ -289,7 +305,8 @@ class _Planner:
             return
         transfer = self.catalogue.get("transfers", mode)
         if transfer.needs_noise_prediction and not has_prediction:
-            why = "the latent was just changed by a latent op, which discards it" if changed else "no model has run yet"
+            why = ("it was left in another latent space" if converted else
+                   "the latent was just changed by a latent op, which discards it" if changed else "no model has run yet")
             self.problem(f"{where}: transfer {mode!r} needs a noise prediction but {why}; use random or ddim_inversion")
         given = {k: self.setting(v, where) for k, v in stage.transfer_params.items()}
         self.problems.extend(unknown_parameters(f"transfer {mode!r}", transfer.parameters, given, f"{where}: transfer_params"))
@@ -300,6 +317,23 @@ class _Planner:
         evaluations = transfer.evaluations(levels, self.sigma, params)
         self.ops.append(TransferOp(index, model.role, mode, first, self.sigma, schedule.levels[first], levels,
                                    evaluations * calls_per_evaluation(guidance), params, evaluations))
+
+    def convert_to(self, index: int, model: PlannedModel, where: str) -> bool:
+        """A ConvertOp when `model` works in another latent space than the one the latent is in; True when added."""
+        present, self.space = self.space, model
+        if present is None:
+            return False
+        source, target = present.entry.preset.latent_space, model.entry.preset.latent_space
+        if source.name == target.name:
+            return False
+        converter = converter_between(self.catalogue, source.name, target.name)
+        if converter is None:
+            name, cost = VAE_ROUND_TRIP, (f"decode with {present.entry.name}'s VAE ({source.name}), encode with "
+                                          f"{model.entry.name}'s ({target.name})")
+        else:
+            name, cost = converter.name, converter.cost
+        self.ops.append(ConvertOp(index, model.role, present.role, name, source.name, target.name, cost))
+        return True
 
     def note_level_jump(self, where: str, model: PlannedModel, sigma_to: float) -> None:
         """Hand-overs that are legal but probably not meant: below the current level, or far above the start."""

@@ -32,6 +32,7 @@ BUILTIN_PLUGINS = (
     "evs_plugins.animatediff",
     "evs_plugins.transfers",
     "evs_plugins.samplers",
+    "evs_plugins.schedules",
     "evs_plugins.latent_ops",
     "evs_plugins.compositions",
     "evs_plugins.iv_mixed",
@@ -50,6 +51,9 @@ CATALOGUE_HOOKS = {
     "backends": "register_backends",
     "transfers": "register_transfers",
     "samplers": "register_samplers",
+    "noise_schedules": "register_noise_schedules",
+    "prediction_types": "register_prediction_types",
+    "latent_converters": "register_latent_converters",
     "compositions": "register_compositions",
     "latent_ops": "register_latent_ops",
     "metrics": "register_metrics",
@@ -59,10 +63,11 @@ CATALOGUE_HOOKS = {
 
 def _section_types() -> dict[str, type]:
     """The type each typed catalogue section holds (imported late: these modules import torch)."""
+    from evs_framework.latent_space import Converter
     from evs_framework.sampler import Sampler
     from evs_framework.transfer import Transfer
 
-    return {"samplers": Sampler, "transfers": Transfer}
+    return {"samplers": Sampler, "transfers": Transfer, "latent_converters": Converter}
 
 
 @attrs.frozen

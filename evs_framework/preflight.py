@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from evs_framework import video_io
+from evs_framework.io import video_io
 from evs_framework.errors import EVSError, VideoError, WeightsError
 from evs_framework.plan import Plan
 from evs_framework.spec import Spec

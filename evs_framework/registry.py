@@ -19,7 +19,7 @@ import structlog
 from evs_framework.convert import structure
 from evs_framework.datafile import read_data_file
 from evs_framework.errors import RegistryError, SpecError, did_you_mean
-from evs_framework.sigmas import BETA_SCHEDULES, SPACINGS, ModelSchedule, TrainSchedule
+from evs_framework.schedules import BETA_SCHEDULES, SPACINGS, ModelSchedule, NoiseSchedule
 
 # registry.yaml and compositions/ sit at the repository's top level; the package reaches them through
 # evs_framework/data (links in a checkout, copies in a wheel), so an installed EVS finds them too.
@@ -32,11 +32,28 @@ log = structlog.get_logger(__name__)
 
 
 @attrs.frozen
-class Preset:
-    """How a model samples: its training noise schedule, default step count and spacing, guidance."""
+class LatentSpaceDecl:
+    """The latent space a model works in, as the registry declares it (before any weights load): `name` is its
+    identity (models with the same name exchange latents as they are; others need a conversion), `channels`,
+    `spatial` and `temporal` its compression. Scaling and shift come from the VAE's config when it loads."""
 
-    beta_schedule: str
+    name: str = "sd1"
+    channels: int = 4
+    spatial: int = 8
+    temporal: int = 1  # a 3D VAE's frames per latent frame, after the first: frames = 1 + temporal * (latent - 1)
+
+
+@attrs.frozen
+class Preset:
+    """How a model samples: its training noise schedule (kind `schedule`, a plugin's, with `schedule_params`; for
+    `betas` the beta_* fields), prediction type, default step count and spacing, guidance, and its latent space."""
+
     steps: int
+    beta_schedule: str | None = None
+    schedule: str = "betas"
+    schedule_params: dict[str, float | int | bool | str] = attrs.Factory(dict)
+    prediction: str = "epsilon"
+    latent_space: LatentSpaceDecl = LatentSpaceDecl()
     spacing: str = "leading"
     steps_offset: int = 0
     beta_start: float = 0.00085
@@ -50,8 +67,8 @@ class Preset:
     # the most frames one call can see (a motion module's positional encoding); None: frames are independent
     frame_window: int | None = None
 
-    def schedule(self, steps: int | None = None) -> ModelSchedule:
-        train = TrainSchedule(self.beta_schedule, self.beta_start, self.beta_end, self.train_steps)
+    def sampling(self, train: NoiseSchedule, steps: int | None = None) -> ModelSchedule:
+        """A run of `steps` (default: the preset's) over the noise schedule `train` this preset's kind made."""
         return ModelSchedule(train, steps or self.steps, self.spacing, self.steps_offset, self.original_steps)
 
 
@@ -130,7 +147,7 @@ def _entries_of(file: Path, known_presets: dict[str, Preset]) -> tuple[dict[str,
                                 f"{did_you_mean(preset, presets)}")
                 continue
             preset = presets[preset]
-        if preset.beta_schedule not in BETA_SCHEDULES:
+        if preset.schedule == "betas" and preset.beta_schedule not in BETA_SCHEDULES:
             problems.append(f"{where}.preset.beta_schedule: {preset.beta_schedule!r}; use one of {', '.join(BETA_SCHEDULES)}")
         if preset.spacing not in SPACINGS:
             problems.append(f"{where}.preset.spacing: {preset.spacing!r}; use one of {', '.join(SPACINGS)}")

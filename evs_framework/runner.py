@@ -17,17 +17,18 @@ import structlog
 import torch
 from tqdm import tqdm
 
-from evs_framework import output_guard, video_io
+from evs_framework import output_guard
+from evs_framework.io import video_io
 from evs_framework.denoiser import Denoiser
-from evs_framework.errors import EVSError, NumericalError, VideoError
+from evs_framework.errors import EVSError, NumericalError, VideoError, WeightsError
 from evs_framework.executor import OpRecord, execute, unplanned_calls
 from evs_framework.identity import RunIdentity, package_versions, run_identity, weight_fingerprints
 from evs_framework.loading import LoadContext
 from evs_framework.placement import Placement
 from evs_framework.preflight import input_problems
-from evs_framework.plan import DenoiseOp, Plan
+from evs_framework.latent_space import VAE_ROUND_TRIP, check_declared
+from evs_framework.plan import ConvertOp, DenoiseOp, Plan
 from evs_framework.spec import InputVideo, Spec, spec_to_data
-from evs_framework.vae import decode_latents, encode_frames
 
 log = structlog.get_logger(__name__)
 
@@ -73,18 +74,25 @@ def check_inputs(spec: Spec, plan: Plan | None = None) -> None:
 
 
 def load_backends(plan: Plan, context: LoadContext) -> dict:
-    return {role: context.load(model.entry) for role, model in plan.models.items()}
+    """Each role's backend; its VAE must agree with the latent space its registry preset declares (plans rely on it)."""
+    backends = {role: context.load(model.entry) for role, model in plan.models.items()}
+    problems = [p for role, model in plan.models.items() if (p := check_declared(model.entry, backends[role].codec.space))]
+    if problems:
+        raise WeightsError("; ".join(problems))
+    return backends
 
 
-def make_denoisers(plan: Plan, backends: dict, prompt: str, negative_prompt: str,
+def make_denoisers(plan: Plan, backends: dict, prompt: str, negative_prompt: str, catalogue,
                    placement: Placement | None = None) -> dict[str, Denoiser]:
     """One denoiser per role, conditioned on this video's prompt (and the negative prompt for guidance)."""
     placement = placement or Placement(torch.device("cpu"))
     denoisers = {}
     for role, backend in backends.items():
+        model = plan.models[role]
         placement.use(backend.text_encoder)
-        text = backend.encode_prompts([negative_prompt, prompt]).float()
-        denoisers[role] = Denoiser(backend, plan.models[role].schedule.train, text, plan.models[role].guidance,
+        conditioning = backend.encode_prompts([negative_prompt, prompt])
+        denoisers[role] = Denoiser(backend, model.schedule.train, conditioning, model.guidance,
+                                   catalogue.get("prediction_types", model.entry.preset.prediction),
                                    prepare=functools.partial(placement.use, backend.unet))
     return denoisers
 
@@ -113,6 +121,7 @@ class VideoRun:
     device: torch.device
     report: dict = attrs.Factory(dict)
     state: dict = attrs.Factory(dict)  # per-video state of plugins, samplers and transfers, by plugin name
+    placement: Placement | None = None  # where weights wait (--offload); None: all on `device`
 
 
 class _StepBar:
@@ -132,6 +141,18 @@ class _StepBar:
         self.hook.step_end(video=self.run, op=op, step=step, sigma=sigma, latents=latents)
 
 
+def convert_latents(run: VideoRun, op: ConvertOp, latents: torch.Tensor, chunk: int) -> torch.Tensor:
+    """A ConvertOp: the plan's converter, or the VAE round trip through the two models' codecs."""
+    source, target = run.backends[op.source_model], run.backends[op.model]
+    if op.converter != VAE_ROUND_TRIP:
+        return run.catalogue.get("latent_converters", op.converter).convert(latents, source, target)
+    placement = run.placement or Placement(run.device)
+    placement.use(source.codec.module)
+    frames = source.codec.decode(latents, chunk)
+    placement.use(target.codec.module)
+    return target.codec.encode(frames, chunk).to(latents.device)
+
+
 def run_plan(run: VideoRun, hook, progress: bool = False, label: str = "") -> tuple[torch.Tensor, list[OpRecord], float]:
     """The plugins' video_start, the plan's ops, then video_end (also on failure): (clean latents, op records,
     seconds spent in video_start)."""
@@ -140,8 +161,9 @@ def run_plan(run: VideoRun, hook, progress: bool = False, label: str = "") -> tu
     try:
         hook.video_start(video=run)
         prepare_seconds = time.perf_counter() - started
+        convert = functools.partial(convert_latents, run, chunk=run.spec.output.decode_chunk)
         latents, records = execute(run.plan, run.denoisers, run.source, run.catalogue, run.generator, observer=steps,
-                                   video_state=run.state)
+                                   video_state=run.state, convert=convert)
     finally:
         steps.bar.close()
         hook.video_end(video=run)
@@ -153,17 +175,19 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
     started = time.perf_counter()
     clip = video_io.read_video(item.video, max_frames=spec.video.max_frames, stride=spec.video.stride, fit=spec.video.fit,
                                size=spec.video.size)
-    codec = backends.get("idm", backends.get("vdm")).vae
     chunk = spec.output.decode_chunk
     placement = context.placement
-    placement.use(codec)
-    source = encode_frames(codec, clip.frames, chunk).to(context.device)
-    denoisers = make_denoisers(plan, backends, item.prompt, spec.negative_prompt, placement)
+    encoder = backends[plan.source_model].codec
+    placement.use(encoder.module)
+    source = encoder.encode(clip.frames, chunk).to(context.device)
+    catalogue = context.plugins.catalogue
+    denoisers = make_denoisers(plan, backends, item.prompt, spec.negative_prompt, catalogue, placement)
     generator = torch.Generator("cpu").manual_seed(spec.seed)
-    run = VideoRun(spec, plan, backends, denoisers, source, generator, context.plugins.catalogue, context.device)
+    run = VideoRun(spec, plan, backends, denoisers, source, generator, catalogue, context.device, placement=placement)
     latents, records, prepare_seconds = run_plan(run, context.plugins.hook, progress, item.video.name)
-    placement.use(codec)
-    frames = decode_latents(codec, latents, chunk)
+    decoder = backends[plan.output_model].codec
+    placement.use(decoder.module)
+    frames = decoder.decode(latents, chunk)
     if not torch.isfinite(frames).all():
         raise NumericalError(f"the VAE decoded NaN or infinite pixels for {item.video.name}; "
                              f"decode in float32 (--vae-dtype float32)")

@@ -1,7 +1,7 @@
 """Backend kind `animatediff`: an AnimateDiff motion adapter over an SD1.5 base.
 
 The adapter is a diffusers folder or one weights file in the diffusers or the original (ComfyUI) key layout
-(evs_framework.motion_adapter). The registry entry's `base` names the SD1.5 model whose spatial weights, text
+(evs_framework.loaders.motion_adapter). The registry entry's `base` names the SD1.5 model whose spatial weights, text
 encoder and VAE it uses. The motion UNet is assembled from the base UNet's own modules and the adapter's motion
 modules, so no weight is copied: with lightningEP over EP next to an EP text-to-image model, EP's 860M spatial
 parameters are in memory once. Option `spatial_lora` (AnimateLCM's) names a LoRA file beside the adapter that is
@@ -17,8 +17,9 @@ import torch
 
 from evs_framework.errors import WeightsError
 from evs_framework.hookspecs import hookimpl
-from evs_framework.motion_adapter import load_motion_adapter
-from evs_plugins.sd15 import SD15Parts, encode_prompts, parts_with_lora
+from evs_framework.loaders.motion_adapter import load_motion_adapter
+from evs_framework.io.vae import FrameCodec
+from evs_plugins.sd15 import SD15Parts, encode_prompts, frame_codec, parts_with_lora
 
 if TYPE_CHECKING:  # annotations only; diffusers is imported where a model loads
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # annotations only; diffusers is imported where a model loads
 class AnimateDiffBackend:
     unet: UNetMotionModel
     parts: SD15Parts  # the spatial modules, text encoder and VAE of the base
+    codec: FrameCodec
     frames_as_batch = False
 
     @property
@@ -42,7 +44,7 @@ class AnimateDiffBackend:
         return encode_prompts(self.parts, prompts)
 
     @torch.no_grad()
-    def predict_noise(self, x, timestep, text):
+    def predict(self, x, timestep, text):
         frames = x.shape[1]
         # UNetMotionModel takes (batch, channels, frames, h, w) and one text embedding per frame
         sample = x.permute(0, 2, 1, 3, 4).to(self.unet.dtype)
@@ -97,7 +99,7 @@ def load_animatediff(entry, context) -> AnimateDiffBackend:
         parts = parts_with_lora(base_entry, lora_path, float(entry.options.get("spatial_lora_scale", 1.0)), context)
     adapter = load_motion_adapter(path, context.dtype, allow_pickle=context.allow_pickle)
     adapter.to(context.placement.load_device).eval().requires_grad_(False)
-    return AnimateDiffBackend(motion_unet_over(parts.unet, adapter), parts)
+    return AnimateDiffBackend(motion_unet_over(parts.unet, adapter), parts, frame_codec(entry, parts))
 
 
 @hookimpl

@@ -96,7 +96,7 @@ class Injection:
 
 def latent_size(spec, plan) -> tuple[int, int, int] | None:
     """(frames, height, width) of the largest input's latents as the T2I model works on them; None if unreadable."""
-    from evs_framework import video_io
+    from evs_framework.io import video_io
     from evs_framework.errors import VideoError
     from evs_framework.preflight import working_size
 

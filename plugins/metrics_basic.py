@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from evs_framework.hookspecs import hookimpl
-from evs_framework.metrics import ClipInfo, Metric, MetricResult
+from evs_framework.evaluation.metrics import ClipInfo, Metric, MetricResult
 
 HSV_BINS = (12, 6, 6)
 SUBJECT_SHARE = 0.3  # the most salient 30 % of the first frame's pixels are the subject, the rest the background

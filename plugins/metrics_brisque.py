@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from evs_framework.hookspecs import hookimpl
-from evs_framework.metrics import ClipInfo, Metric, MetricResult
+from evs_framework.evaluation.metrics import ClipInfo, Metric, MetricResult
 from evs_plugins.natural_scene import aggd, longer_side_at_most, mscn
 
 DATA = Path(__file__).parent / "data"

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from evs_framework.hookspecs import hookimpl
-from evs_framework.metrics import ClipInfo, Metric, MetricResult
+from evs_framework.evaluation.metrics import ClipInfo, Metric, MetricResult
 
 # Farneback parameters measured to track uniform pans closely (10.15 px found for a 10 px pan)
 FARNEBACK = dict(pyr_scale=0.5, levels=4, winsize=21, iterations=5, poly_n=7, poly_sigma=1.5, flags=0)

@@ -18,7 +18,7 @@ import numpy as np
 import structlog
 
 from evs_framework.hookspecs import hookimpl
-from evs_framework.metrics import ClipInfo, Metric, MetricResult
+from evs_framework.evaluation.metrics import ClipInfo, Metric, MetricResult
 from evs_plugins.natural_scene import aggd, longer_side_at_most, mscn
 
 log = structlog.get_logger(__name__)

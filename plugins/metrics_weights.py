@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evs_framework.checkpoints import read_state_dict
+from evs_framework.loaders.checkpoints import read_state_dict
 from evs_framework.hookspecs import hookimpl
-from evs_framework.metrics import ClipInfo, Metric, MetricResult
+from evs_framework.evaluation.metrics import ClipInfo, Metric, MetricResult
 from evs_plugins.metrics_basic import consistency
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING
 import attrs
 import torch
 
-from evs_framework.checkpoints import CHECKPOINT_SUFFIXES, refuse_pickled_folder
+from evs_framework.loaders.checkpoints import CHECKPOINT_SUFFIXES, refuse_pickled_folder
 from evs_framework.errors import WeightsError
 from evs_framework.hookspecs import hookimpl
-from evs_framework.lora import fuse_lora, read_lora
-from evs_framework.single_file import load_sd15_single_file
+from evs_framework.io.vae import FrameCodec, frame_vae_space
+from evs_framework.loaders.lora import fuse_lora, read_lora
+from evs_framework.loaders.single_file import load_sd15_single_file
 
 if TYPE_CHECKING:  # annotations only; the modules are imported where a model loads
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -133,9 +134,15 @@ def encode_prompts(parts: SD15Parts, prompts: list[str]) -> torch.Tensor:
     return parts.text_encoder(ids.to(parts.text_encoder.device))[0]
 
 
+def frame_codec(entry, parts: SD15Parts) -> FrameCodec:
+    """The parts' VAE as the codec of the latent space the entry's preset declares."""
+    return FrameCodec(parts.vae, frame_vae_space(entry.preset.latent_space.name, parts.vae))
+
+
 @attrs.frozen
 class SD15Backend:
     parts: SD15Parts
+    codec: FrameCodec
     frames_as_batch = True
 
     @property
@@ -154,7 +161,8 @@ class SD15Backend:
         return encode_prompts(self.parts, prompts)
 
     @torch.no_grad()
-    def predict_noise(self, x, timestep, text):
+    def predict(self, x, timestep, text):
+        """Noise for x (batch, frames, channels, h, w), each frame an image, with text (batch, tokens, dim)."""
         batch, frames = x.shape[:2]
         unet = self.parts.unet
         eps = unet(x.flatten(0, 1).to(unet.dtype), timestep,
@@ -163,14 +171,16 @@ class SD15Backend:
 
 
 def load_sd15(entry, context) -> SD15Backend:
-    return SD15Backend(sd15_parts(entry, context))
+    parts = sd15_parts(entry, context)
+    return SD15Backend(parts, frame_codec(entry, parts))
 
 
 def load_sd15_lora(entry, context) -> SD15Backend:
     if entry.base is None:
         raise WeightsError(f"LoRA model {entry.name!r} has no `base` in the registry; name the SD1.5 model it applies to")
     scale = float(entry.options.get("scale", 1.0))
-    return SD15Backend(parts_with_lora(context.registry.get(entry.base), context.weights_path(entry), scale, context))
+    parts = parts_with_lora(context.registry.get(entry.base), context.weights_path(entry), scale, context)
+    return SD15Backend(parts, frame_codec(entry, parts))
 
 
 @hookimpl

@@ -9,11 +9,11 @@ import pytest
 import structlog
 import torch
 
-from evs_framework import video_io
+from evs_framework.io import video_io
 from evs_framework.loading import LoadContext, WeightSettings
 from evs_framework.plugins import load_plugins
 from evs_framework.registry import load_registry
-from evs_framework.zoo import build_tiny_zoo, make_synthetic_clip
+from evs_framework.testing.zoo import build_tiny_zoo, make_synthetic_clip
 
 # The original EVS example enhance config, key for key (shared/SEED.md).
 SEED_EXAMPLE = {

@@ -19,7 +19,7 @@ def native(clip, composition="IDM_VDM_IDM", idm=None, vdm=None, using_attn=False
 
 def run_counted(spec, plan, backends, plugins):
     """The plan run on random latents through the runner's hooks: (op records, model calls made per role)."""
-    denoisers = make_denoisers(plan, {role: backends[role] for role in plan.models}, "a red ball", "")
+    denoisers = make_denoisers(plan, {role: backends[role] for role in plan.models}, "a red ball", "", plugins.catalogue)
     source = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     run = VideoRun(spec, plan, backends, denoisers, source, torch.Generator().manual_seed(1), plugins.catalogue,
                    torch.device("cpu"))

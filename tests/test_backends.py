@@ -9,12 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 from evs_framework.errors import WeightsError
-from evs_framework.lora import read_lora
+from evs_framework.loaders.lora import read_lora
 from evs_framework.loading import LoadContext, WeightSettings
 from evs_framework.runner import run_job
 from evs_framework.spec import load_spec
 from evs_framework.planner import make_plan
-from evs_framework.zoo import ANIMATELCM_FOLDER, ANIMATELCM_LORA, SINGLE_FILES, WATERCOLOR_LORA
+from evs_framework.testing.zoo import ANIMATELCM_FOLDER, ANIMATELCM_LORA, SINGLE_FILES, WATERCOLOR_LORA
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,8 +129,8 @@ def test_a_folder_with_two_checkpoints_asks_which(plugins, registry, zoo, tmp_pa
 
 
 def test_comfyui_layout_lightning_file_loads_the_same_adapter(plugins, registry, zoo, tmp_path):
-    from evs_framework.motion_adapter import load_motion_adapter, write_motion_adapter_file
-    from evs_framework.zoo import LIGHTNING_FILE
+    from evs_framework.loaders.motion_adapter import load_motion_adapter, write_motion_adapter_file
+    from evs_framework.testing.zoo import LIGHTNING_FILE
 
     diffusers_layout = load_motion_adapter(zoo / LIGHTNING_FILE, torch.float32)
     comfyui = write_motion_adapter_file(diffusers_layout, tmp_path / LIGHTNING_FILE, "original")
@@ -155,7 +155,7 @@ def test_task_configs_plan_and_run_on_the_tiny_stand_ins(task, tmp_path, clip_fi
 def test_a_diffusers_format_style_lora_loads_through_the_registry(plugins, registry, zoo, tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from evs_framework.lora_write import write_diffusers_lora
+    from evs_framework.testing.lora_write import write_diffusers_lora
 
     sd_unet = UNet2DConditionModel.from_pretrained(zoo / "stable-diffusion-v1-5", subfolder="unet")
     lora_file = write_diffusers_lora(tmp_path / "watercolor" / "pytorch_lora_weights.safetensors", sd_unet, rank=4,

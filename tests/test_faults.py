@@ -24,7 +24,7 @@ from evs_framework.output_guard import LockOwner, claim_stem, lock_path, prepare
 from evs_framework.planner import make_plan
 from evs_framework.runner import output_stems, run_job
 from evs_framework.spec import load_spec
-from evs_framework.video_io import write_video
+from evs_framework.io.video_io import write_video
 
 HOLD_LOCK = """
 import sys, time
@@ -47,7 +47,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 from evs_framework.output_guard import claim_stem
-from evs_framework.video_io import WRITER_SETTINGS, atomic_path
+from evs_framework.io.video_io import WRITER_SETTINGS, atomic_path
 folder, stem = Path(sys.argv[1]), sys.argv[2]
 claim_stem(folder, stem)
 with atomic_path(folder / f"{stem}.mp4", ".mp4") as partial:

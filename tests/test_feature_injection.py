@@ -9,8 +9,8 @@ from evs_framework.errors import PlanError
 from evs_framework.planner import make_plan
 from evs_framework.runner import VideoRun, load_backends, make_denoisers, run_plan
 from evs_framework.spec import spec_from_data
-from evs_framework.vae import encode_frames
-from evs_framework.zoo import make_synthetic_clip
+from evs_framework.io.vae import encode_frames
+from evs_framework.testing.zoo import make_synthetic_clip
 
 ALL_SELF_ATTENTION = ["*attn1"]
 PROMPT = "a red ball rolling on grass"
@@ -38,7 +38,7 @@ def source(zoo):
 def run(spec, source, plugins, registry, context):
     plan = make_plan(spec, registry, plugins)
     backends = load_backends(plan, context)
-    denoisers = make_denoisers(plan, backends, PROMPT, spec.negative_prompt)
+    denoisers = make_denoisers(plan, backends, PROMPT, spec.negative_prompt, plugins.catalogue)
     video = VideoRun(spec, plan, backends, denoisers, source, torch.Generator().manual_seed(0), plugins.catalogue,
                      context.device)
     latents, _, _ = run_plan(video, plugins.hook)

@@ -7,12 +7,12 @@ import shutil
 import attrs
 import torch
 
-from evs_framework import video_io
+from evs_framework.io import video_io
 from evs_framework.identity import weight_fingerprints
 from evs_framework.planner import make_plan
 from evs_framework.runner import run_job, video_identity
 from evs_framework.spec import load_spec
-from evs_framework.zoo import make_synthetic_clip
+from evs_framework.testing.zoo import make_synthetic_clip
 
 
 def idm_only(seed_config, tmp_path, plugins, registry, clip):

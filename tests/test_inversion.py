@@ -4,12 +4,13 @@ import pytest
 import torch
 
 from evs_framework.denoiser import Denoiser
-from evs_framework.sigmas import ModelSchedule, TrainSchedule
+from evs_framework.schedules import ModelSchedule, BetaSchedule
 from evs_framework.transfer import TransferContext
-from evs_framework.vae import encode_frames
-from evs_framework.zoo import make_synthetic_clip
+from evs_framework.io.vae import encode_frames
+from evs_framework.testing.zoo import make_synthetic_clip
 from evs_framework.sampler import single_step
 from evs_plugins.samplers import EULER
+from evs_plugins.schedules import betas
 from evs_plugins.transfers import ddim_inversion, random_noise
 
 
@@ -18,10 +19,10 @@ class GaussianDataBackend:
 
     frames_as_batch = True
 
-    def __init__(self, train: TrainSchedule, std: float):
+    def __init__(self, train: BetaSchedule, std: float):
         self.train, self.std = train, std
 
-    def predict_noise(self, x, timestep, text):
+    def predict(self, x, timestep, text):
         low = int(timestep)
         high = min(low + 1, self.train.train_steps - 1)
         sigma = float(torch.lerp(self.train.sigmas[low], self.train.sigmas[high], timestep - low))
@@ -40,7 +41,7 @@ def round_trip(denoiser, schedule: ModelSchedule, clean, strength, transfer):
 
 @pytest.mark.parametrize("beta_schedule", ["scaled_linear", "linear"])
 def test_inversion_reconstructs_with_an_exact_denoiser(beta_schedule):
-    train = TrainSchedule(beta_schedule)
+    train = BetaSchedule(beta_schedule)
     clean = 0.5 * torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     denoiser = Denoiser(GaussianDataBackend(train, std=0.5), train, torch.zeros(2, 1, 1), guidance=1.0)
     errors = [round_trip(denoiser, ModelSchedule(train, steps, "leading", 1), clean, 0.6, ddim_inversion) for steps in (25, 100)]
@@ -56,7 +57,7 @@ def test_inversion_beats_fresh_noise_with_a_real_unet(context, registry):
     entry = registry.get("SD")
     backend = context.load(entry)
     clean = encode_frames(backend.vae, make_synthetic_clip(4, 64, 48), 4)
-    schedule = entry.preset.schedule(50)
+    schedule = entry.preset.sampling(betas(entry.preset), 50)
     denoiser = Denoiser(backend, schedule.train, backend.encode_prompts(["", "a red ball"]), guidance=1.0)
     inverted = round_trip(denoiser, schedule, clean, 0.4, ddim_inversion)
     noised = round_trip(denoiser, schedule, clean, 0.4, random_noise)

@@ -6,12 +6,12 @@ from diffusers import LCMScheduler
 
 from evs_framework.denoiser import Denoiser
 from evs_framework.plugins import load_plugins
-from evs_framework.sigmas import ModelSchedule, TrainSchedule
+from evs_framework.schedules import ModelSchedule, BetaSchedule
 from evs_framework.sampler import single_step
 from evs_plugins.samplers import LCM
 
 BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}
-TRAIN = TrainSchedule("linear")
+TRAIN = BetaSchedule("linear")
 ANIMATELCM = ModelSchedule(TRAIN, 8, "lcm", original_steps=100)
 
 
@@ -20,7 +20,7 @@ class FakeBackend:
 
     frames_as_batch = True
 
-    def predict_noise(self, x, timestep, text):
+    def predict(self, x, timestep, text):
         return torch.tanh(x) * (0.5 + timestep / 2000) + 0.1 * torch.cos(3 * x)
 
 
@@ -40,7 +40,7 @@ def _latent(seed):
 
 def _compare_step(scheduler, sigma, sigma_next, t, x_vp, seed=7):
     """One lcm step from the VP latent x_vp at (sigma, timestep t), checked against scheduler.step."""
-    model_output = FakeBackend().predict_noise(x_vp[None], t, None)[0]
+    model_output = FakeBackend().predict(x_vp[None], t, None)[0]
     expected = scheduler.step(model_output, t, x_vp, generator=torch.Generator().manual_seed(seed))
 
     x = x_vp * (1 + sigma**2) ** 0.5  # variance-preserving -> sigma form
@@ -78,7 +78,7 @@ def test_boundary_scalings_near_timestep_zero(t):
     x_vp = _latent(5 + t)
     expected = _compare_step(scheduler, sigma, 0.0, t, x_vp)
     # and the result is not the plain x0 estimate: the skip term contributes beyond the tolerance
-    plain = x_vp - sigma / (1 + sigma**2) ** 0.5 * FakeBackend().predict_noise(x_vp, t, None)
+    plain = x_vp - sigma / (1 + sigma**2) ** 0.5 * FakeBackend().predict(x_vp, t, None)
     assert (expected.denoised - plain).abs().max() > 1e-3
 
 

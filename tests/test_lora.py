@@ -13,11 +13,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
-from evs_framework import lora_write
+from evs_framework.testing import lora_write
 from evs_framework.errors import WeightsError
-from evs_framework.lora import fuse_lora, read_lora
-from evs_framework.lora_write import write_diffusers_lora, write_kohya_lora
-from evs_framework.zoo import make_text_encoder, make_unet, save_tokenizer
+from evs_framework.loaders.lora import fuse_lora, read_lora
+from evs_framework.testing.lora_write import write_diffusers_lora, write_kohya_lora
+from evs_framework.testing.zoo import make_text_encoder, make_unet, save_tokenizer
 
 SCALE = 0.75
 # The tiny zoo UNet's attention blocks by their LDM names (one layer per block, two blocks: conv_in is input 0,

@@ -8,9 +8,9 @@ import pytest
 
 from evs_framework.cli import main
 from evs_framework.errors import PluginError
-from evs_framework.metrics import ClipInfo, Metric, MetricResult, aggregate
+from evs_framework.evaluation.metrics import ClipInfo, Metric, MetricResult, aggregate
 
-from evs_framework.video_io import write_video
+from evs_framework.io.video_io import write_video
 from evs_plugins.metrics_basic import (
     background_consistency_hist, consistency, subject_consistency_hist, temporal_flickering, tenengrad,
 )

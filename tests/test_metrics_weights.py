@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from evs_framework.cli import main
-from evs_framework.zoo import save_tokenizer
+from evs_framework.testing.zoo import save_tokenizer
 from evs_plugins.metrics_weights import clip_pixels, middle_frames, normalise, shorter_side_to, to_tensor, IMAGENET
 
 

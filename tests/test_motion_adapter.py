@@ -6,11 +6,11 @@ from diffusers import MotionAdapter
 from safetensors.torch import load_file, save_file
 
 from evs_framework.errors import WeightsError
-from evs_framework.motion_adapter import (
+from evs_framework.loaders.motion_adapter import (
     detect_layout, infer_motion_adapter_config, load_motion_adapter, motion_adapter_from_state_dict,
     write_motion_adapter_file,
 )
-from evs_framework.zoo import ANIMATELCM_FOLDER
+from evs_framework.testing.zoo import ANIMATELCM_FOLDER
 
 HEADS = {"motion_num_attention_heads": 8}  # given explicitly, as a user would for an adapter with other heads
 SHAPE_CONFIG = ("block_out_channels", "motion_layers_per_block", "motion_transformer_layers_per_block",

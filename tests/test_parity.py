@@ -22,12 +22,13 @@ from evs_framework.plan import TransferOp
 from evs_framework.planner import make_plan
 from evs_framework.runner import make_denoisers
 from evs_framework.sampler import StepContext, single_step
-from evs_framework.sigmas import TrainSchedule
+from evs_framework.schedules import BetaSchedule
 from evs_framework.spec import InputVideo, ModelChoice, Settings, Spec
 from evs_framework.transfer import TransferContext
-from evs_framework.vae import decode_latents, encode_frames
-from evs_framework.zoo import make_synthetic_clip, make_vae
+from evs_framework.io.vae import decode_latents, encode_frames
+from evs_framework.testing.zoo import make_synthetic_clip, make_vae
 from evs_plugins.samplers import EULER, LCM
+from evs_plugins.schedules import betas
 from evs_plugins.transfers import ddim_invert_up, ddim_inversion, ddim_renoise, random_noise
 
 PROMPT, NEGATIVE = "a red ball rolling on green grass", "blurry, dark, low quality"
@@ -76,7 +77,7 @@ def run_ours(role, model, backend, source, strength, plugins, registry):
                 composition=role.upper(), negative_prompt=NEGATIVE, seed=SEED,
                 settings=Settings(**{f"{role}_invert_mode": "random", f"{role}_inverse_strength": strength}))
     plan = make_plan(spec, registry, plugins)
-    denoisers = make_denoisers(plan, {role: backend}, PROMPT, NEGATIVE)
+    denoisers = make_denoisers(plan, {role: backend}, PROMPT, NEGATIVE, plugins.catalogue)
     latents, _ = execute(plan, denoisers, source, plugins.catalogue, torch.Generator().manual_seed(SEED))
     return latents, denoisers[role]
 
@@ -190,7 +191,7 @@ class RecordingBackend:
     def __init__(self):
         self.calls = []
 
-    def predict_noise(self, x, timestep, text):
+    def predict(self, x, timestep, text):
         self.calls.append((x.clone(), timestep, text.clone()))
         return smooth_eps(x, timestep, text)
 
@@ -212,7 +213,7 @@ class TextKeyedBackend:
     def __init__(self, uncond, cond):
         self.uncond, self.cond, self.texts = uncond, cond, []
 
-    def predict_noise(self, x, timestep, text):
+    def predict(self, x, timestep, text):
         self.texts.append(text.clone())
         return torch.stack([self.cond if row.item() == 1.0 else self.uncond for row in text.flatten(1)])
 
@@ -223,7 +224,7 @@ def random_latents(*shape, seed=0):
 
 def keyed_denoiser(guidance):
     uncond, cond = random_latents(2, 4, 6, 8, seed=1), random_latents(2, 4, 6, 8, seed=2)
-    return Denoiser(TextKeyedBackend(uncond, cond), TrainSchedule("scaled_linear"), TEXT, guidance), uncond, cond
+    return Denoiser(TextKeyedBackend(uncond, cond), BetaSchedule("scaled_linear"), TEXT, guidance), uncond, cond
 
 
 def test_guidance_is_uncond_plus_scale_times_cond_minus_uncond():
@@ -251,7 +252,7 @@ def test_guidance_one_is_one_call_with_the_positive_prompt(model_guidance):
 def test_denoiser_input_and_timestep_are_euler_discretes(model, registry):
     """At every level, the UNet sees what EulerDiscreteScheduler gives it: scale_model_input(x) at its timestep."""
     preset = registry.get(model).preset
-    schedule = preset.schedule()
+    schedule = preset.sampling(betas(preset))
     scheduler = EulerDiscreteScheduler(**scheduler_config(preset))
     scheduler.set_timesteps(preset.steps)
     backend = RecordingBackend()
@@ -274,7 +275,7 @@ def test_denoiser_timestep_between_table_entries_is_diffusers_sigma_to_t():
                                        use_karras_sigmas=True)
     scheduler.set_timesteps(12)
     backend = RecordingBackend()
-    denoiser = Denoiser(backend, TrainSchedule("scaled_linear"), TEXT, guidance=1.0)
+    denoiser = Denoiser(backend, BetaSchedule("scaled_linear"), TEXT, guidance=1.0)
     fractional = 0
     for sigma, t in zip(scheduler.sigmas[:-1].tolist(), scheduler.timesteps.tolist()):
         denoiser(random_latents(1, 4, 2, 2), sigma)
@@ -286,7 +287,7 @@ def test_denoiser_timestep_between_table_entries_is_diffusers_sigma_to_t():
 
 # --- transfers ------------------------------------------------------------------------------------------------
 
-SD15_TRAIN = TrainSchedule("scaled_linear")
+SD15_TRAIN = BetaSchedule("scaled_linear")
 
 
 def transfer_context(clean, sigma_to, *, eps=None, sigma_from=0.0, levels=None, denoise=None, guidance=1.0):
@@ -335,7 +336,7 @@ def inverse_scheduler(preset):
 
 def inversion_setup(models, registry):
     backend, preset = models("SD"), registry.get("SD").preset
-    schedule = preset.schedule()
+    schedule = preset.sampling(betas(preset))
     levels = tuple(reversed(schedule.levels[schedule.start_level(0.4):]))  # clean .. t=381, 20 levels up
     text = backend.encode_prompts([NEGATIVE, PROMPT])
     denoiser = Denoiser(backend, schedule.train, text, guidance=preset.guidance)
@@ -444,19 +445,19 @@ def follow(scheduler, schedule, sampler, guidance, sigma_space, generators=False
 @pytest.mark.parametrize("scheduler_name", ["ddim", "euler"])
 def test_euler_sampler_is_the_sd15_scheduler_step(scheduler_name, registry):
     preset = registry.get("SD").preset
-    follow(sd15_schedulers(preset)[scheduler_name], preset.schedule(), EULER, preset.guidance,
+    follow(sd15_schedulers(preset)[scheduler_name], preset.sampling(betas(preset)), EULER, preset.guidance,
            sigma_space=scheduler_name == "euler")
 
 
 def test_euler_sampler_is_lightnings_euler_discrete_step(registry):
     preset = registry.get("lightningEP").preset
-    follow(EulerDiscreteScheduler(**scheduler_config(preset)), preset.schedule(), EULER, preset.guidance,
+    follow(EulerDiscreteScheduler(**scheduler_config(preset)), preset.sampling(betas(preset)), EULER, preset.guidance,
            sigma_space=True)
 
 
 def test_lcm_sampler_is_the_lcm_scheduler_step(registry):
     preset = registry.get("animatelcm").preset
-    follow(lcm_scheduler(preset), preset.schedule(), LCM, preset.guidance, sigma_space=False, generators=True)
+    follow(lcm_scheduler(preset), preset.sampling(betas(preset)), LCM, preset.guidance, sigma_space=False, generators=True)
 
 
 # --- the executor's wiring between models ------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 
 from evs_framework.composition import Composition, Stage
 from evs_framework.hookspecs import hookimpl
+from evs_framework.io.vae import FrameCodec, frame_vae_space
 from evs_plugins.sd15 import sd15_parts
 
 CALLS = []
@@ -29,12 +30,12 @@ class ShrinkBackend:
     unet = text_encoder = None  # no weights of its own to offload
 
     def __init__(self, parts):
-        self.vae = parts.vae
+        self.codec = FrameCodec(parts.vae, frame_vae_space("sd1", parts.vae))
 
     def encode_prompts(self, prompts):
         return torch.zeros(len(prompts), 77, 32)
 
-    def predict_noise(self, x, timestep, text):
+    def predict(self, x, timestep, text):
         CALLS.append(timestep)
         return 0.1 * x
 

@@ -13,7 +13,7 @@ import yaml
 
 from evs_framework.cli import build_parser, main
 from evs_framework.composition import load_composition_file, parse_composition
-from evs_framework.metrics import WEIGHT_FILES
+from evs_framework.evaluation.metrics import WEIGHT_FILES
 from evs_framework.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,6 +10,7 @@ import torch
 from evs_framework import runner
 from evs_framework.cli import main
 from evs_framework.errors import EVSError, VideoError
+from evs_framework.io.vae import FrameCodec
 from evs_framework.planner import make_plan
 from evs_framework.runner import run_job
 from evs_framework.spec import load_spec
@@ -87,7 +88,7 @@ def test_a_failing_video_does_not_lose_the_others(seed_config, tmp_path, plugins
 
 def test_nan_latents_name_the_op_and_sigma(seed_config, tmp_path, plugins, registry, context, monkeypatch):
     spec, plan = prepared(seed_config, tmp_path, plugins, registry)
-    monkeypatch.setattr(AnimateDiffBackend, "predict_noise", lambda self, x, t, text: torch.full_like(x, float("nan")))
+    monkeypatch.setattr(AnimateDiffBackend, "predict", lambda self, x, t, text: torch.full_like(x, float("nan")))
     [result] = run_job(spec, plan, context, progress=False)
     assert result.output is None
     assert "op 5 (denoise vdm)" in result.error and "sigma 1.419" in result.error and "float32" in result.error
@@ -113,7 +114,7 @@ def test_vae_keeps_its_own_precision(plugins, registry, zoo):
 
 def test_nan_pixels_from_the_vae_suggest_float32(seed_config, tmp_path, plugins, registry, context, monkeypatch):
     spec, plan = prepared(seed_config, tmp_path, plugins, registry)
-    monkeypatch.setattr(runner, "decode_latents", lambda vae, latents, chunk: torch.full((8, 3, 96, 128), float("nan")))
+    monkeypatch.setattr(FrameCodec, "decode", lambda codec, latents, chunk: torch.full((8, 3, 96, 128), float("nan")))
     [result] = run_job(spec, plan, context, progress=False)
     assert result.output is None and "--vae-dtype float32" in result.error
 

@@ -13,8 +13,9 @@ from evs_framework.executor import unplanned_calls
 from evs_framework.planner import make_plan
 from evs_framework.plugins import Catalogue, load_plugins
 from evs_framework.sampler import StepContext
-from evs_framework.sigmas import ModelSchedule, TrainSchedule
+from evs_framework.schedules import ModelSchedule, BetaSchedule
 from evs_plugins.samplers import DDIM, DPMPP_2M, EULER, HEUN
+from evs_plugins.schedules import betas
 from tests.planning import native, run_counted
 from tests.test_parity import follow, scheduler_config
 
@@ -22,7 +23,7 @@ from tests.test_parity import follow, scheduler_config
 def test_ddim_with_eta_is_the_ddim_scheduler_step(registry):
     preset = registry.get("SD").preset
     scheduler = DDIMScheduler(**scheduler_config(preset), clip_sample=False, set_alpha_to_one=True)  # as sd15_schedulers
-    follow(scheduler, preset.schedule(), DDIM, preset.guidance, sigma_space=False, generators=True,
+    follow(scheduler, preset.sampling(betas(preset)), DDIM, preset.guidance, sigma_space=False, generators=True,
            params={"eta": 0.7}, step_options={"eta": 0.7})
 
 
@@ -30,7 +31,7 @@ def test_dpmpp_2m_is_diffusers_dpm_solver_plus_plus_2m(registry):
     # trailing spacing, where diffusers' DPM-Solver spaces timesteps as our schedules do (its `leading` does not);
     # 25 steps, since diffusers lowers the order near the end below 15
     preset = registry.get("SD").preset
-    schedule = ModelSchedule(TrainSchedule("scaled_linear"), 25, "trailing")
+    schedule = ModelSchedule(BetaSchedule("scaled_linear"), 25, "trailing")
     scheduler = DPMSolverMultistepScheduler(**{**scheduler_config(preset), "timestep_spacing": "trailing"},
                                             algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
                                             final_sigmas_type="zero")

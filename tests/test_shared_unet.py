@@ -3,8 +3,8 @@
 import torch
 from diffusers import UNet2DConditionModel, UNetMotionModel
 
-from evs_framework.motion_adapter import load_motion_adapter
-from evs_framework.zoo import LIGHTNING_FILE, SD_FOLDER
+from evs_framework.loaders.motion_adapter import load_motion_adapter
+from evs_framework.testing.zoo import LIGHTNING_FILE, SD_FOLDER
 from evs_plugins.animatediff import motion_unet_over
 
 

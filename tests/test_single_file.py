@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from evs_framework.errors import WeightsError
-from evs_framework.single_file import load_sd15_single_file, write_sd15_single_file
-from evs_framework.zoo import SD_FOLDER as SD, build_tiny_zoo, save_text_to_image_pipeline
+from evs_framework.loaders.single_file import load_sd15_single_file, write_sd15_single_file
+from evs_framework.testing.zoo import SD_FOLDER as SD, build_tiny_zoo, save_text_to_image_pipeline
 
 EP = "ep-diffusers"  # an SD1.5 fine-tune as a diffusers folder, to convert to a single file
 PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.text_model.")
@@ -193,7 +193,7 @@ def test_real_sd15_layout_round_trips_through_diffusers_converters():
     on the meta device: our original-layout keys must convert back to every diffusers key with its shape."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
-    from evs_framework.single_file import unet_to_original, vae_to_original
+    from evs_framework.loaders.single_file import unet_to_original, vae_to_original
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8)  # the defaults are SD1.5's

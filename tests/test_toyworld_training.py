@@ -27,13 +27,13 @@ def test_every_prompt_word_is_one_token_and_other_words_still_tokenize(tmp_path)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Stages vae and t2i for 2 steps, then t2i resumed to 3, t2v for 3 (on softened clips) and the export."""
+    """Stages vae and t2i for 2 steps, then t2i resumed to 3, t2v for 3 (on softened clips), eval and the export."""
     root = tmp_path_factory.mktemp("toy")
     work, weights = root / "work", root / "weights"
     common = ["--work", str(work), "--batch", "1", "--measure", "16", "--device", "cpu", "--log-every", "1"]
     main(["--stage", "vae", "t2i", "--steps", "2", *common])
-    main(["--stage", "t2i", "t2v", "export", "--steps", "3", "--t2v-soften", "2", "--export", str(weights / "toyworld"),
-          *common])
+    main(["--stage", "t2i", "t2v", "eval", "export", "--steps", "3", "--t2v-soften", "2", "--eval-prompts", "1",
+          "--export", str(weights / "toyworld"), *common])
     return work, weights
 
 
@@ -43,6 +43,9 @@ def test_stages_resume_and_the_record_says_what_was_done(trained):
     stages = record["stages"]
     assert [stages[s]["steps"] for s in ("vae", "t2i", "t2v")] == [2, 3, 3]
     assert stages["t2v"]["soften"] == 2  # the T2V learnt from softened clips
+    evaluation = record["evaluation"]  # eval sampled from every stage's product
+    assert evaluation["t2i_samples"] > 0 and 0 <= evaluation["t2v_colour_accuracy"] <= 1
+    assert evaluation["t2v_frame_difference"] > 0
     assert [step for step, _ in stages["t2i"]["losses"]] == [1, 2, 3]  # steps 1-2 kept from the first run
     vae_config = json.loads((weights / "toyworld" / "toy-sd" / "vae" / "config.json").read_text())
     assert vae_config["scaling_factor"] == pytest.approx(record["scaling_factor"]) == stages["vae"]["scaling_factor"]
@@ -66,11 +69,11 @@ def test_the_export_loads_through_the_registry_and_prompts_change_the_picture(tr
 
     text = t2i.encode_prompts([RED, BLUE])
     x = torch.randn(1, 2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    red, blue = (t2i.predict_noise(x, 500, text[i:i + 1]) for i in (0, 1))
+    red, blue = (t2i.predict(x, 500, text[i:i + 1]) for i in (0, 1))
     assert (red - blue).abs().mean() > 1e-3 * red.abs().mean()
 
     clip = torch.randn(1, 16, 4, 16, 16, generator=torch.Generator().manual_seed(1))
-    eps = t2v.predict_noise(clip, 500, text[:1])
+    eps = t2v.predict(clip, 500, text[:1])
     assert eps.shape == clip.shape and torch.isfinite(eps).all()
 
 

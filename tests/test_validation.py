@@ -5,13 +5,14 @@ import re
 
 import pytest
 
-from evs_framework import runner, video_io
+from evs_framework import runner
+from evs_framework.io import video_io
 from evs_framework.cli import main
 from evs_framework.errors import SpecError
 from evs_framework.planner import make_plan
 from evs_framework.runner import output_stems
 from evs_framework.spec import load_spec, read_spec, spec_from_data
-from evs_framework.zoo import make_synthetic_clip
+from evs_framework.testing.zoo import make_synthetic_clip
 from tests.conftest import SEED_EXAMPLE
 
 

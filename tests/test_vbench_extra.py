@@ -9,7 +9,7 @@ import pytest
 
 from evs_framework.cli import main
 from evs_framework.errors import EVSError
-from evs_framework.vbench_extra import REQUIRED, VBenchSetup, parse_results, preflight
+from evs_framework.evaluation.vbench_extra import REQUIRED, VBenchSetup, parse_results, preflight
 
 
 def fake_vbench(folder, score=0.5):

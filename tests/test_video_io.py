@@ -9,7 +9,7 @@ import torch
 from structlog.testing import capture_logs
 
 from evs_framework.errors import VideoError
-from evs_framework.video_io import Clip, probe_video, read_video, side_by_side, write_json, write_video
+from evs_framework.io.video_io import Clip, probe_video, read_video, side_by_side, write_json, write_video
 
 # H.264 is lossy: a smooth gradient written at high quality comes back within this mean error, in [-1, 1] units.
 ROUND_TRIP_TOLERANCE = 0.05

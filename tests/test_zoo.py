@@ -15,11 +15,11 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from evs_framework import zoo
-from evs_framework.lora import read_lora
-from evs_framework.motion_adapter import load_motion_adapter
-from evs_framework.single_file import load_sd15_single_file
-from evs_framework.zoo import (
+from evs_framework.testing import zoo
+from evs_framework.loaders.lora import read_lora
+from evs_framework.loaders.motion_adapter import load_motion_adapter
+from evs_framework.loaders.single_file import load_sd15_single_file
+from evs_framework.testing.zoo import (
     ANIMATELCM_FOLDER, ANIMATELCM_LORA, LIGHTNING_FILE, SD_FOLDER as SD, SINGLE_FILES, WATERCOLOR_LORA, ZOO_VERSION,
     build_tiny_zoo, make_synthetic_clip,
 )

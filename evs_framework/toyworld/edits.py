@@ -14,7 +14,7 @@ from pathlib import Path
 
 import attrs
 
-from evs_framework import video_io
+from evs_framework.io import video_io
 from evs_framework.toyworld.experiment import FPS, HeldOutClip, paired_difference, run_compositions
 from evs_framework.toyworld.world import COLOURS, HELD_OUT_FIRST_SEED, degrade, render, render_with_masks, sample_spec
 

@@ -20,7 +20,7 @@ import attrs
 import torch
 from scipy import stats
 
-from evs_framework import video_io
+from evs_framework.io import video_io
 from evs_framework.planner import make_plan
 from evs_framework.runner import run_job
 from evs_framework.spec import spec_from_data

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evs_framework.metrics import ClipInfo
+from evs_framework.evaluation.metrics import ClipInfo
 from evs_framework.toyworld.quality import dominant_colours
-from evs_framework.video_io import frames_to_uint8
+from evs_framework.io.video_io import frames_to_uint8
 from evs_plugins.metrics_basic import temporal_flickering, tenengrad
 
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from evs_framework.toyworld.world import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SIZE, TEXTURES, ClipSpec
-from evs_framework.zoo import SD15_SCHEDULER_CONFIG, gpt2_byte_encoder
+from evs_framework.loaders.sd_layout import SD15_SCHEDULER_CONFIG, save_clip_tokenizer
 
 TEXT_DIM = 64
 UNET_BLOCKS = (64, 128, 128)
@@ -28,8 +28,8 @@ MAX_FRAMES = 32  # the adapter's positional table: clips of up to 32 frames
 SD_FOLDER = "toy-sd"
 ADAPTER_FILE = "toy_motion_adapter.safetensors"
 TRAINING_RECORD = "training.json"
+LATENT_SPACE = "toyworld"  # the name registry.yaml's toy presets declare for the toy VAE's latents
 EXPORT_DIR = Path(__file__).resolve().parent.parent / "data" / "weights" / "toyworld"
-SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
 
 def make_vae():
@@ -106,21 +106,9 @@ def word_merges(words: list[str]) -> list[tuple[str, str]]:
 
 
 def save_tokenizer(folder: Path):
-    """A CLIP BPE tokenizer whose vocabulary holds every prompt word as one token, over the 256 byte characters
-    (alone and word-final) so that any other text still tokenizes, character by character."""
-    from transformers import CLIPTokenizer
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = list(gpt2_byte_encoder().values())
-    merges = word_merges(prompt_words())
-    tokens = chars + [c + "</w>" for c in chars] + [left + right for left, right in merges] + list(SPECIAL_TOKENS)
-    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{left} {right}\n" for left, right in merges))
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77,
-                              pad_token="<|endoftext|>")
-    tokenizer.save_pretrained(folder)
-    return tokenizer
+    """A CLIP tokenizer whose vocabulary holds every prompt word as one token (any other text still tokenizes,
+    byte by byte)."""
+    return save_clip_tokenizer(folder, word_merges(prompt_words()))
 
 
 def parameter_count(module) -> int:
@@ -133,7 +121,7 @@ def export(vae, unet, text_encoder, tokenizer_folder: Path, adapter, folder: Pat
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-    from evs_framework.motion_adapter import write_motion_adapter_file
+    from evs_framework.loaders.motion_adapter import write_motion_adapter_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

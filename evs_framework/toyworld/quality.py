@@ -50,7 +50,8 @@ def frame_difference(clips: torch.Tensor) -> float:
 def sample(backend, prompt: str, frames: int, schedule, guidance: float, seed: int) -> torch.Tensor:
     """Latents (frames, 4, h, w) drawn from noise with `backend` through the runtime's Denoiser and Euler step."""
     from evs_framework.denoiser import Denoiser
-    from evs_plugins.samplers import euler
+    from evs_framework.sampler import single_step
+    from evs_plugins.samplers import EULER
 
     unet = backend.unet
     size = unet.config.sample_size
@@ -61,16 +62,16 @@ def sample(backend, prompt: str, frames: int, schedule, guidance: float, seed: i
     levels = schedule.levels
     x = noise * math.sqrt(levels[0] ** 2 + 1)  # pure noise in the variance-preserving form, as x0 + sigma * eps
     for sigma, sigma_next in zip(levels[:-1], levels[1:]):
-        x, _ = euler(denoise, x, sigma, sigma_next, None)
+        x, _ = single_step(EULER, denoise, x, sigma, sigma_next)
     return x
 
 
 def schedules():
     """The toy_t2i and toy_t2v presets' schedules (registry.yaml)."""
-    from evs_framework.sigmas import ModelSchedule, TrainSchedule
+    from evs_framework.schedules import BetaSchedule, ModelSchedule
 
-    return (ModelSchedule(TrainSchedule("scaled_linear"), 25, "leading", steps_offset=1),
-            ModelSchedule(TrainSchedule("linear"), 8, "trailing"))
+    return (ModelSchedule(BetaSchedule("scaled_linear"), 25, "leading", steps_offset=1),
+            ModelSchedule(BetaSchedule("linear"), 8, "trailing"))
 
 
 def save_grid(rows: torch.Tensor, path: Path) -> None:

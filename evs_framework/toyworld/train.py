@@ -197,9 +197,9 @@ def noised(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cumpro
 
 
 def alphas_cumprod(beta_schedule: str, device) -> torch.Tensor:
-    from evs_framework.sigmas import TrainSchedule
+    from evs_framework.schedules import BetaSchedule
 
-    return TrainSchedule(beta_schedule).alphas_cumprod.float().to(device)
+    return BetaSchedule(beta_schedule).alphas_cumprod.float().to(device)
 
 
 # ---- the training loop shared by the stages ------------------------------------------------------------------
@@ -317,7 +317,7 @@ def load_unet(settings: Settings):
 
 
 def load_adapter(settings: Settings):
-    from evs_framework.motion_adapter import load_motion_adapter
+    from evs_framework.loaders.motion_adapter import load_motion_adapter
 
     file = settings.work / "motion_adapter.safetensors"
     if not file.is_file():
@@ -419,7 +419,7 @@ def stage_t2i(settings: Settings) -> None:
 
 
 def stage_t2v(settings: Settings) -> None:
-    from evs_framework.motion_adapter import write_motion_adapter_file
+    from evs_framework.loaders.motion_adapter import write_motion_adapter_file
     from evs_plugins.animatediff import motion_unet_over
 
     vae, unet = load_vae(settings), load_unet(settings)
@@ -458,7 +458,7 @@ def stage_t2v(settings: Settings) -> None:
 @torch.no_grad()
 def stage_eval(settings: Settings) -> None:
     """Quality numbers for whatever products exist (quality.py says what each measures)."""
-    from evs_framework.vae import decode_latents
+    from evs_framework.io.vae import FrameCodec, decode_latents, frame_vae_space
     from evs_plugins.animatediff import AnimateDiffBackend, motion_unet_over
     from evs_plugins.sd15 import SD15Backend, SD15Parts
 
@@ -472,6 +472,7 @@ def stage_eval(settings: Settings) -> None:
     if (settings.work / "unet").is_dir():
         tokenizer, encoder = text_model(settings)
         parts = SD15Parts(load_unet(settings), vae, encoder, tokenizer)
+        codec = FrameCodec(vae, frame_vae_space(models.LATENT_SPACE, vae))
         t2i_schedule, t2v_schedule = quality.schedules()
         decode = lambda latents: decode_latents(vae, latents, 32)  # noqa: E731
         # for each colour, prompts of held-out clips of that colour; two samples each
@@ -481,7 +482,7 @@ def stage_eval(settings: Settings) -> None:
                 by_colour[spec.colour].append(spec)
         rows, hits, total = [], 0, 0
         for colour, specs in by_colour.items():
-            images = torch.cat([decode(quality.sample(SD15Backend(parts), s.prompt, 2, t2i_schedule, 3.0, seed=i))
+            images = torch.cat([decode(quality.sample(SD15Backend(parts, codec), s.prompt, 2, t2i_schedule, 3.0, seed=i))
                                 for i, s in enumerate(specs)])
             found = quality.dominant_colours(images)
             hits, total = hits + sum(f == colour for f in found), total + len(found)
@@ -489,11 +490,11 @@ def stage_eval(settings: Settings) -> None:
         quality.save_grid(torch.stack(rows), settings.work / "t2i_samples.png")
         result.update(t2i_colour_accuracy=round(hits / total, 3), t2i_samples=total)
         if (settings.work / "motion_adapter.safetensors").is_file():
-            backend = AnimateDiffBackend(motion_unet_over(parts.unet, load_adapter(settings)), parts)
+            backend = AnimateDiffBackend(motion_unet_over(parts.unet, load_adapter(settings)), parts, codec)
             specs = [specs[0] for specs in by_colour.values()]
             videos = torch.stack([decode(quality.sample(backend, s.prompt, FRAMES, t2v_schedule, 1.0, seed=100 + i))
                                   for i, s in enumerate(specs)])
-            one_by_one = torch.stack([decode(quality.sample(SD15Backend(parts), s.prompt, FRAMES, t2i_schedule, 3.0,
+            one_by_one = torch.stack([decode(quality.sample(SD15Backend(parts, codec), s.prompt, FRAMES, t2i_schedule, 3.0,
                                                             seed=200 + i)) for i, s in enumerate(specs)])
             votes = [max(set(v), key=v.count) for v in map(quality.dominant_colours, videos)]
             quality.save_grid(videos[:, ::2], settings.work / "t2v_clips.png")
@@ -508,7 +509,7 @@ def stage_eval(settings: Settings) -> None:
 
 
 def stage_export(settings: Settings, folder: Path) -> None:
-    from evs_framework.motion_adapter import load_motion_adapter
+    from evs_framework.loaders.motion_adapter import load_motion_adapter
 
     _, encoder = text_model(settings)
     vae, unet = load_vae(settings), load_unet(settings)

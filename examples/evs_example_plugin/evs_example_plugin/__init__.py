@@ -22,7 +22,7 @@ from evs_framework.denoiser import Prediction
 from evs_framework.hookspecs import hookimpl
 from evs_framework.sampler import Sampler
 from evs_framework.transfer import Transfer, fresh_noise
-from evs_plugins.sd15 import SD15Backend, sd15_parts
+from evs_plugins.sd15 import SD15Backend, frame_codec, sd15_parts
 
 PLUGIN = "evs_example"
 
@@ -70,7 +70,8 @@ class PromptPrefixBackend(SD15Backend):
 
 
 def load_prompt_prefix(entry, context) -> PromptPrefixBackend:
-    return PromptPrefixBackend(sd15_parts(context.registry.get(entry.base), context), entry.options["prefix"])
+    parts = sd15_parts(context.registry.get(entry.base), context)
+    return PromptPrefixBackend(parts, frame_codec(entry, parts), entry.options["prefix"])
 
 
 @hookimpl

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from evs_framework.loaders.sd_layout import SD15_SCHEDULER_CONFIG, save_clip_tokenizer
+
 ZOO_VERSION = 2  # bump when the layout changes; part of the cache marker
 
 MARKER = "zoo.json"
@@ -36,10 +38,6 @@ SD_SEED, WATERCOLOR_SEED, LIGHTNING_SEED, ANIMATELCM_SEED = 0, 400, 300, 500
 UNET_BLOCK_OUT_CHANNELS = (32, 64)
 UNET_LAYERS_PER_BLOCK = 1
 TEXT_DIM = 32
-SD15_SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    steps_offset=1, clip_sample=False, set_alpha_to_one=False,
-)
 
 
 def _is_built(root: Path) -> bool:
@@ -83,9 +81,9 @@ def _quiet_progress_bars():
 def _write_zoo(folder: Path) -> None:
     from diffusers import UNet2DConditionModel
 
-    from evs_framework.lora_write import write_kohya_lora
-    from evs_framework.motion_adapter import write_motion_adapter_file
-    from evs_framework.single_file import write_sd15_single_file
+    from evs_framework.testing.lora_write import write_kohya_lora
+    from evs_framework.loaders.motion_adapter import write_motion_adapter_file
+    from evs_framework.loaders.single_file import write_sd15_single_file
 
     save_text_to_image_pipeline(folder / SD_FOLDER, SD_SEED)
     for path, seed in SINGLE_FILES.items():
@@ -174,27 +172,8 @@ def make_scheduler():
 
 
 def save_tokenizer(folder: Path):
-    """Character-level CLIP BPE (no merges): every byte character, alone and with the end-of-word suffix."""
-    from transformers import CLIPTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = list(gpt2_byte_encoder().values())
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
-                              model_max_length=77, pad_token="<|endoftext|>")
-    tokenizer.save_pretrained(folder)
-    return tokenizer
-
-
-def gpt2_byte_encoder() -> dict[int, str]:
-    """GPT-2's reversible map from the 256 byte values to printable unicode characters."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    unprintable = [b for b in range(256) if b not in printable]
-    mapping = {b: chr(b) for b in printable}
-    mapping.update({b: chr(256 + i) for i, b in enumerate(unprintable)})
-    return dict(sorted(mapping.items()))
+    """Character-level CLIP BPE (no merges)."""
+    return save_clip_tokenizer(folder)
 
 
 def make_motion_adapter(seed: int):

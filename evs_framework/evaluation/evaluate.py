@@ -10,9 +10,9 @@ from pathlib import Path
 import structlog
 from tqdm import tqdm
 
-from evs_framework import video_io
+from evs_framework.io import video_io
 from evs_framework.errors import EVSError, did_you_mean
-from evs_framework.metrics import (ClipInfo, Metric, VideoScores, format_value, read_frames, report, report_csv,
+from evs_framework.evaluation.metrics import (ClipInfo, Metric, VideoScores, format_value, read_frames, report, report_csv,
                                    score_video)
 
 log = structlog.get_logger(__name__)
@@ -72,7 +72,7 @@ def evaluate(outputs: list[Path], metrics: list[Metric], progress: bool = True) 
 
 def add_vbench(data: dict, setup, dimensions: list[str]) -> dict:
     """Score the same outputs and sources with the real VBench (its own environment) and merge its numbers in."""
-    from evs_framework.vbench_extra import run_vbench
+    from evs_framework.evaluation.vbench_extra import run_vbench
 
     videos = {}
     for i, video in enumerate(data["videos"]):

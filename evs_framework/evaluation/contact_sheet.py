@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from evs_framework.video_io import atomic_path
+from evs_framework.io.video_io import atomic_path
 
 LABEL_HEIGHT = 14
 

@@ -1,5 +1,5 @@
 """Writes random-weight LoRA .safetensors files in the real on-disk formats (kohya/civitai and diffusers), for tests
-and the tiny demo model zoo. evs_framework.lora reads them back.
+and the tiny demo model zoo. evs_framework.loaders.lora reads them back.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from evs_framework.lora import LDM_TOP_LEVEL, _ldm_blocks
+from evs_framework.loaders.lora import LDM_TOP_LEVEL, _ldm_blocks
 
 # module-name endings that get a LoRA: UNet attention projections and transformer in/out, CLIP attention and MLP
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out",

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import attrs
 
-from evs_framework import video_io
-from evs_framework.contact_sheet import contact_sheet, labelled, save_png
+from evs_framework.io import video_io
+from evs_framework.evaluation.contact_sheet import contact_sheet, labelled, save_png
 from evs_framework.errors import EVSError
-from evs_framework.evaluate import choose_metrics, evaluate
-from evs_framework.metrics import format_value, read_frames
+from evs_framework.evaluation.evaluate import choose_metrics, evaluate
+from evs_framework.evaluation.metrics import format_value, read_frames
 from evs_framework.planner import make_plan
 from evs_framework.runner import run_job
 from evs_framework.spec import Spec

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from evs_framework.checkpoints import read_state_dict, refuse_pickled_folder
+from evs_framework.loaders.checkpoints import read_state_dict, refuse_pickled_folder
 from evs_framework.errors import WeightsError
 
 LAYOUTS = ("diffusers", "original")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from evs_framework.checkpoints import read_state_dict
+from evs_framework.loaders.checkpoints import read_state_dict
 from evs_framework.errors import WeightsError
 
 UNET_PREFIX = "model.diffusion_model."

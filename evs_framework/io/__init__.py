@@ -1,0 +1,1 @@
+"""Video files and latents: reading and writing clips, frames to latents and back."""
