@@ -2,6 +2,43 @@
 
 Catalogue hooks take a `register` callable: the host owns the names, refuses duplicates (naming both
 plugins) and remembers which plugin provided what. Call hooks by keyword.
+
+The objects hooks receive and return, in one place (each is defined in the module named):
+
+Models
+- `ModelEntry` (registry): `name`, `kind`, `type` ("t2i"/"t2v"), `weights` (a `WeightLocation`: `local`, `hub`,
+  `file`, `patterns`, `url`), `preset`, `base` (another entry's name or None), `options` (kind-specific data),
+  `source` (the registry file).
+- `Preset` (registry): `steps`, `spacing`, `steps_offset`, `original_steps`, `guidance`, `sampler`; the noise schedule
+  `schedule` (a kind of `register_noise_schedules`) with `schedule_params` and, for `betas`, `beta_schedule`,
+  `beta_start`, `beta_end`, `train_steps`; `prediction` (a `register_prediction_types` name); `latent_space` (a
+  `LatentSpaceDecl`: `name`, `channels`, `spatial`, `temporal`, `size_multiple`); `frame_window`, `trained_timesteps`.
+- `LoadContext` (loading): `registry`, `plugins`, `device`, `dtype`, `vae_dtype`, `allow_pickle`, `placement`
+  (`load_device`: where loaders put weights); `weights_path(entry)` finds an entry's files; `load(entry)` loads
+  another entry's backend once per run; `shared(key, build)` keeps one instance per key.
+- Backend (what a `register_backends` loader returns; `loading.Backend`): `encode_prompts(prompts)` returns the
+  model's conditioning, one row per prompt (a tensor, or an `evs_framework.conditioning.Conditioning`);
+  `predict(x, timestep, conditioning)` returns the model's raw output for x (batch, frames, channels, h, w), read by
+  its preset's prediction type; `codec` (`encode(frames, chunk)`, `decode(latents, chunk)`, `space`: a
+  `latent_space.LatentSpace`, `module`: the VAE); `unet` and `text_encoder` (what --offload moves, or None).
+- `NoiseSchedule` (schedules) and prediction conversions (predictions): see `register_noise_schedules` and
+  `register_prediction_types`. `Converter` (latent_space): see `register_latent_converters`.
+
+Denoising
+- `Denoiser` (denoiser): `denoise(x, sigma)` -> `Prediction` (`x0`, `eps`), in sigma space (x = x0 + sigma eps);
+  `calls` counts UNet calls.
+- `Sampler`, `StepContext` (sampler): see `register_samplers`. `Transfer`, `TransferContext` (transfer): see
+  `register_transfers`.
+- `Composition`, `Stage`, `Cycle` (composition) and `PlanBuilder` (planner): see `register_compositions`.
+
+Runs
+- `Plan` (plan): `composition`, `models` (role -> `PlannedModel`: `entry`, `schedule`, `guidance`, `sampler`,
+  `sampler_params`), `ops` (`ConvertOp`, `LatentOp`, `TransferOp`, `DenoiseOp`, in order), `notes`, `extras`
+  (`PlanExtra`), `totals()`.
+- `VideoRun` (runner): `spec`, `plan`, `backends` and `denoisers` by role, `source` (clean latents), `generator`,
+  `catalogue`, `device`, `placement`, `state` (per-video state, by plugin name), `report` (lands in the sidecar).
+- `VideoResult` (runner): `source`, `prompt`, `output`, `sidecar`, `seconds`, `error`, `skipped`, `unet_calls`.
+- `Metric`, `MetricResult` (evaluation.metrics): see `register_metrics`.
 """
 
 from __future__ import annotations
@@ -18,8 +55,9 @@ def register_backends(register):
 
     `loader(entry, context) -> backend` loads the registry entry `entry` (a `ModelEntry`) with the
     `LoadContext` `context` (device, dtype, weight resolution, shared-component cache). The backend it
-    returns satisfies `evs_framework.loading.Backend`: `encode_prompts`, `predict`, `vae`,
-    `frames_as_batch`, and `unet` / `text_encoder` (the modules --offload moves, or None).
+    returns satisfies `evs_framework.loading.Backend` (above): `encode_prompts`, `predict`, `codec`, and
+    `unet` / `text_encoder`. Its codec's latent space must match what the entry's preset declares (a run
+    checks channels and compression); the plan converts between spaces by their declared names.
     """
 
 

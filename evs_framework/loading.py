@@ -23,17 +23,17 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 class Backend(Protocol):
     """What a backend kind's loader returns."""
 
-    frames_as_batch: bool  # True: frames are independent images (T2I); False: one clip (T2V)
     # the modules offloading moves to the device for denoising and for prompts; None for a backend without weights
     unet: torch.nn.Module | None
     text_encoder: torch.nn.Module | None
-    vae: object            # a diffusers AutoencoderKL
+    codec: object  # encode(frames, chunk) / decode(latents, chunk), its `space` (LatentSpace) and `module` (the VAE)
 
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings, shape (len(prompts), tokens, dim)."""
+    def encode_prompts(self, prompts: list[str]) -> object:
+        """The model's conditioning, one row per prompt: a tensor, or a Conditioning (rows sliced alike)."""
 
-    def predict(self, x: torch.Tensor, timestep: float, text: torch.Tensor) -> torch.Tensor:
-        """Noise prediction for x (batch, frames, channels, h, w) with text (batch, tokens, dim), same shape as x."""
+    def predict(self, x: torch.Tensor, timestep: float, conditioning: object) -> torch.Tensor:
+        """The model's raw output (noise, v, x0 or velocity, as its preset's `prediction` says) for x (batch, frames,
+        channels, h, w), one conditioning row per batch entry; same shape as x."""
 
 
 @attrs.define

@@ -328,8 +328,7 @@ class _Planner:
             return False
         converter = converter_between(self.catalogue, source.name, target.name)
         if converter is None:
-            name, cost = VAE_ROUND_TRIP, (f"decode with {present.entry.name}'s VAE ({source.name}), encode with "
-                                          f"{model.entry.name}'s ({target.name})")
+            name, cost = VAE_ROUND_TRIP, f"decode with {present.entry.name}'s VAE, encode with {model.entry.name}'s"
         else:
             name, cost = converter.name, converter.cost
         self.ops.append(ConvertOp(index, model.role, present.role, name, source.name, target.name, cost))

@@ -30,6 +30,8 @@ LIMIT_ENV = "EVS_PLUGINS"
 BUILTIN_PLUGINS = (
     "evs_plugins.sd15",
     "evs_plugins.animatediff",
+    "evs_plugins.sdxl",
+    "evs_plugins.wan",
     "evs_plugins.transfers",
     "evs_plugins.samplers",
     "evs_plugins.schedules",

@@ -49,9 +49,11 @@ def working_size(spec: Spec, info: video_io.VideoInfo) -> tuple[int, int, int]:
 
 
 def input_problems(spec: Spec, plan: Plan | None) -> list[str]:
-    """Each input video exists and decodes, leaves a picture after fitting, and fits every model's frame window."""
+    """Each input video exists and decodes, leaves a picture after fitting, fits every model's frame window, and has
+    the frame count and size every model's latent space takes."""
     windows = {} if plan is None else {m.entry.name: m.entry.preset.frame_window for m in plan.models.values()
                                        if m.entry.preset.frame_window}
+    spaces = {} if plan is None else {m.entry.name: m.entry.preset.latent_space for m in plan.models.values()}
     problems = []
     for item in spec.inputs:
         try:
@@ -67,6 +69,8 @@ def input_problems(spec: Spec, plan: Plan | None) -> list[str]:
             if frames > window:
                 problems.append(f"video {item.video}: {frames} frames, but {name}'s motion module sees at most {window} "
                                 f"at once; set video.max_frames to {window} or less (or raise video.stride)")
+        for name, space in spaces.items():
+            problems.extend(f"video {item.video}: {problem}" for problem in space.fit_problems(name, frames, height, width))
     return problems
 
 

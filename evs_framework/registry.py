@@ -41,6 +41,20 @@ class LatentSpaceDecl:
     channels: int = 4
     spatial: int = 8
     temporal: int = 1  # a 3D VAE's frames per latent frame, after the first: frames = 1 + temporal * (latent - 1)
+    size_multiple: int = 8  # what frame sides must be multiples of (the VAE's factor times a transformer's patch)
+
+    def fit_problems(self, model: str, frames: int, height: int, width: int) -> list[str]:
+        """What a clip of this size cannot do in this latent space, each with its fix."""
+        problems = []
+        if self.temporal > 1 and (frames - 1) % self.temporal:
+            fits = frames - (frames - 1) % self.temporal
+            problems.append(f"{frames} frames, but {model}'s VAE ({self.name}) takes 1 + {self.temporal}k frames; set "
+                            f"video.max_frames to {fits}")
+        if height % self.size_multiple or width % self.size_multiple:
+            problems.append(f"{width}x{height} pixels, but {model} ({self.name}) needs sides that are multiples of "
+                            f"{self.size_multiple}; set video.size to {width - width % self.size_multiple}x"
+                            f"{height - height % self.size_multiple} or another multiple")
+        return problems
 
 
 @attrs.frozen

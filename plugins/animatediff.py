@@ -30,7 +30,6 @@ class AnimateDiffBackend:
     unet: UNetMotionModel
     parts: SD15Parts  # the spatial modules, text encoder and VAE of the base
     codec: FrameCodec
-    frames_as_batch = False
 
     @property
     def text_encoder(self):

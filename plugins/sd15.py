@@ -143,7 +143,6 @@ def frame_codec(entry, parts: SD15Parts) -> FrameCodec:
 class SD15Backend:
     parts: SD15Parts
     codec: FrameCodec
-    frames_as_batch = True
 
     @property
     def unet(self):

@@ -71,6 +71,10 @@ def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
     return result
 
 
+def child_processes(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+
+
 def hidden_files(folder: Path) -> list[str]:
     """Locks, partial files and write probes all start with a dot."""
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
@@ -220,8 +224,10 @@ def test_a_stopped_run_says_so_in_one_line_and_leaves_no_partial_files(seed_conf
     try:
         wait_for(lambda: folder.is_dir() and any(folder.glob(".*.lock")), what="the run to start its video")
         # into the denoising: a signal that lands while Python forks ffmpeg (imageio's preexec_fn makes subprocess
-        # run the at-fork hooks) is lost in CPython, and the video starts by reading its input through ffmpeg
+        # run the at-fork hooks) is lost in CPython, and the video starts by reading its input through ffmpeg, which
+        # a loaded machine can make last longer than any fixed wait
         time.sleep(0.5)
+        wait_for(lambda: not child_processes(run.pid), what="the run's ffmpeg reader to finish")
         run.send_signal(stop)
         out, err = run.communicate(timeout=60)
     finally:

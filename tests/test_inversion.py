@@ -17,7 +17,6 @@ from evs_plugins.transfers import ddim_inversion, random_noise
 class GaussianDataBackend:
     """The exact noise predictor for data drawn from N(0, std^2): smooth, so inversion error is discretisation only."""
 
-    frames_as_batch = True
 
     def __init__(self, train: BetaSchedule, std: float):
         self.train, self.std = train, std

@@ -18,7 +18,6 @@ ANIMATELCM = ModelSchedule(TRAIN, 8, "lcm", original_steps=100)
 class FakeBackend:
     """A deterministic noise predictor that depends on both the input and the timestep."""
 
-    frames_as_batch = True
 
     def predict(self, x, timestep, text):
         return torch.tanh(x) * (0.5 + timestep / 2000) + 0.1 * torch.cos(3 * x)

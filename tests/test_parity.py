@@ -186,7 +186,6 @@ def smooth_eps(x, timestep, text):
 class RecordingBackend:
     """smooth_eps as a backend; records the input, timestep and text of every call."""
 
-    frames_as_batch = True
 
     def __init__(self):
         self.calls = []
@@ -208,7 +207,6 @@ def guided_eps(sample, timestep, guidance):
 class TextKeyedBackend:
     """Predicts `uncond` for the negative prompt's row of TEXT and `cond` for the positive one."""
 
-    frames_as_batch = True
 
     def __init__(self, uncond, cond):
         self.uncond, self.cond, self.texts = uncond, cond, []

@@ -26,7 +26,6 @@ CALLS = []
 class ShrinkBackend:
     """Predicts the noise as a fixed fraction of its input; borrows its base model's VAE."""
 
-    frames_as_batch = True
     unet = text_encoder = None  # no weights of its own to offload
 
     def __init__(self, parts):
