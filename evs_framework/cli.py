@@ -372,16 +372,19 @@ def cmd_toyworld(args, plugins, registry) -> int:
 
 
 def cmd_plugins(args, plugins, registry) -> int:
-    for name, section, provided in describe(plugins):
-        print(f"{name:16} {section:13} {', '.join(provided)}")
+    rows = describe(plugins)
+    name_width, section_width = (max(len(row[i]) for row in rows) for i in (0, 1))
+    for name, section, provided in rows:
+        print(f"{name:{name_width}}  {section:{section_width}}  {', '.join(provided)}")
     return 0
 
 
 def cmd_models(args, plugins, registry) -> int:
     kinds = plugins.catalogue.names("backends")
+    name_width = max(len(name) for name in registry.entries)
     for entry in registry.entries.values():
         missing = "" if entry.kind in kinds else f"  (no loaded plugin provides kind {entry.kind!r} yet)"
-        print(f"{entry.name:13} {entry.type} {entry.kind:12} base={entry.base or '-':4} "
+        print(f"{entry.name:{name_width}} {entry.type} {entry.kind:12} base={entry.base or '-':4} "
               f"weights={entry.weights.local}  {entry.description}{missing}")
     return 0
 

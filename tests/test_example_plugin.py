@@ -50,7 +50,7 @@ def test_everything_it_provides_is_listed_under_its_name(example):
     provided = {(section, name) for plugin, section, names in describe(plugins) if plugin == "evs_example"
                 for name in names}
     assert {("samplers", "midpoint"), ("transfers", "shared_noise"), ("compositions", "every_k"),
-            ("backends", "prompt_prefix"), ("settings", "every_k")} <= provided
+            ("backends", "prompt_prefix"), ("settings", "every_k"), ("noise_schedules", "karras")} <= provided
     assert registry.get("EP_watercolor_prompt") is registry.get("evs_example:EP_watercolor_prompt")
 
 
@@ -99,3 +99,21 @@ def test_its_backend_reads_prompts_with_its_prefix(example, zoo):
     base = plugins.catalogue.get("backends", "sd15")(registry.get("EP"), context)
     torch.testing.assert_close(backend.encode_prompts(["", "a ball"]),
                                base.encode_prompts(["", "a watercolor painting of a ball"]))
+
+
+def test_its_noise_schedule_samples_at_karras_sigmas_with_exact_totals(example, clip_file, tmp_path, zoo):
+    from evs_framework.loading import LoadContext, WeightSettings
+
+    plugins, registry = example
+    context = LoadContext(plugins, registry, WeightSettings([zoo]), torch.device("cpu"), torch.float32)
+    spec = attrs.evolve(native(clip_file, "IDM", idm={"name": "EP_karras"}),
+                        output=attrs.evolve(native(clip_file, "IDM").output, dir=tmp_path, side_by_side=False))
+    plan = make_plan(spec, registry, plugins, context)
+    levels = plan.models["idm"].schedule.levels
+    sigmas = plan.models["idm"].schedule.train.betas.sigmas
+    low, high = float(sigmas[0]) ** (1 / 7), float(sigmas[-1]) ** (1 / 7)
+    karras = [(high + i / 19 * (low - high)) ** 7 for i in range(20)]
+    assert levels[:-1] == pytest.approx(karras, rel=1e-6) and levels[-1] == 0.0
+    [result] = run_job(spec, plan, context, progress=False)
+    sidecar = json.loads(result.sidecar.read_text())
+    assert sidecar["unplanned_calls"] == [] and sidecar["unet_calls"]["idm"] == plan.totals()["idm"]["unet_calls"] > 0

@@ -49,10 +49,11 @@ def test_every_evs_command_in_the_readme_parses(command):
     build_parser().parse_args(shlex.split(command)[1:])
 
 
-def test_the_plan_shown_is_what_evs_plan_prints(capsys, monkeypatch):
+@pytest.mark.parametrize("config", ["configs/enhance.json", "configs/native/sdxl_wan.yaml"])
+def test_the_plans_shown_are_what_evs_plan_prints(config, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
-    shown = block_starting("", "plan: composition IDM_VDM_IDM  (configs/enhance.json)")
-    assert main(["plan", "configs/enhance.json", "--allow-missing"]) == 0
+    shown = block_starting("", f"plan: composition IDM_VDM_IDM  ({config})")
+    assert main(["plan", config, "--allow-missing"]) == 0
     printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith(("warning", "    ", "  download",
                                                                                            "  run `evs fetch"))]
     assert printed == shown.rstrip("\n").splitlines()

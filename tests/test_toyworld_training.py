@@ -27,12 +27,13 @@ def test_every_prompt_word_is_one_token_and_other_words_still_tokenize(tmp_path)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Stages vae and t2i for 2 steps, then t2i resumed to 3, t2v for 3 (on softened clips), eval and the export."""
+    """Stages vae and t2i for 2 steps, then t2i resumed to 3, t2v for 3 (on softened clips), the T2I fine-tuned for 3
+    more, eval and the export."""
     root = tmp_path_factory.mktemp("toy")
     work, weights = root / "work", root / "weights"
     common = ["--work", str(work), "--batch", "1", "--measure", "16", "--device", "cpu", "--log-every", "1"]
     main(["--stage", "vae", "t2i", "--steps", "2", *common])
-    main(["--stage", "t2i", "t2v", "eval", "export", "--steps", "3", "--t2v-soften", "2", "--eval-prompts", "1",
+    main(["--stage", "t2i", "t2v", "finetune", "eval", "export", "--steps", "3", "--t2v-soften", "2", "--eval-prompts", "1",
           "--export", str(weights / "toyworld"), *common])
     return work, weights
 
@@ -41,7 +42,7 @@ def test_stages_resume_and_the_record_says_what_was_done(trained):
     work, weights = trained
     record = json.loads((weights / "toyworld" / models.TRAINING_RECORD).read_text())
     stages = record["stages"]
-    assert [stages[s]["steps"] for s in ("vae", "t2i", "t2v")] == [2, 3, 3]
+    assert [stages[s]["steps"] for s in ("vae", "t2i", "t2v", "finetune")] == [2, 3, 3, 3]
     assert stages["t2v"]["soften"] == 2  # the T2V learnt from softened clips
     evaluation = record["evaluation"]  # eval sampled from every stage's product
     assert evaluation["t2i_samples"] > 0 and 0 <= evaluation["t2v_colour_accuracy"] <= 1

@@ -47,10 +47,10 @@ from evs_framework.toyworld import models, quality
 from evs_framework.toyworld.world import (DIRECTIONS, FRAMES, HELD_OUT_FIRST_SEED, ClipSpec, render, render_with_masks,
                                           sample_spec, soften)
 
-STAGES = ("vae", "t2i", "t2v", "eval", "export")
-TRAINING_STAGES = {"vae": 0, "t2i": 1, "t2v": 2}  # stage -> stream of its seeded generators
-DEFAULT_BATCH = {"vae": 32, "t2i": 256, "t2v": 16}  # frames, frames, clips
-DEFAULT_LR = {"vae": 1e-3, "t2i": 3e-4, "t2v": 3e-4}
+STAGES = ("vae", "t2i", "t2v", "finetune", "eval", "export")
+TRAINING_STAGES = {"vae": 0, "t2i": 1, "t2v": 2, "finetune": 3}  # stage -> stream of its seeded generators
+DEFAULT_BATCH = {"vae": 32, "t2i": 256, "t2v": 16, "finetune": 256}  # frames, frames, clips, frames
+DEFAULT_LR = {"vae": 1e-3, "t2i": 3e-4, "t2v": 3e-4, "finetune": 2e-4}
 KL_WEIGHT = 1e-5  # times the KL per latent element, beside L1 + L2 per pixel
 SHAPE_WEIGHT = 8.0  # the VAE's pixel loss inside the shape, against 1 on the background: without it the
 # background, most of every frame, is learnt first and textures come back as flat colour
@@ -389,13 +389,15 @@ def stage_vae(settings: Settings) -> None:
     write_summary(settings, "vae", summary)
 
 
-def stage_t2i(settings: Settings) -> None:
+def stage_t2i(settings: Settings, stage: str = "t2i") -> None:
+    """`t2i` trains the UNet from scratch; `finetune` trains DIR/unet on, after the T2V has learnt over it, as the SD1.5
+    fine-tunes that AnimateDiff's motion modules run over were trained on after the modules were."""
     vae = load_vae(settings)
     tokenizer, encoder = text_model(settings)
     embed = TextEmbeddings(tokenizer, encoder)
     torch.manual_seed(settings.seed + 2)
-    unet = models.make_unet().to(settings.device)
-    data = WorldData(settings.seed, TRAINING_STAGES["t2i"], settings.device)
+    unet = load_unet(settings).requires_grad_(True) if stage == "finetune" else models.make_unet().to(settings.device)
+    data = WorldData(settings.seed, TRAINING_STAGES[stage], settings.device)
     ac = alphas_cumprod("scaled_linear", settings.device)
 
     pool = LatentPool(settings.batch or DEFAULT_BATCH["t2i"], settings.reuse)
@@ -410,12 +412,12 @@ def stage_t2i(settings: Settings) -> None:
         eps = unet(noised(x0, noise, t, ac), t, encoder_hidden_states=embed(data.dropped(prompts))).sample
         return torch.nn.functional.mse_loss(eps.float(), noise)
 
-    summary = train("t2i", settings, unet, loss_of, data, use_ema=True)
+    summary = train(stage, settings, unet, loss_of, data, use_ema=True)
     unet.save_pretrained(settings.work / "unet")
     summary.update(parameters=models.parameter_count(unet), beta_schedule="scaled_linear", prediction="epsilon",
                    reuse=settings.reuse, pool=pool.capacity,
                    prompt_dropout=PROMPT_DROPOUT, text_encoder_parameters=models.parameter_count(encoder))
-    write_summary(settings, "t2i", summary)
+    write_summary(settings, stage, summary)
 
 
 def stage_t2v(settings: Settings) -> None:
@@ -514,7 +516,8 @@ def stage_export(settings: Settings, folder: Path) -> None:
     _, encoder = text_model(settings)
     vae, unet = load_vae(settings), load_unet(settings)
     adapter = load_motion_adapter(settings.work / "motion_adapter.safetensors", torch.float32)
-    summaries = {stage: json.loads((settings.work / f"{stage}.json").read_text()) for stage in TRAINING_STAGES}
+    summaries = {stage: json.loads((settings.work / f"{stage}.json").read_text()) for stage in TRAINING_STAGES
+                 if stage != "finetune" or (settings.work / "finetune.json").is_file()}
     evaluation = settings.work / "eval.json"
     record = {
         "seed": summaries["vae"]["seed"],
@@ -565,7 +568,8 @@ def main(argv=None) -> None:
     if settings.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True  # every step has the same shapes
-    runs = {"vae": stage_vae, "t2i": stage_t2i, "t2v": stage_t2v, "eval": stage_eval,
+    runs = {"vae": stage_vae, "t2i": stage_t2i, "t2v": stage_t2v, "finetune": lambda s: stage_t2i(s, "finetune"),
+            "eval": stage_eval,
             "export": lambda s: stage_export(s, args.export)}
     for stage in args.stage:
         runs[stage](settings)

@@ -6,8 +6,10 @@ It provides:
   state, not in a module global), so every hand-over of a video lands on the same noise;
 - `every_k`, a composition planned by a function: the T2I in pieces of `every_k.k` steps with one T2V step at
   the present level between them, entered with `shared_noise` (`plugin_settings: {every_k: {k: 4}}` in a spec);
-- `prompt_prefix`, a backend kind over an SD1.5 base that reads each prompt with a fixed prefix, and a registry
-  file naming one such model.
+- `prompt_prefix`, a backend kind over an SD1.5 base that reads each prompt with a fixed prefix;
+- `karras`, a noise schedule kind: a model's betas, sampled at Karras et al.'s sigmas instead of evenly spaced
+  timesteps;
+- a registry file naming a model of each.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
+import math
+
 import attrs
 
 from evs_framework.composition import Composition, Stage
 from evs_framework.denoiser import Prediction
 from evs_framework.hookspecs import hookimpl
 from evs_framework.sampler import Sampler
+from evs_framework.schedules import BetaSchedule
 from evs_framework.transfer import Transfer, fresh_noise
 from evs_plugins.sd15 import SD15Backend, frame_codec, sd15_parts
 
@@ -72,6 +77,49 @@ class PromptPrefixBackend(SD15Backend):
 def load_prompt_prefix(entry, context) -> PromptPrefixBackend:
     parts = sd15_parts(context.registry.get(entry.base), context)
     return PromptPrefixBackend(parts, frame_codec(entry, parts), entry.options["prefix"])
+
+
+@attrs.frozen
+class KarrasSchedule:
+    """Betas as trained, but a run of n steps goes through sigma_i = (max^(1/rho) + i/(n-1) (min^(1/rho) -
+    max^(1/rho)))^rho (Karras et al. 2022), at the fractional timesteps those sigmas have."""
+
+    betas: BetaSchedule
+    rho: float = 7.0
+
+    @property
+    def train_steps(self) -> int:
+        return self.betas.train_steps
+
+    def sigma_at(self, timestep: float) -> float:
+        low = min(int(timestep), self.train_steps - 2)
+        weight = timestep - low
+        sigmas = self.betas.sigmas
+        return math.exp((1 - weight) * math.log(sigmas[low]) + weight * math.log(sigmas[low + 1]))
+
+    def timestep_at(self, sigma: float) -> float:
+        return self.betas.timestep_at(sigma)
+
+    def input_divisor(self, sigma: float) -> float:
+        return self.betas.input_divisor(sigma)
+
+    def sampling_timesteps(self, steps, spacing, steps_offset, original_steps) -> list[float]:
+        low, high = float(self.betas.sigmas[0]) ** (1 / self.rho), float(self.betas.sigmas[-1]) ** (1 / self.rho)
+        ramp = [i / max(steps - 1, 1) for i in range(steps)]
+        return [self.betas.timestep_at((high + r * (low - high)) ** self.rho) for r in ramp]
+
+
+def karras(preset) -> KarrasSchedule:
+    unknown = set(preset.schedule_params) - {"rho"}
+    if unknown:
+        raise ValueError(f"schedule 'karras' takes no parameter {', '.join(map(repr, sorted(unknown)))}; it takes rho")
+    betas = BetaSchedule(preset.beta_schedule, preset.beta_start, preset.beta_end, preset.train_steps)
+    return KarrasSchedule(betas, float(preset.schedule_params.get("rho", 7.0)))
+
+
+@hookimpl
+def register_noise_schedules(register):
+    register("karras", karras)
 
 
 @hookimpl
