@@ -159,6 +159,12 @@ def plan_extras(spec, plan, context):
     if missing:
         raise PlanError(f"$.injection.models: {missing} not in composition {plan.composition}; inject into "
                         f"{', '.join(plan.models)}")
+    space = plan.models["idm"].entry.preset.latent_space.name
+    elsewhere = [role for role in spec.injection.models if plan.models[role].entry.preset.latent_space.name != space]
+    if elsewhere:
+        raise PlanError(f"$.injection.models: {elsewhere} work in another latent space than the T2I ({space}), so its "
+                        f"attention features do not fit them; inject into idm only (injection.models: [idm]) or turn "
+                        f"using_attn off")
     captured = capture_plan(spec, plan)
     if not captured.inject_at:
         chooser = f"steps {list(spec.injection.steps)}" if spec.injection.steps is not None else \

@@ -245,3 +245,15 @@ def with_preset(registry, name, **changes):
     entry = registry.get(name)
     entries = {**registry.entries, name: attrs.evolve(entry, preset=attrs.evolve(entry.preset, **changes))}
     return attrs.evolve(registry, entries=entries)
+
+
+def test_sd15_with_animatediff_needs_no_conversion_and_injection_stays_in_one_space(clip_9x64x32, tmp_path, plugins,
+                                                                                  registry):
+    from tests.planning import native
+
+    assert not [op for op in make_plan(native(clip_9x64x32), registry, plugins).ops if isinstance(op, ConvertOp)]
+    spec = attrs.evolve(cross_space_spec(clip_9x64x32, "SD", tmp_path), using_attn=True)
+    make_plan(spec, registry, plugins)  # by default the T2I alone receives its features
+    spec = attrs.evolve(spec, injection=attrs.evolve(spec.injection, models=("idm", "vdm")))
+    with pytest.raises(PlanError, match=r"\['vdm'\] work in another latent space than the T2I \(sd1\)"):
+        make_plan(spec, registry, plugins)
