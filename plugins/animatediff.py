@@ -18,29 +18,17 @@ import torch
 from evs_framework.errors import WeightsError
 from evs_framework.hookspecs import hookimpl
 from evs_framework.loaders.motion_adapter import load_motion_adapter
-from evs_framework.io.vae import FrameCodec
-from evs_plugins.sd15 import SD15Parts, encode_prompts, frame_codec, parts_with_lora
+from evs_plugins.sd15 import OverSD15Parts, frame_codec, parts_with_lora
 
 if TYPE_CHECKING:  # annotations only; diffusers is imported where a model loads
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
 
 @attrs.frozen
-class AnimateDiffBackend:
+class AnimateDiffBackend(OverSD15Parts):
+    """`parts` are the base's spatial modules, text encoder and VAE; `unet` runs them with the motion modules."""
+
     unet: UNetMotionModel
-    parts: SD15Parts  # the spatial modules, text encoder and VAE of the base
-    codec: FrameCodec
-
-    @property
-    def text_encoder(self):
-        return self.parts.text_encoder
-
-    @property
-    def vae(self):
-        return self.parts.vae
-
-    def encode_prompts(self, prompts):
-        return encode_prompts(self.parts, prompts)
 
     @torch.no_grad()
     def predict(self, x, timestep, text):
@@ -98,7 +86,7 @@ def load_animatediff(entry, context) -> AnimateDiffBackend:
         parts = parts_with_lora(base_entry, lora_path, float(entry.options.get("spatial_lora_scale", 1.0)), context)
     adapter = load_motion_adapter(path, context.dtype, allow_pickle=context.allow_pickle)
     adapter.to(context.placement.load_device).eval().requires_grad_(False)
-    return AnimateDiffBackend(motion_unet_over(parts.unet, adapter), parts, frame_codec(entry, parts))
+    return AnimateDiffBackend(parts, frame_codec(entry, parts), motion_unet_over(parts.unet, adapter))
 
 
 @hookimpl

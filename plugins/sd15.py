@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 import attrs
 import torch
 
-from evs_framework.loaders.checkpoints import CHECKPOINT_SUFFIXES, refuse_pickled_folder
 from evs_framework.errors import WeightsError
 from evs_framework.hookspecs import hookimpl
 from evs_framework.io.vae import FrameCodec, frame_vae_space
+from evs_framework.loaders.checkpoints import CHECKPOINT_SUFFIXES, check_diffusers_folder
 from evs_framework.loaders.lora import fuse_lora, read_lora
 from evs_framework.loaders.single_file import load_sd15_single_file
 
@@ -61,11 +61,8 @@ def read_sd15_parts(path: Path, entry, context) -> SD15Parts:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        missing = [name for name in REQUIRED_SUBFOLDERS if not (path / name).is_dir()]
-        if missing:
-            raise WeightsError(f"{path} is not a diffusers SD1.5 folder: it lacks {', '.join(missing)}/; "
-                               f"point the registry entry at a folder saved with save_pretrained")
-        refuse_pickled_folder(path, context.allow_pickle)
+        check_diffusers_folder(path, REQUIRED_SUBFOLDERS, "SD1.5",
+                               "point the registry entry at a folder saved with save_pretrained", context.allow_pickle)
         options = {"local_files_only": True, "torch_dtype": context.dtype, "use_safetensors": not context.allow_pickle or None}
         parts = SD15Parts(
             UNet2DConditionModel.from_pretrained(path, subfolder="unet", **options),
@@ -140,13 +137,11 @@ def frame_codec(entry, parts: SD15Parts) -> FrameCodec:
 
 
 @attrs.frozen
-class SD15Backend:
+class OverSD15Parts:
+    """What backends over SD1.5 parts share: the parts' text encoder reads the prompts, their VAE is the codec."""
+
     parts: SD15Parts
     codec: FrameCodec
-
-    @property
-    def unet(self):
-        return self.parts.unet
 
     @property
     def text_encoder(self):
@@ -158,6 +153,13 @@ class SD15Backend:
 
     def encode_prompts(self, prompts):
         return encode_prompts(self.parts, prompts)
+
+
+@attrs.frozen
+class SD15Backend(OverSD15Parts):
+    @property
+    def unet(self):
+        return self.parts.unet
 
     @torch.no_grad()
     def predict(self, x, timestep, text):

@@ -16,10 +16,9 @@ import attrs
 import torch
 
 from evs_framework.conditioning import Conditioning
-from evs_framework.errors import WeightsError
 from evs_framework.hookspecs import hookimpl
 from evs_framework.io.vae import FrameCodec, frame_vae_space
-from evs_framework.loaders.checkpoints import refuse_pickled_folder
+from evs_framework.loaders.checkpoints import check_diffusers_folder
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -55,11 +54,8 @@ def read_sdxl_parts(path: Path, context) -> SDXLParts:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    missing = [name for name in REQUIRED_SUBFOLDERS if not (path / name).is_dir()]
-    if not path.is_dir() or missing:
-        raise WeightsError(f"{path} is not a diffusers SDXL folder: it lacks {', '.join(missing) or 'everything'}; "
-                           f"download the diffusers layout (e.g. `evs fetch SDXL`)")
-    refuse_pickled_folder(path, context.allow_pickle)
+    check_diffusers_folder(path, REQUIRED_SUBFOLDERS, "SDXL", "download the diffusers layout (e.g. `evs fetch SDXL`)",
+                           context.allow_pickle)
     options = {"local_files_only": True, "torch_dtype": context.dtype}
     parts = SDXLParts(
         UNet2DConditionModel.from_pretrained(path, subfolder="unet", **options),

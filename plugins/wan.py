@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING
 import attrs
 import torch
 
-from evs_framework.errors import WeightsError
 from evs_framework.hookspecs import hookimpl
 from evs_framework.latent_space import LatentSpace
-from evs_framework.loaders.checkpoints import refuse_pickled_folder
+from evs_framework.loaders.checkpoints import check_diffusers_folder
 
 if TYPE_CHECKING:  # annotations only; the modules are imported where a model loads
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
@@ -39,11 +38,8 @@ def read_wan_parts(path: Path, context) -> WanParts:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    missing = [name for name in REQUIRED_SUBFOLDERS if not (path / name).is_dir()]
-    if not path.is_dir() or missing:
-        raise WeightsError(f"{path} is not a diffusers Wan folder: it lacks {', '.join(missing) or 'everything'}; "
-                           f"download the whole repo (e.g. `evs fetch wan2.1-1.3B`)")
-    refuse_pickled_folder(path, context.allow_pickle)
+    check_diffusers_folder(path, REQUIRED_SUBFOLDERS, "Wan", "download the whole repo (e.g. `evs fetch wan2.1-1.3B`)",
+                           context.allow_pickle)
     options = {"local_files_only": True, "torch_dtype": context.dtype}
     parts = WanParts(
         WanTransformer3DModel.from_pretrained(path, subfolder="transformer", **options),

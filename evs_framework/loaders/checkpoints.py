@@ -25,6 +25,15 @@ def refuse_pickled_folder(folder: Path, allow_pickle: bool) -> None:
                                f"--allow-pickle if you trust the file (or convert the folder to .safetensors)")
 
 
+def check_diffusers_folder(path: Path, subfolders: tuple[str, ...], family: str, fix: str, allow_pickle: bool) -> None:
+    """`path` is a diffusers folder of `family` holding every one of `subfolders`, with weights that load safely."""
+    missing = [name for name in subfolders if not (path / name).is_dir()]
+    if not path.is_dir() or missing:
+        raise WeightsError(f"{path} is not a diffusers {family} folder: it lacks {', '.join(missing) or 'everything'}; "
+                           f"{fix}")
+    refuse_pickled_folder(path, allow_pickle)
+
+
 def read_state_dict(file: Path, allow_pickle: bool = False, what: str = "weights file") -> dict[str, torch.Tensor]:
     """The tensors of `file`. A pickle (.ckpt/.pt/.pth/.bin) can run code when opened, so it is read only with
     `allow_pickle`, and then with `weights_only=True`; a PyTorch Lightning `state_dict` wrapper is unwrapped."""

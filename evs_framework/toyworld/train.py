@@ -492,7 +492,7 @@ def stage_eval(settings: Settings) -> None:
         quality.save_grid(torch.stack(rows), settings.work / "t2i_samples.png")
         result.update(t2i_colour_accuracy=round(hits / total, 3), t2i_samples=total)
         if (settings.work / "motion_adapter.safetensors").is_file():
-            backend = AnimateDiffBackend(motion_unet_over(parts.unet, load_adapter(settings)), parts, codec)
+            backend = AnimateDiffBackend(parts, codec, motion_unet_over(parts.unet, load_adapter(settings)))
             specs = [specs[0] for specs in by_colour.values()]
             videos = torch.stack([decode(quality.sample(backend, s.prompt, FRAMES, t2v_schedule, 1.0, seed=100 + i))
                                   for i, s in enumerate(specs)])
