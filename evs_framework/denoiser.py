@@ -54,8 +54,9 @@ class Denoiser:
         t = self.timestep(sigma if timestep_sigma is None else timestep_sigma)
         divisor = self.schedule.input_divisor(sigma)
         x_in = (x / divisor)[None]
-        if guidance == 1.0:
-            output = self.backend.predict(x_in, t, self.conditioning[1:2])[0]
+        if guidance in (0.0, 1.0):  # one half of the guidance alone: the positive prompt at 1, the negative at 0
+            row = int(guidance)
+            output = self.backend.predict(x_in, t, self.conditioning[row:row + 1])[0]
             self.calls += 1
         else:
             uncond, cond = self.backend.predict(torch.cat([x_in, x_in]), t, self.conditioning).unbind(0)

@@ -20,8 +20,9 @@ from evs_framework.spec import ModelChoice
 
 
 def calls_per_evaluation(guidance: float) -> int:
-    """UNet calls one model evaluation costs: classifier-free guidance other than 1 runs both halves."""
-    return 1 if guidance == 1.0 else 2
+    """UNet calls one model evaluation costs: classifier-free guidance runs both halves, except at 1 (the prompt
+    alone) and 0 (the negative prompt alone)."""
+    return 1 if guidance in (0.0, 1.0) else 2
 
 
 @attrs.frozen

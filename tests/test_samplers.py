@@ -13,7 +13,7 @@ from evs_framework.executor import unplanned_calls
 from evs_framework.planner import make_plan
 from evs_framework.plugins import Catalogue, load_plugins
 from evs_framework.sampler import StepContext
-from evs_framework.schedules import ModelSchedule, BetaSchedule
+from evs_framework.schedules import BetaSchedule, ModelSchedule
 from evs_plugins.samplers import DDIM, DPMPP_2M, EULER, HEUN
 from evs_plugins.schedules import betas
 from tests.planning import native, run_counted
@@ -147,3 +147,25 @@ def test_every_built_in_sampler_and_composition_is_tested_here():
     catalogue = load_plugins().catalogue
     assert set(catalogue.names("samplers")) == set(SAMPLERS)
     assert set(catalogue.names("compositions")) == set(COMPOSITIONS)
+
+
+@pytest.mark.parametrize("guidance, row", [(1.0, 1), (0.0, 0)])
+def test_guidance_one_or_zero_costs_one_call_with_one_prompt(guidance, row):
+    """At guidance 1 only the prompt's half is evaluated, at 0 only the negative prompt's (a null-text DDIM
+    inversion); the plan counts one call for either."""
+    from evs_framework.denoiser import Denoiser
+    from evs_framework.plan import calls_per_evaluation
+
+    seen = []
+
+    class Backend:
+        def predict(self, x, timestep, conditioning):
+            seen.append(conditioning.clone())
+            return torch.zeros_like(x)
+
+    conditioning = torch.tensor([[10.0], [20.0]])  # negative, positive
+    denoiser = Denoiser(Backend(), BetaSchedule("scaled_linear"), conditioning, guidance)
+    denoiser(torch.ones(2, 4, 8, 8), 1.0)
+    assert [c.tolist() for c in seen] == [[conditioning[row].tolist()]]
+    assert denoiser.calls == calls_per_evaluation(guidance) == 1
+    assert calls_per_evaluation(7.5) == calls_per_evaluation(-4.0) == 2
