@@ -369,6 +369,13 @@ class PlanBuilder:
         """A setting by name, as `$name` reads it in a composition file (`plugin.key` for a plugin's)."""
         return self._planner.setting(f"${name}", f"{self.composition}: setting")
 
+    def windows(self) -> tuple[int, ...]:
+        """The spec's `stable_steps` (steps left when each window opens), for a planner that places windows itself;
+        asking marks them used."""
+        windows = tuple(self._planner.spec.settings.stable_steps)
+        self._planner.used_windows = len(windows)
+        return windows
+
     @property
     def sigma(self) -> float:
         """The trajectory's noise level now (0.0 before the first stage)."""

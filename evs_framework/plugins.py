@@ -38,6 +38,7 @@ BUILTIN_PLUGINS = (
     "evs_plugins.latent_ops",
     "evs_plugins.compositions",
     "evs_plugins.iv_mixed",
+    "evs_plugins.videoelevator",
     "evs_plugins.local_weights",
     "evs_plugins.hub_cache",
     "evs_plugins.feature_injection",

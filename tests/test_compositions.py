@@ -73,7 +73,7 @@ def test_a_stage_names_latent_ops_that_run_before_its_transfer(clip_file, plugin
     assert kinds[2:4] == [("LatentOp", "upscale"), ("TransferOp", "ddim_inversion")]  # no prediction after an op
     assert plan.ops[2].params == {"factor": 2.0, "mode": "bilinear"}
     unknown = Composition("x", stages=(Stage("idm", "random", 0.6, stop="end", ops=(StageOp("sharpen"),)),))
-    with pytest.raises(PlanError, match="unknown latent op 'sharpen'; use one of upscale"):
+    with pytest.raises(PlanError, match="unknown latent op 'sharpen'; use one of lowpass, upscale"):
         planned(clip_file, unknown, plugins, registry)
 
 
@@ -231,7 +231,7 @@ def test_a_plugins_settings_have_defaults_and_a_spec_sets_them(clip_file, regist
 
 @pytest.mark.parametrize("settings, message", [
     ({"every_kk": {"k": 5}}, r"\$\.plugin_settings\.every_kk: no loaded plugin registers settings 'every_kk' "
-                             r"\(known: every_k\)"),
+                             r"\(known: every_k, videoelevator\)"),
     ({"every_k": {"kk": 5}}, r"\$\.plugin_settings\.every_k\.kk: unknown; every_k's settings are k, strength"),
     ({"every_k": {"k": "five"}}, r"\$\.plugin_settings\.every_k\.k: 'five' must have the type of its default 3 \(int\)"),
 ])

@@ -95,7 +95,7 @@ def test_wrong_sampler_choices_are_named_with_the_fix(clip_file, plugins, regist
 
 
 SAMPLERS = ("euler", "ddim", "heun", "dpmpp_2m", "lcm")
-COMPOSITIONS = ("IDM", "VDM", "basic", "IDM_VDM", "VDM_IDM", "IDM_VDM_IDM", "IV_mixed")
+COMPOSITIONS = ("IDM", "VDM", "basic", "IDM_VDM", "VDM_IDM", "IDM_VDM_IDM", "IV_mixed", "videoelevator")
 
 
 @pytest.mark.parametrize("composition", COMPOSITIONS)
@@ -117,6 +117,8 @@ def test_plan_totals_are_the_calls_every_sampler_and_transfer_makes(composition,
         assert transfers_seen == {"random", "ddim_inversion", "ddim_renoise"}
     if composition == "IV_mixed":
         assert "ddim_invert_up" in transfers_seen
+    if composition == "videoelevator":
+        assert {"invert_and_keep", "pnp_correct"} <= transfers_seen
 
 
 def test_a_sampler_that_miscounts_is_reported_in_the_sidecar(clip_file, tmp_path, context, plugins, registry, monkeypatch):
