@@ -5,12 +5,13 @@ The shipped models were made on one H200 (the schedules follow time; training.js
     python -m evs_framework.toyworld.train --stage vae --work DIR --seed 0 --steps 100000 --max-minutes 3.0
     python -m evs_framework.toyworld.train --stage t2i --work DIR --seed 0 --steps 100000 --max-minutes 3.4
     python -m evs_framework.toyworld.train --stage t2v --work DIR --seed 0 --steps 100000 --max-minutes 2.7
+    python -m evs_framework.toyworld.train --stage finetune --work DIR --seed 0 --steps 100000 --max-minutes 4.0
     python -m evs_framework.toyworld.train --stage eval --work DIR --eval-prompts 4
     python -m evs_framework.toyworld.train --stage export --work DIR
 
-(each with --log-every 100 --save-every 0). Longer T2I and T2V stages would draw better pictures: both losses
-were still falling when their time ran out. `--t2v-soften N` trains the T2V on clips down-sampled by N and back,
-as real T2Vs learn from poorer video than T2Is (the shipped T2V learnt from clips as rendered).
+(each with --log-every 100 --save-every 0). Longer stages would draw better pictures: every loss was still falling
+when its time ran out. `--t2v-soften N` trains the T2V on clips down-sampled by N and back, as real T2Vs learn from
+poorer video than T2Is (the shipped T2V learnt from clips as rendered; a softened one was tried and not kept).
 
 Stages, each reading the products of the ones before it from DIR:
 - vae: an AutoencoderKL on single frames with varied textures (L1 + L2, weighted up inside the shape, + a small
@@ -20,6 +21,8 @@ Stages, each reading the products of the ones before it from DIR:
   initialisation (DIR/text_encoder/, DIR/tokenizer/, made once). Product: DIR/unet/ (EMA weights).
 - t2v: a MotionAdapter over the frozen UNet, assembled as runs assemble it (motion_unet_over), on 16-frame clips'
   latents with AnimateDiff's linear betas. Product: DIR/motion_adapter.safetensors (EMA weights).
+- finetune: the T2I trained on from DIR/unet (its own data stream, lr 2e-4), after the T2V learnt over it, so that
+  the T2V runs over a fine-tune as AnimateDiff's modules run over SD1.5 fine-tunes. Product: DIR/unet, replaced.
 - eval: quality numbers and pictures (quality.py) into DIR/eval.json and DIR/*.png.
 - export: the float16 files into the package (evs_framework/data/weights/toyworld) with training.json.
 
