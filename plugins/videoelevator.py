@@ -4,16 +4,16 @@ a planner. docs/videoelevator.md has our reading of that code, its defaults and 
 
 The T2I takes every step of its schedule. A window opens at each `stable_steps` entry (steps left, as in its code)
 right after the T2I's step at that level: the T2I's clean estimate is low-pass filtered in 3D frequency (latent op
-`lowpass`, with `videoelevator.d_s` and `.d_t`; not at the last window), noised afresh to the T2V's level of the same
-index, denoised `stable_num` T2V steps, and the T2V's clean estimate DDIM-inverted with the T2I on the negative
+`lowpass`, with `videoelevator.d_s` and `.d_t`; not at the last window), noised afresh to the level of the T2V's
+step at the same place in its schedule (the same index when both have as many steps), denoised `stable_num` T2V steps, and the T2V's clean estimate DDIM-inverted with the T2I on the negative
 prompt alone (guidance 0) up to the T2I's next level. The inversion's path is kept for the video, and each later T2I
 step is corrected by it (PnP inversion): the T2I evaluates the kept latent of the step's level on the prompt alone
 (guidance 1), and the step gains the difference between the kept latent one level down and that evaluation's DDIM
 step. The last step, into the clean level, has no kept latent below it and is not corrected, as in the code.
 
 Where the code differs from this reading, we keep the consistent version: it noises at the T2I's timestep but runs
-the T2V from its own grid's step of the same index (we noise to that step's level), and it computes a correction at
-window steps that the inversion then overwrites (we skip it). For enhancement the T2I starts from the source at
+the T2V from its own grid's step of the same index (we noise to the level that step starts from), and it computes a correction at window steps that the
+inversion then overwrites (we skip it). For enhancement the T2I starts from the source at
 `idm_inverse_strength`; windows above that level are skipped.
 """
 
@@ -83,8 +83,9 @@ def videoelevator(builder) -> None:
         for _ in range(at or level + 1, level + 1):  # each stage's transfer corrects the step before it
             builder.stage(Stage("idm", "pnp_correct", "resume", steps=1, transfer_params=corrected))
         ops = (StageOp("lowpass", filter_params),) if k < len(windows) - 1 else ()
-        builder.stage(Stage("vdm", "random", "current", steps=stable_num, ops=ops), fit=True,
-                      first_level=min(level, vdm_total - 1))
+        # the T2V step at the same place in its schedule (its code: the same index, both having 30 steps)
+        vdm_level = min(round(level * vdm_total / total), vdm_total - 1)
+        builder.stage(Stage("vdm", "random", "current", steps=stable_num, ops=ops), fit=True, first_level=vdm_level)
         builder.stage(Stage("idm", "invert_and_keep", "current", steps=1,
                             transfer_params={"guidance": INVERSION_GUIDANCE}), first_level=level + 1)
         if builder.failed:
