@@ -52,11 +52,22 @@ def describe_op(op) -> str:
     return f"denoise {op.model}"
 
 
+def _numerical_error(index: int, op, sigma: float) -> NumericalError:
+    return NumericalError(f"op {index + 1} ({describe_op(op)}) produced NaN or infinite latents at sigma {sigma:.4g}; "
+                          f"half precision overflows in some models: try --vae-dtype float32 (the default) and "
+                          f"--dtype float32, or a lower guidance")
+
+
 def _check_finite(x: torch.Tensor, index: int, op, sigma: float) -> None:
     if not torch.isfinite(x).all():
-        raise NumericalError(f"op {index + 1} ({describe_op(op)}) produced NaN or infinite latents at sigma {sigma:.4g}; "
-                             f"half precision overflows in some models: try --vae-dtype float32 (the default) and --dtype float32, "
-                             f"or a lower guidance")
+        raise _numerical_error(index, op, sigma)
+
+
+def _check_steps(finite: list[torch.Tensor], index: int, op: DenoiseOp) -> None:
+    """The steps' finiteness flags, kept on the device while the op ran, read once: the first bad step is named."""
+    if finite and not bool(torch.stack(finite).all()):
+        first = int((~torch.stack(finite)).nonzero()[0])
+        raise _numerical_error(index, op, op.sigmas[first])
 
 
 class StepObserver(Protocol):
@@ -114,6 +125,7 @@ def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, ca
             sampler = catalogue.get("samplers", op.sampler)
             denoiser = denoisers[op.model]
             op_state: dict = {}
+            finite = []  # one flag a step, left on the device: the loop never waits for the GPU to answer
             with _guidance(denoiser, op.guidance):
                 for step, (sigma, sigma_next) in enumerate(zip(op.sigmas, op.sigmas[1:])):
                     if observer is not None:
@@ -121,10 +133,12 @@ def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, ca
                     context = StepContext(step, op.sigmas, op, op.sampler_params, op_state, video_state, generator)
                     state.x, prediction = sampler.step(denoiser, state.x, context)
                     state.clean, state.eps, state.sigma = prediction.x0, prediction.eps, sigma_next
-                    _check_finite(state.x, index, op, sigma)
+                    finite.append(torch.isfinite(state.x).all())
                     if observer is not None:
                         observer.step_end(op, step, sigma_next, state.x)
-        _check_finite(state.x, index, op, state.sigma)
+            _check_steps(finite, index, op)
+        if not isinstance(op, DenoiseOp):
+            _check_finite(state.x, index, op, state.sigma)
         if state.x.device.type == "cuda":
             torch.cuda.synchronize(state.x.device)
         planned = op.unet_calls if isinstance(op, (TransferOp, DenoiseOp)) else 0
