@@ -52,9 +52,9 @@ def check_declared(entry, space: LatentSpace) -> str | None:
     """What the loaded VAE contradicts in the registry's declaration of the model's latent space (None: nothing)."""
     declared = entry.preset.latent_space
     found = {"channels": space.channels, "spatial": space.spatial, "temporal": space.temporal}
-    wrong = [f"{key} {getattr(declared, key)} declared, {value} in its VAE" for key, value in found.items()
+    wrong = [f"{key} {getattr(declared, key)} (its VAE has {value})" for key, value in found.items()
              if getattr(declared, key) != value]
     if not wrong:
         return None
-    return (f"model {entry.name!r}: its latent space {declared.name!r} is declared with {', '.join(wrong)}; fix "
-            f"`latent_space` in its registry preset")
+    return (f"model {entry.name!r}: its registry preset declares latent space {declared.name!r} with {', '.join(wrong)}; "
+            f"fix `latent_space` in the preset")

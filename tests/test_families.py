@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from evs_framework.denoiser import Denoiser
-from evs_framework.errors import PlanError, VideoError
+from evs_framework.errors import PlanError, VideoError, WeightsError
 from evs_framework.hookspecs import hookimpl
 from evs_framework.io import video_io
 from evs_framework.latent_space import Converter
@@ -257,3 +257,13 @@ def test_sd15_with_animatediff_needs_no_conversion_and_injection_stays_in_one_sp
     spec = attrs.evolve(spec, injection=attrs.evolve(spec.injection, models=("idm", "vdm")))
     with pytest.raises(PlanError, match=r"\['vdm'\] work in another latent space than the T2I \(sd1\)"):
         make_plan(spec, registry, plugins)
+
+
+def test_a_registry_that_misdeclares_a_latent_space_is_refused_at_load(clip_9x64x32, tmp_path, plugins, registry,
+                                                                       family_context):
+    space = registry.get("wan2.1-1.3B").preset.latent_space
+    wrong = with_preset(registry, "wan2.1-1.3B", latent_space=attrs.evolve(space, channels=4))
+    spec = cross_space_spec(clip_9x64x32, "SD", tmp_path)
+    context = attrs.evolve(family_context, registry=wrong)
+    with pytest.raises(WeightsError, match=r"declares latent space 'wan2.1' with channels 4 \(its VAE has 16\)"):
+        run_job(spec, make_plan(spec, wrong, plugins), context, progress=False)
