@@ -19,7 +19,7 @@ from evs_framework.loading import LoadContext, WeightSettings
 from evs_framework.plan import ConvertOp
 from evs_framework.planner import make_plan
 from evs_framework.plugins import load_plugins
-from evs_framework.predictions import from_flow, from_v
+from evs_framework.predictions import from_flow, from_sample, from_v
 from evs_framework.registry import load_registry
 from evs_framework.runner import run_job
 from evs_framework.sampler import single_step
@@ -127,15 +127,18 @@ def test_flow_matching_steps_are_flow_match_euler_steps():
     assert ts[0] < 1 and schedule.levels[0] < 5000  # t = 1 stops at a finite sigma
 
 
-def test_v_prediction_with_zero_terminal_snr_steps_as_ddim_does():
-    """Rescaled betas (zero terminal SNR) and v read as a eps - s x0: Euler (DDIM, eta 0) steps are DDIMScheduler's;
-    the pure-noise first level is finite here (diffusers has alpha 0 there) and lands within 1e-3."""
+@pytest.mark.parametrize("prediction, convert, zero_terminal_snr", [("v_prediction", from_v, True),
+                                                                     ("sample", from_sample, False)])
+def test_v_and_sample_predictions_step_as_ddim_does(prediction, convert, zero_terminal_snr):
+    """v read as a eps - s x0 (with rescaled betas, zero terminal SNR) and a predicted sample: Euler (DDIM, eta 0)
+    steps are DDIMScheduler's. With zero terminal SNR the pure-noise first level is finite here (diffusers has alpha
+    0 there) and lands within 1e-3."""
     from diffusers import DDIMScheduler
 
-    schedule = ModelSchedule(BetaSchedule("scaled_linear", zero_terminal_snr=True), 10, "trailing")
+    schedule = ModelSchedule(BetaSchedule("scaled_linear", zero_terminal_snr=zero_terminal_snr), 10, "trailing")
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing",
-                              clip_sample=False, set_alpha_to_one=True)
+                              rescale_betas_zero_snr=zero_terminal_snr, prediction_type=prediction,
+                              timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True)
     scheduler.set_timesteps(10)
     assert list(scheduler.timesteps) == list(schedule.timesteps)
 
@@ -143,7 +146,7 @@ def test_v_prediction_with_zero_terminal_snr_steps_as_ddim_does():
         def predict(self, x, timestep, text):
             return fake_velocity(x, timestep)
 
-    denoiser = Denoiser(Backend(), schedule.train, torch.zeros(2, 1, 1), 1.0, from_v)
+    denoiser = Denoiser(Backend(), schedule.train, torch.zeros(2, 1, 1), 1.0, convert)
     ac = scheduler.alphas_cumprod
     x_vp = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(1))
     for i, (sigma, sigma_next) in enumerate(zip(schedule.levels, schedule.levels[1:])):
@@ -151,10 +154,38 @@ def test_v_prediction_with_zero_terminal_snr_steps_as_ddim_does():
         expected = scheduler.step(fake_velocity(x_vp, t), t, x_vp).prev_sample
         x_next, _ = single_step(EULER, denoiser, x_vp * (1 + sigma**2) ** 0.5, sigma, sigma_next)
         prev_ac = float(ac[int(scheduler.timesteps[i + 1])]) if i + 1 < 10 else 1.0
-        ours = x_next * prev_ac**0.5
-        tolerance = 1e-3 if i == 0 else 1e-5
-        torch.testing.assert_close(ours, expected, rtol=tolerance, atol=tolerance)
+        tolerance = 1e-3 if i == 0 and zero_terminal_snr else 1e-5
+        torch.testing.assert_close(x_next * prev_ac**0.5, expected, rtol=tolerance, atol=tolerance)
         x_vp = expected
+
+
+def test_cosine_betas_and_the_flow_shift_are_diffusers():
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+    cosine = DDPMScheduler(beta_schedule="squaredcos_cap_v2")
+    torch.testing.assert_close(BetaSchedule("squaredcos_cap_v2").alphas_cumprod.float(), cosine.alphas_cumprod,
+                               rtol=1e-5, atol=1e-7)
+    steps = 6
+    shifted = FlowMatchEulerDiscreteScheduler(shift=3.0)  # shifts the sigmas it is given
+    shifted.set_timesteps(sigmas=[1 - i / steps for i in range(steps)])
+    ours = FlowMatchingSchedule(shift=3.0).sampling_timesteps(steps)
+    torch.testing.assert_close(torch.tensor(ours, dtype=torch.float32), shifted.timesteps, rtol=1e-6, atol=1e-3)
+
+
+def test_a_vae_shift_factor_is_taken_off_before_scaling_and_put_back(zoo):
+    from diffusers import AutoencoderKL
+
+    from evs_framework.io.vae import FrameCodec, decode_latents, encode_frames, frame_vae_space
+
+    vae = AutoencoderKL.from_pretrained(zoo / "stable-diffusion-v1-5", subfolder="vae")
+    vae.register_to_config(shift_factor=0.25, scaling_factor=0.5)
+    frames = make_synthetic_clip(2, 64, 48)
+    raw = vae.encode(frames).latent_dist.mode()
+    latents = encode_frames(vae, frames, chunk=2)
+    torch.testing.assert_close(latents, (raw - 0.25) * 0.5)
+    torch.testing.assert_close(decode_latents(vae, latents, chunk=2), vae.decode(raw).sample.clamp(-1, 1),
+                               rtol=1e-4, atol=1e-4)
+    assert FrameCodec(vae, frame_vae_space("x", vae)).space.shift == 0.25
 
 
 def cross_space_spec(clip, idm, out, composition="IDM_VDM_IDM", vdm="wan2.1-1.3B", **video):

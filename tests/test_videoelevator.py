@@ -74,3 +74,24 @@ def test_the_correction_adds_the_kept_latent_minus_the_models_step_from_the_one_
     step_from_above = 0.5 * above + 0.5 * (0.25 * above)  # x0 + sigma_to * eps
     torch.testing.assert_close(pnp_correct(ctx), present + here - step_from_above)
     assert seen == [(1.0, 1.0)]
+
+
+def test_the_inversion_keeps_every_level_it_passes_on_the_negative_prompt():
+    from evs_plugins.videoelevator import invert_and_keep
+
+    calls = []
+
+    def denoise(x, sigma, timestep_sigma=None, guidance=None):
+        calls.append((sigma, timestep_sigma, guidance))
+        return Prediction(0.5 * x, 0.1 * x + 1.0)
+
+    clean, levels, state = torch.ones(1, 1, 2, 2), (0.0, 0.3, 0.9), {}
+    ctx = TransferContext(clean, None, 0.0, 0.9, levels, denoise, 7.5, None, params={"guidance": 0.0},
+                          video_state=state)
+    first = clean + 0.3 * (0.1 * clean + 1.0)  # each level: x + (sigma_up - sigma) * eps at sigma_up's timestep
+    second = first + 0.6 * (0.1 * first + 1.0)
+    torch.testing.assert_close(invert_and_keep(ctx), second)
+    assert calls == [(0.0, 0.3, 0.0), (0.3, 0.9, 0.0)]
+    kept = state["videoelevator"]["kept"]
+    assert sorted(kept) == [0.0, 0.3, 0.9]
+    torch.testing.assert_close(kept[0.3], first)
