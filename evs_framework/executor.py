@@ -65,9 +65,11 @@ def _check_finite(x: torch.Tensor, index: int, op, sigma: float) -> None:
 
 def _check_steps(finite: list[torch.Tensor], index: int, op: DenoiseOp) -> None:
     """The steps' finiteness flags, kept on the device while the op ran, read once: the first bad step is named."""
-    if finite and not bool(torch.stack(finite).all()):
-        first = int((~torch.stack(finite)).nonzero()[0])
-        raise _numerical_error(index, op, op.sigmas[first])
+    if not finite:
+        return
+    flags = torch.stack(finite)
+    if not bool(flags.all()):
+        raise _numerical_error(index, op, op.sigmas[int((~flags).nonzero()[0])])
 
 
 class StepObserver(Protocol):

@@ -18,16 +18,16 @@ import torch
 from tqdm import tqdm
 
 from evs_framework import output_guard
-from evs_framework.io import video_io
 from evs_framework.denoiser import Denoiser
 from evs_framework.errors import EVSError, NumericalError, VideoError, WeightsError
 from evs_framework.executor import OpRecord, execute, unplanned_calls
 from evs_framework.identity import RunIdentity, package_versions, run_identity, weight_fingerprints
+from evs_framework.io import video_io
+from evs_framework.latent_space import VAE_ROUND_TRIP, check_declared
 from evs_framework.loading import LoadContext
 from evs_framework.placement import Placement
-from evs_framework.preflight import input_problems
-from evs_framework.latent_space import VAE_ROUND_TRIP, check_declared
 from evs_framework.plan import ConvertOp, DenoiseOp, Plan
+from evs_framework.preflight import input_problems
 from evs_framework.spec import InputVideo, Spec, spec_to_data
 
 log = structlog.get_logger(__name__)

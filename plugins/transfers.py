@@ -23,7 +23,7 @@ def ddim_inversion(ctx: TransferContext):
     Each step evaluates the model at the next (higher) level's timestep on the latent of the current level,
     as diffusers' DDIMInverseScheduler does.
     """
-    return _invert(ctx, ctx.clean, ctx.levels, ctx.guidance)
+    return invert(ctx, ctx.clean, ctx.levels, ctx.guidance)
 
 
 def ddim_invert_up(ctx: TransferContext):
@@ -32,13 +32,19 @@ def ddim_invert_up(ctx: TransferContext):
     guidance. From a clean latent this is `ddim_inversion`."""
     path = (ctx.sigma_from, *levels_above(ctx.levels, ctx.sigma_from))
     guidance = ctx.guidance if ctx.params.get("guidance") is None else float(ctx.params["guidance"])
-    return _invert(ctx, ctx.x, path, guidance)
+    return invert(ctx, ctx.x, path, guidance)
 
 
-def _invert(ctx: TransferContext, x, path: tuple[float, ...], guidance: float):
+def invert(ctx: TransferContext, x, path: tuple[float, ...], guidance: float, keep: dict | None = None):
+    """DDIM inversion of `x` from path[0] up through the levels of `path`; `keep`, when given, receives the latent at
+    every level of the path, by sigma."""
+    if keep is not None:
+        keep[path[0]] = x
     for sigma, sigma_up in zip(path[:-1], path[1:]):
         prediction = ctx.denoise(x, sigma, timestep_sigma=sigma_up, guidance=guidance)
         x = x + (sigma_up - sigma) * prediction.eps
+        if keep is not None:
+            keep[sigma_up] = x
     return x
 
 

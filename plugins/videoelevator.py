@@ -22,7 +22,7 @@ from __future__ import annotations
 from evs_framework.composition import Composition, Stage, StageOp
 from evs_framework.hookspecs import hookimpl
 from evs_framework.transfer import Transfer, TransferContext
-from evs_plugins.transfers import levels_above_clean
+from evs_plugins.transfers import invert, levels_above_clean
 
 NAME = "videoelevator"
 INVERSION_GUIDANCE = 0.0  # the code inverts on the negative prompt's embeddings alone
@@ -38,12 +38,7 @@ def invert_and_keep(ctx: TransferContext):
     for the corrections that follow (the latents of an earlier window's inversion are dropped)."""
     kept = kept_path(ctx)
     kept.clear()
-    x = kept[ctx.levels[0]] = ctx.clean
-    guidance = float(ctx.params["guidance"])
-    for sigma, sigma_up in zip(ctx.levels[:-1], ctx.levels[1:]):
-        prediction = ctx.denoise(x, sigma, timestep_sigma=sigma_up, guidance=guidance)
-        x = kept[sigma_up] = x + (sigma_up - sigma) * prediction.eps
-    return x
+    return invert(ctx, ctx.clean, ctx.levels, float(ctx.params["guidance"]), keep=kept)
 
 
 def pnp_correct(ctx: TransferContext):
