@@ -26,9 +26,8 @@ from evs_framework.loading import LoadContext, WeightSettings
 from evs_framework.planner import make_plan
 from evs_framework.plugins import load_plugins
 from evs_framework.registry import load_registry
-from evs_framework.runner import VideoRun, load_backends, make_denoisers, run_plan
+from evs_framework.runner import VideoRun, decode, encode, load_backends, make_denoisers, run_plan
 from evs_framework.spec import InjectionSettings, InputVideo, ModelChoice, Spec
-from evs_framework.io.vae import decode_latents, encode_frames
 from evs_framework.testing.lora_write import write_kohya_lora
 from evs_framework.loaders.motion_adapter import write_motion_adapter_file
 from evs_framework.loaders.single_file import write_sd15_single_file
@@ -167,30 +166,45 @@ def main() -> None:
                    **timed_run(plan, needed, clip, spec, plugins, offloading))
 
 
-def timed_run(plan, backends, clip, spec, plugins, context) -> dict:
-    device, placement = context.device, context.placement
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    vae = backends.get("idm", backends.get("vdm")).vae
+def timed_run(plan, backends, clip, spec, plugins, context, keep_outputs: bool = False) -> dict:
+    """One clip through encode, the plan's ops and decode, as the runner does it, timed with a sync after each part;
+    peak memory per part (and per op, in `ops`). `keep_outputs` adds the final latents and frames under `outputs`."""
+    device, placement, chunk = context.device, context.placement, spec.output.decode_chunk
+    vae = backends.get("idm", backends.get("vdm")).codec
+    _reset_peak(device)
     t0 = time.perf_counter()
-    placement.use(vae)
-    source = encode_frames(vae, clip, 8).to(device)
+    placement.use(vae.module)
+    source = encode(vae, clip, chunk).to(device)
     _sync(device)
-    t1 = time.perf_counter()
+    t1, encode_peak = time.perf_counter(), _gib(torch.cuda.max_memory_allocated, device)
     denoisers = make_denoisers(plan, backends, spec.inputs[0].prompt, spec.negative_prompt, plugins.catalogue, placement)
-    video = VideoRun(spec, plan, backends, denoisers, source, torch.Generator().manual_seed(23), plugins.catalogue, device)
+    video = VideoRun(spec, plan, backends, denoisers, source, torch.Generator().manual_seed(23), plugins.catalogue, device,
+                     placement=placement)
     latents, ops, prepare_s = run_plan(video, plugins.hook)
     t2 = time.perf_counter()
-    placement.use(vae)
-    frames = decode_latents(vae, latents, 8)
+    _reset_peak(device)
+    placement.use(vae.module)
+    frames = decode(vae, latents, chunk)
     _sync(device)
-    t3 = time.perf_counter()
-    return dict(frames=len(frames), output_size=list(frames.shape[-2:]), encode_s=round(t1 - t0, 3),
-                denoise_s=round(t2 - t1, 3), prepare_s=round(prepare_s, 3), decode_s=round(t3 - t2, 3),
-                total_s=round(t3 - t0, 3), plugins=video.report,
-                unet_calls={r: d.calls for r, d in denoisers.items()},
-                ops=[(o.op, o.model, round(o.seconds, 3), o.unet_calls) for o in ops],
-                finite=bool(torch.isfinite(frames).all()), peak_gib=_gib(torch.cuda.max_memory_allocated, device))
+    t3, decode_peak = time.perf_counter(), _gib(torch.cuda.max_memory_allocated, device)
+    op_peaks = [o.peak_memory_bytes / 2**30 for o in ops if o.peak_memory_bytes is not None]
+    result = dict(frames=len(frames), output_size=list(frames.shape[-2:]), encode_s=round(t1 - t0, 3),
+                  denoise_s=round(t2 - t1, 3), prepare_s=round(prepare_s, 3), decode_s=round(t3 - t2, 3),
+                  total_s=round(t3 - t0, 3), plugins=video.report,
+                  unet_calls={r: d.calls for r, d in denoisers.items()},
+                  ops=[dict(op=o.op, model=o.model, seconds=round(o.seconds, 4), unet_calls=o.unet_calls, shape=list(o.shape),
+                            peak_gib=None if o.peak_memory_bytes is None else round(o.peak_memory_bytes / 2**30, 2))
+                       for o in ops],
+                  finite=bool(torch.isfinite(frames).all()), encode_peak_gib=encode_peak, decode_peak_gib=decode_peak,
+                  peak_gib=None if encode_peak is None else round(max([encode_peak, decode_peak, *op_peaks]), 2))
+    if keep_outputs:
+        result["outputs"] = (latents, frames)
+    return result
+
+
+def _reset_peak(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def _sync(device) -> None:

@@ -42,8 +42,14 @@ def _running(parser: argparse.ArgumentParser) -> None:
                              f"in the last bits between thread counts, so keep it fixed to reproduce a run")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                         help="model precision (default: float16 on GPU, float32 on CPU)")
-    parser.add_argument("--vae-dtype", choices=DTYPE_NAMES, default="float32",
-                        help="VAE precision (default float32: half-precision VAEs can overflow into black frames)")
+    parser.add_argument("--vae-dtype", choices=DTYPE_NAMES, default=None,
+                        help="VAE precision (default: float16 on GPU, float32 on CPU; a float16 VAE call that overflows "
+                             "into NaN is done again in float32)")
+    parser.add_argument("--compile", default=None, metavar="PARTS",
+                        help="torch.compile the models once loaded: all, or a comma-separated choice of idm, vdm, vae "
+                             "(default none). The first run on a machine compiles (about a minute a model on an H200); "
+                             "the compiled kernels are kept in $TORCHINDUCTOR_CACHE_DIR (default ~/.cache/evs/torch-compile) "
+                             "and reused by later processes")
     parser.add_argument("--offload", action="store_true",
                         help="keep weights in CPU memory and move each model to the GPU only while it works "
                              "(for small GPUs; slower)")
@@ -133,6 +139,7 @@ def _context(args, plugins, registry, extra_folders=(), device=None):
     """The LoadContext the arguments describe; `device`, when given, replaces --device (already checked)."""
     import torch
 
+    from evs_framework.acceleration import parse_compile_parts
     from evs_framework.loading import DTYPES, LoadContext, WeightSettings, default_weight_folders
     from evs_framework.preflight import parse_device
 
@@ -141,9 +148,10 @@ def _context(args, plugins, registry, extra_folders=(), device=None):
     torch.set_num_threads(args.threads or int(os.environ.get("OMP_NUM_THREADS") or DEFAULT_THREADS))
     device = device or parse_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    vae_dtype = DTYPES[args.vae_dtype] if args.vae_dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     folders = default_weight_folders([*extra_folders, *args.weights_dir])
-    return LoadContext(plugins, registry, WeightSettings(folders), device, dtype, DTYPES[args.vae_dtype], args.allow_pickle,
-                       args.offload)
+    return LoadContext(plugins, registry, WeightSettings(folders), device, dtype, vae_dtype, args.allow_pickle,
+                       args.offload, parse_compile_parts(args.compile))
 
 
 @attrs.frozen

@@ -40,6 +40,8 @@ class OpRecord:
     seconds: float
     unet_calls: int
     planned_unet_calls: int
+    shape: tuple[int, ...] = ()  # the latents' shape after the op (frames, channels, h, w)
+    peak_memory_bytes: int | None = None  # torch.cuda.max_memory_allocated during the op; None off CUDA
 
 
 def describe_op(op) -> str:
@@ -54,8 +56,7 @@ def describe_op(op) -> str:
 
 def _numerical_error(index: int, op, sigma: float) -> NumericalError:
     return NumericalError(f"op {index + 1} ({describe_op(op)}) produced NaN or infinite latents at sigma {sigma:.4g}; "
-                          f"half precision overflows in some models: try --vae-dtype float32 (the default) and "
-                          f"--dtype float32, or a lower guidance")
+                          f"half precision overflows in some models: try --dtype float32, or a lower guidance")
 
 
 def _check_finite(x: torch.Tensor, index: int, op, sigma: float) -> None:
@@ -107,8 +108,11 @@ def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, ca
     state = Trajectory(x=source, sigma=0.0, clean=source)
     video_state = {} if video_state is None else video_state
     records = []
+    cuda = source.device if source.device.type == "cuda" else None
     for index, op in enumerate(plan.ops):
         calls_before = sum(d.calls for d in denoisers.values())
+        if cuda is not None:
+            torch.cuda.reset_peak_memory_stats(cuda)
         started = time.perf_counter()
         if isinstance(op, ConvertOp):
             if convert is None:
@@ -141,9 +145,10 @@ def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, ca
             _check_steps(finite, index, op)
         if not isinstance(op, DenoiseOp):
             _check_finite(state.x, index, op, state.sigma)
-        if state.x.device.type == "cuda":
-            torch.cuda.synchronize(state.x.device)
+        if cuda is not None:
+            torch.cuda.synchronize(cuda)
         planned = op.unet_calls if isinstance(op, (TransferOp, DenoiseOp)) else 0
         records.append(OpRecord(index + 1, op.stage + 1, type(op).__name__, op.model, time.perf_counter() - started,
-                                sum(d.calls for d in denoisers.values()) - calls_before, planned))
+                                sum(d.calls for d in denoisers.values()) - calls_before, planned, tuple(state.x.shape),
+                                torch.cuda.max_memory_allocated(cuda) if cuda is not None else None))
     return state.x, records

@@ -18,11 +18,13 @@ import torch
 from tqdm import tqdm
 
 from evs_framework import output_guard
+from evs_framework.acceleration import compile_backends
 from evs_framework.denoiser import Denoiser
 from evs_framework.errors import EVSError, NumericalError, VideoError, WeightsError
 from evs_framework.executor import OpRecord, execute, unplanned_calls
 from evs_framework.identity import RunIdentity, package_versions, run_identity, weight_fingerprints
 from evs_framework.io import video_io
+from evs_framework.io.vae import frames_per_call
 from evs_framework.latent_space import VAE_ROUND_TRIP, check_declared
 from evs_framework.loading import LoadContext
 from evs_framework.placement import Placement
@@ -79,6 +81,8 @@ def load_backends(plan: Plan, context: LoadContext) -> dict:
     problems = [p for role, model in plan.models.items() if (p := check_declared(model.entry, backends[role].codec.space))]
     if problems:
         raise WeightsError("; ".join(problems))
+    if context.compile:
+        compile_backends(backends, context.compile)
     return backends
 
 
@@ -141,16 +145,27 @@ class _StepBar:
         self.hook.step_end(video=self.run, op=op, step=step, sigma=sigma, latents=latents)
 
 
-def convert_latents(run: VideoRun, op: ConvertOp, latents: torch.Tensor, chunk: int) -> torch.Tensor:
+def encode(codec, frames: torch.Tensor, chunk: int | None) -> torch.Tensor:
+    """Frames (F, 3, H, W) to latents, `chunk` frames a VAE call (None: sized to memory, io.vae.frames_per_call)."""
+    return codec.encode(frames, frames_per_call(chunk, codec.module, *frames.shape[-2:]))
+
+
+def decode(codec, latents: torch.Tensor, chunk: int | None) -> torch.Tensor:
+    """Latents to frames, `chunk` frames a VAE call (None: sized to memory for the decoded size)."""
+    height, width = (side * codec.space.spatial for side in latents.shape[-2:])
+    return codec.decode(latents, frames_per_call(chunk, codec.module, height, width))
+
+
+def convert_latents(run: VideoRun, op: ConvertOp, latents: torch.Tensor, chunk: int | None) -> torch.Tensor:
     """A ConvertOp: the plan's converter, or the VAE round trip through the two models' codecs."""
     source, target = run.backends[op.source_model], run.backends[op.model]
     if op.converter != VAE_ROUND_TRIP:
         return run.catalogue.get("latent_converters", op.converter).convert(latents, source, target)
     placement = run.placement or Placement(run.device)
     placement.use(source.codec.module)
-    frames = source.codec.decode(latents, chunk)
+    frames = decode(source.codec, latents, chunk)
     placement.use(target.codec.module)
-    return target.codec.encode(frames, chunk).to(latents.device)
+    return encode(target.codec, frames, chunk).to(latents.device)
 
 
 def run_plan(run: VideoRun, hook, progress: bool = False, label: str = "") -> tuple[torch.Tensor, list[OpRecord], float]:
@@ -179,7 +194,7 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
     placement = context.placement
     encoder = backends[plan.source_model].codec
     placement.use(encoder.module)
-    source = encoder.encode(clip.frames, chunk).to(context.device)
+    source = encode(encoder, clip.frames, chunk).to(context.device)
     catalogue = context.plugins.catalogue
     denoisers = make_denoisers(plan, backends, item.prompt, spec.negative_prompt, catalogue, placement)
     generator = torch.Generator("cpu").manual_seed(spec.seed)
@@ -187,7 +202,7 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
     latents, records, prepare_seconds = run_plan(run, context.plugins.hook, progress, item.video.name)
     decoder = backends[plan.output_model].codec
     placement.use(decoder.module)
-    frames = decoder.decode(latents, chunk)
+    frames = decode(decoder, latents, chunk)
     if not torch.isfinite(frames).all():
         raise NumericalError(f"the VAE decoded NaN or infinite pixels for {item.video.name}; "
                              f"decode in float32 (--vae-dtype float32)")
@@ -222,6 +237,7 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
         "ops": [attrs.asdict(r) for r in records],
         "device": str(context.device),
         "offload": context.offload,
+        "compiled": list(context.compile),
         "dtype": str(context.dtype).removeprefix("torch."),
         "versions": package_versions(),
         "identity": identity.parts,  # what job_key is made of: input hash, weight files, precision, device type

@@ -97,7 +97,7 @@ class VideoOptions:
 class OutputOptions:
     dir: Path | None = None  # None: ./outputs/<spec file name>
     side_by_side: bool = True
-    decode_chunk: int = 8
+    decode_chunk: int | None = None  # frames per VAE call; None: as many as fit evs_framework.io.vae's memory budget
 
 
 @attrs.frozen
@@ -249,8 +249,8 @@ def check_spec(spec: Spec) -> list[str]:
         problems.append(f"$.video.size: {list(spec.video.size)} must be [width, height], each 8..{MAX_SIDE} pixels")
     if spec.video.fit not in FITS:
         problems.append(f"$.video.fit: {spec.video.fit!r}; use one of {', '.join(FITS)}")
-    if spec.output.decode_chunk < 1:
-        problems.append(f"$.output.decode_chunk: {spec.output.decode_chunk} must be at least 1")
+    if spec.output.decode_chunk is not None and spec.output.decode_chunk < 1:
+        problems.append(f"$.output.decode_chunk: {spec.output.decode_chunk} must be at least 1 (or null: sized to memory)")
     if isinstance(spec.composition, Composition):
         problems += check_composition(spec.composition, "$.composition")
     return problems + check_injection(spec.injection)

@@ -18,7 +18,7 @@ import torch
 from evs_framework.errors import WeightsError
 from evs_framework.hookspecs import hookimpl
 from evs_framework.loaders.motion_adapter import load_motion_adapter
-from evs_plugins.sd15 import OverSD15Parts, frame_codec, parts_with_lora
+from evs_plugins.sd15 import OverSD15Parts, device_timestep, frame_codec, parts_with_lora
 
 if TYPE_CHECKING:  # annotations only; diffusers is imported where a model loads
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
@@ -36,7 +36,7 @@ class AnimateDiffBackend(OverSD15Parts):
         # UNetMotionModel takes (batch, channels, frames, h, w) and one text embedding per frame
         sample = x.permute(0, 2, 1, 3, 4).to(self.unet.dtype)
         text = text.repeat_interleave(frames, dim=0).to(self.unet.dtype)
-        eps = self.unet(sample, timestep, encoder_hidden_states=text).sample
+        eps = self.unet(sample, device_timestep(timestep, x.device), encoder_hidden_states=text).sample
         return eps.float().permute(0, 2, 1, 3, 4)
 
 

@@ -124,6 +124,12 @@ def parts_with_lora(base_entry, lora_path: Path, scale: float, context) -> SD15P
     return context.shared(("sd15_lora", base_path.resolve(), lora_file.resolve(), scale), build)
 
 
+def device_timestep(timestep: float, device: torch.device) -> torch.Tensor:
+    """The timestep as a 0-d tensor made on the model's device. Given a Python number, diffusers copies it to the GPU
+    at every call, and that copy waits for all queued GPU work, so the host could never run ahead of the GPU."""
+    return torch.full((), timestep, dtype=torch.float32, device=device)
+
+
 @torch.no_grad()
 def encode_prompts(parts: SD15Parts, prompts: list[str]) -> torch.Tensor:
     ids = parts.tokenizer(prompts, padding="max_length", max_length=parts.tokenizer.model_max_length,
@@ -166,7 +172,7 @@ class SD15Backend(OverSD15Parts):
         """Noise for x (batch, frames, channels, h, w), each frame an image, with text (batch, tokens, dim)."""
         batch, frames = x.shape[:2]
         unet = self.parts.unet
-        eps = unet(x.flatten(0, 1).to(unet.dtype), timestep,
+        eps = unet(x.flatten(0, 1).to(unet.dtype), device_timestep(timestep, x.device),
                    encoder_hidden_states=text.repeat_interleave(frames, dim=0).to(unet.dtype)).sample
         return eps.float().unflatten(0, (batch, frames))
 

@@ -16,6 +16,7 @@ import attrs
 import torch
 
 from evs_framework.hookspecs import hookimpl
+from evs_framework.io.vae import finite_or_float32
 from evs_framework.latent_space import LatentSpace
 from evs_framework.loaders.checkpoints import check_diffusers_folder
 
@@ -74,18 +75,16 @@ class VideoVAECodec:
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, chunk: int) -> torch.Tensor:
-        param = next(self.module.parameters())
-        video = frames.permute(1, 0, 2, 3)[None].to(param.device, param.dtype)
-        latents = self.module.encode(video).latent_dist.mode().float()
+        video = frames.permute(1, 0, 2, 3)[None]
+        latents = finite_or_float32(self.module, lambda x: self.module.encode(x).latent_dist.mode().float(), video)
         mean, scale = self._normalisation(latents.device)
         return ((latents - mean) * scale)[0].permute(1, 0, 2, 3)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, chunk: int) -> torch.Tensor:
-        param = next(self.module.parameters())
         mean, scale = self._normalisation(latents.device)
         z = latents.permute(1, 0, 2, 3)[None].float() / scale + mean
-        video = self.module.decode(z.to(param.device, param.dtype)).sample.float().cpu()
+        video = finite_or_float32(self.module, lambda x: self.module.decode(x).sample.float(), z).cpu()
         return video[0].permute(1, 0, 2, 3).clamp(-1, 1)
 
 
