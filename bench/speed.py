@@ -40,7 +40,7 @@ from evs_framework.planner import make_plan
 from evs_framework.plugins import load_plugins
 from evs_framework.registry import load_registry
 from evs_framework.runner import load_backends
-from evs_framework.spec import InputVideo, ModelChoice, OutputOptions, Spec
+from evs_framework.spec import InputVideo, ModelChoice, OutputOptions, Settings, Spec
 from evs_framework.testing.zoo import build_tiny_zoo, make_synthetic_clip
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -59,6 +59,8 @@ class Variant:
     decode_chunk: int | None = None
     offload: bool = False
     cudnn_benchmark: bool = False
+    vdm_source_size: bool = False
+    settings: dict = attrs.field(factory=dict)
 
 
 VARIANTS = {
@@ -72,6 +74,13 @@ VARIANTS = {
         Variant("compiled", "torch.compile of both UNets and the VAE, cudnn.benchmark", compile=("idm", "vdm", "vae"),
                 cudnn_benchmark=True),
         Variant("low-memory", "--offload, chunks of 1", offload=True, decode_chunk=1),
+        Variant("vdm-source-size", "the T2V window at the source size (512x320), ddim re-entry (an inversion)",
+                vdm_source_size=True),
+        Variant("vdm-source-size-random", "the T2V window at the source size, random re-entry", vdm_source_size=True,
+                settings={"idm_invert_mode_2": "random"}),
+        Variant("compiled-source-size-random", "compiled, the T2V window at the source size, random re-entry",
+                compile=("idm", "vdm", "vae"), cudnn_benchmark=True, vdm_source_size=True,
+                settings={"idm_invert_mode_2": "random"}),
     )
 }
 PIPELINE_VARIANTS = ",".join(VARIANTS)
@@ -171,8 +180,9 @@ def context_for(variant: Variant, plugins, registry, weights, device) -> LoadCon
 
 def spec_for(variant: Variant) -> Spec:
     return Spec(inputs=(InputVideo(Path("synthetic.mp4"), PROMPT),), composition=variant.composition,
-                models={"idm": ModelChoice("EP", upscale=2.0), "vdm": ModelChoice("lightningEP")},
-                output=OutputOptions(decode_chunk=variant.decode_chunk))
+                models={"idm": ModelChoice("EP", upscale=2.0),
+                        "vdm": ModelChoice("lightningEP", source_size=variant.vdm_source_size)},
+                settings=Settings(**variant.settings), output=OutputOptions(decode_chunk=variant.decode_chunk))
 
 
 def compare(reference, outputs) -> dict:

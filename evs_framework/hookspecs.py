@@ -13,9 +13,10 @@ Models
   `schedule` (a kind of `register_noise_schedules`) with `schedule_params` and, for `betas`, `beta_schedule`,
   `beta_start`, `beta_end`, `train_steps`; `prediction` (a `register_prediction_types` name); `latent_space` (a
   `LatentSpaceDecl`: `name`, `channels`, `spatial`, `temporal`, `size_multiple`); `frame_window`, `trained_timesteps`.
-- `LoadContext` (loading): `registry`, `plugins`, `device`, `dtype`, `vae_dtype`, `allow_pickle`, `placement`
-  (`load_device`: where loaders put weights); `weights_path(entry)` finds an entry's files; `load(entry)` loads
-  another entry's backend once per run; `shared(key, build)` keeps one instance per key.
+- `LoadContext` (loading): `registry`, `plugins`, `device`, `dtype`, `vae_dtype`, `allow_pickle`, `offload`,
+  `compile` (the parts torch.compile'd once loaded), `placement` (`load_device`: where loaders put weights);
+  `weights_path(entry)` finds an entry's files; `load(entry)` loads another entry's backend once per run;
+  `shared(key, build)` keeps one instance per key.
 - Backend (what a `register_backends` loader returns; `loading.Backend`): `encode_prompts(prompts)` returns the
   model's conditioning, one row per prompt (a tensor, or an `evs_framework.conditioning.Conditioning`);
   `predict(x, timestep, conditioning)` returns the model's raw output for x (batch, frames, channels, h, w), read by

@@ -21,7 +21,8 @@ def format_plan(plan: Plan, title: str = "") -> str:
     converts = any(isinstance(op, ConvertOp) for op in plan.ops)
     for role, m in plan.models.items():
         s = m.schedule
-        upscale = f", latents x{m.choice.upscale:g} ({m.choice.upscale_mode})" if m.choice.upscale != 1.0 else ""
+        upscale = f", latents x{m.choice.upscale:g} ({m.choice.upscale_mode})" if m.choice.upscale != 1.0 else \
+            ", at the source size" if m.choice.source_size else ""
         params = f" ({', '.join(f'{k} {v:g}' for k, v in m.sampler_params.items())})" if m.sampler_params else ""
         space = m.entry.preset.latent_space
         latents = (f", latent space {space.name} ({space.channels} channels, /{space.spatial}"

@@ -52,6 +52,8 @@ class _Planner:
         self.space: PlannedModel | None = None  # the model whose latent space the latent is in (None: not encoded yet)
         self.start_sigma: float | None = None  # where the first transfer put the trajectory
         self.resume: dict[str, int] = {}  # role -> the level where it stopped
+        self.scale = 1.0  # the latents' size relative to the source clip's
+        self.size_before_source: float | None = None  # the size to go back to once a source_size model hands over
         self.used_windows = 0
 
     def problem(self, text: str) -> None:
@@ -283,13 +285,10 @@ class _Planner:
 
     def enter(self, index: int, model: PlannedModel, mode: str, first: int, stage: Stage, where: str) -> None:
         """Ops that bring the trajectory onto `model`'s level `first`: a conversion when it leaves another latent
-        space, an upscale on first entry and the stage's latent ops, then a transfer."""
+        space, a resize to the size it works at (evs_framework.spec.ModelChoice) and the stage's latent ops, then a
+        transfer."""
         converted = self.convert_to(index, model, where)
-        upscaled = model.role not in self.resume and model.choice.upscale != 1.0
-        if upscaled:
-            self.ops.append(LatentOp(index, model.role, "upscale", {"factor": model.choice.upscale, "mode": model.choice.upscale_mode}))
-            self.provides("latent_ops", "upscale", f"{where}: ",
-                          "upscaling needs latent op 'upscale', which no loaded plugin provides")
+        upscaled = self.resize_for(index, model, where)
         for op in stage.ops:
             self.provides("latent_ops", op.name, f"{where}: ",
                           f"unknown latent op {op.name!r}; use one of {', '.join(self.catalogue.names('latent_ops'))} "
@@ -300,6 +299,10 @@ class _Planner:
         has_prediction = self.has_prediction and not changed
         if mode == "ddim":  # the original configs' word: invert from a clean latent, else re-use the predicted noise
             mode = "ddim_renoise" if has_prediction else "ddim_inversion"
+            if upscaled and self.has_prediction and not converted and not stage.ops:
+                self.notes.append(f"{where}: the latents are resized for {model.entry.name}, which discards the noise "
+                                  f"prediction, so invert mode ddim is a DDIM inversion here (a model call per level); "
+                                  f"random costs no call")
         if not self.provides("transfers", mode, f"{where}: ", f"unknown transfer (invert mode) {mode!r}; use ddim or "
                              f"one of {', '.join(self.catalogue.names('transfers'))}"):
             return
@@ -317,6 +320,26 @@ class _Planner:
         evaluations = transfer.evaluations(levels, self.sigma, params)
         self.ops.append(TransferOp(index, model.role, mode, first, self.sigma, schedule.levels[first], levels,
                                    evaluations * calls_per_evaluation(guidance), params, evaluations))
+
+    def resize_for(self, index: int, model: PlannedModel, where: str) -> bool:
+        """An `upscale` latent op when `model` works at another size than the latents have: its own `upscale` on its
+        first stage, the source size for a `source_size` model, and the size the trajectory had before a
+        `source_size` model took over for the next model; True when added."""
+        choice = model.choice
+        if choice.source_size:
+            self.size_before_source = self.scale if self.size_before_source is None else self.size_before_source
+            target = 1.0
+        else:
+            base = self.scale if self.size_before_source is None else self.size_before_source
+            self.size_before_source = None
+            target = base * (choice.upscale if model.role not in self.resume else 1.0)
+        if abs(target - self.scale) < 1e-9:
+            return False
+        factor, self.scale = target / self.scale, target
+        self.ops.append(LatentOp(index, model.role, "upscale", {"factor": factor, "mode": choice.upscale_mode}))
+        self.provides("latent_ops", "upscale", f"{where}: ",
+                      "resizing latents needs latent op 'upscale', which no loaded plugin provides")
+        return True
 
     def convert_to(self, index: int, model: PlannedModel, where: str) -> bool:
         """A ConvertOp when `model` works in another latent space than the one the latent is in; True when added."""

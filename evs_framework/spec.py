@@ -36,11 +36,14 @@ class InputVideo:
 @attrs.frozen
 class ModelChoice:
     """A registry name for one role; `guidance`, `steps` and `sampler` override the registry preset when given,
-    `sampler_params` the sampler's own defaults (DDIM's eta, say)."""
+    `sampler_params` the sampler's own defaults (DDIM's eta, say). `upscale` resizes the latents when the role first
+    runs; `source_size` runs the role at the source clip's size instead of the size the trajectory has reached (the
+    clean estimate is resized to it when the role takes over, and back when the next role does)."""
 
     name: str
     upscale: float = 1.0
     upscale_mode: str = "bicubic"
+    source_size: bool = False
     guidance: float | None = None
     steps: int | None = None
     sampler: str | None = None
@@ -235,6 +238,9 @@ def check_spec(spec: Spec) -> list[str]:
         if not MIN_UPSCALE <= choice.upscale <= MAX_UPSCALE:
             problems.append(f"$.models.{role}.upscale: {choice.upscale} is outside {MIN_UPSCALE}..{MAX_UPSCALE}; "
                             f"latents are resized by this factor (2.0 doubles each side)")
+        if choice.source_size and choice.upscale != 1.0:
+            problems.append(f"$.models.{role}.source_size: a model at the source size cannot also upscale "
+                            f"(upscale {choice.upscale}); drop one of the two")
         if choice.upscale_mode not in UPSCALE_MODES:
             problems.append(f"$.models.{role}.upscale_mode: {choice.upscale_mode!r}; use one of {', '.join(UPSCALE_MODES)}")
         if choice.guidance is not None and not (1 <= choice.guidance < math.inf):

@@ -240,3 +240,27 @@ def test_wrong_plugin_settings_are_named(clip_file, registry, settings, message)
     spec = attrs.evolve(native(clip_file, "every_k_file"), plugin_settings=settings)
     with pytest.raises(PlanError, match=message):
         make_plan(spec, registry, plugins)
+
+
+@pytest.mark.parametrize("re_entry, inversion_calls", [("ddim", 5), ("random", 0)])
+def test_a_t2v_at_the_source_size_runs_its_window_there_and_hands_back_at_the_t2i_size(
+        clip_file, plugins, registry, tiny_backends, re_entry, inversion_calls):
+    """With the T2I upscaling x2, `source_size` shrinks the clean estimate to the source size for the T2V's window and
+    brings it back for the T2I, whose ddim re-entry then inverts (the resize discards the noise prediction)."""
+    spec = native(clip_file, idm={"upscale": 2.0}, vdm={"source_size": True}, idm_invert_mode_2=re_entry)
+    plan = make_plan(spec, registry, plugins)
+    resizes = [(op.model, op.params["factor"]) for op in plan.ops if isinstance(op, LatentOp)]
+    assert resizes == [("idm", 2.0), ("vdm", 0.5), ("idm", 2.0)]
+    [back] = [op for op in plan.ops if isinstance(op, TransferOp) and op.stage == 2]
+    assert back.strategy == ("ddim_inversion" if re_entry == "ddim" else "random") and back.unet_calls == inversion_calls
+    records, _ = run_counted(spec, plan, tiny_backends[1], plugins)  # from 8x8 source latents
+    assert [(r.model, r.shape[-2:]) for r in records if r.op == "DenoiseOp"] == [
+        ("idm", (16, 16)), ("vdm", (8, 8)), ("idm", (16, 16))]
+    assert unplanned_calls(records) == []
+    faithful = make_plan(native(clip_file, idm={"upscale": 2.0}), registry, plugins)
+    assert [op.model for op in faithful.ops if isinstance(op, LatentOp)] == ["idm"]  # the default keeps one size
+
+
+def test_source_size_and_upscale_on_one_model_are_refused(clip_file, plugins, registry):
+    with pytest.raises(SpecError, match="models.vdm.source_size: a model at the source size cannot also upscale"):
+        make_plan(native(clip_file, vdm={"source_size": True, "upscale": 2.0}), registry, plugins)

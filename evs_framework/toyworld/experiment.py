@@ -46,20 +46,26 @@ class HeldOutClip:
     masks: torch.Tensor  # (T, H, W) where the shape is
 
 
-def held_out_clips(folder: Path, count: int, first_seed: int = HELD_OUT_FIRST_SEED) -> list[HeldOutClip]:
-    """`count` held-out clips from `first_seed` on, their degraded versions written under `folder`."""
+def held_out_clips(folder: Path, count: int, first_seed: int = HELD_OUT_FIRST_SEED, truth_scale: int = 1
+                   ) -> list[HeldOutClip]:
+    """`count` held-out clips from `first_seed` on, their degraded versions written under `folder`; the truth is
+    rendered `truth_scale` times larger (the scene is resolution-free), for compositions that upscale."""
     specs = [sample_spec(first_seed + i) for i in range(count)]
     clean, masks = render_with_masks(specs)
     degraded = degrade(clean, seed=first_seed)
+    if truth_scale != 1:
+        clean, masks = render_with_masks(specs, size=clean.shape[-1] * truth_scale)
     return [HeldOutClip(spec, video_io.write_video(folder / f"clip_{first_seed + i}.mp4", bad, FPS), truth, mask)
             for i, (spec, bad, truth, mask) in enumerate(zip(specs, degraded, clean, masks))]
 
 
 def toy_spec(clips: list[HeldOutClip], composition: str, seed: int, out_dir: Path, settings: dict | None = None,
-             using_attn: bool = False):
+             using_attn: bool = False, models: dict | None = None):
+    """`models` adds to each role's TOY_MODELS choice (an upscale, say)."""
     return spec_from_data({
         "inputs": [{"video": str(c.video), "prompt": c.spec.prompt} for c in clips],
-        "models": TOY_MODELS, "composition": composition, "settings": {**TOY_SETTINGS, **(settings or {})},
+        "models": {role: {**choice, **(models or {}).get(role, {})} for role, choice in TOY_MODELS.items()},
+        "composition": composition, "settings": {**TOY_SETTINGS, **(settings or {})},
         "negative_prompt": "", "seed": seed, "video": {"max_frames": 16}, "using_attn": using_attn,
         "output": {"dir": str(out_dir), "side_by_side": False},
     }, source="toy world experiment")
@@ -96,12 +102,13 @@ def kept_rows(rows_file: Path, key: str) -> list[dict]:
 
 def run_compositions(clips: list[HeldOutClip], compositions, seeds, out_dir: Path, registry, plugins, context,
                      settings: dict | None = None, progress: bool = False, rows_file: Path | None = None,
-                     using_attn: bool = False, label: str | None = None) -> list[dict]:
+                     using_attn: bool = False, label: str | None = None, models: dict | None = None) -> list[dict]:
     """One row per (composition, clip, seed): every measure, UNet calls and seconds; each row is also appended to
     `rows_file` (JSON lines) as soon as it is known, so a long run cut short keeps what it measured, and a
     (composition, seed) whose clips that file already holds under the same fingerprint is not run again. `label`
-    names the rows' composition instead of the composition's own name (for runs that differ in settings)."""
-    key = fingerprint({**(settings or {}), "using_attn": using_attn})
+    names the rows' composition instead of the composition's own name (for runs that differ in settings);
+    `models` adds to the toy models' choices (toy_spec)."""
+    key = fingerprint({**(settings or {}), "using_attn": using_attn, **({"models": models} if models else {})})
     kept = kept_rows(rows_file, key) if rows_file is not None else []
     stems = {c.video.stem for c in clips}
     rows = []
@@ -112,7 +119,7 @@ def run_compositions(clips: list[HeldOutClip], compositions, seeds, out_dir: Pat
             if len(done) == len(clips):
                 rows += sorted(done, key=lambda r: r["clip"])
                 continue
-            spec = toy_spec(clips, composition, seed, out_dir / composition / f"seed{seed}", settings, using_attn)
+            spec = toy_spec(clips, composition, seed, out_dir / name / f"seed{seed}", settings, using_attn, models)
             started = time.process_time()
             results = run_job(spec, make_plan(spec, registry, plugins, context), context, progress, overwrite=True)
             cpu_seconds = (time.process_time() - started) / len(clips)
@@ -121,8 +128,8 @@ def run_compositions(clips: list[HeldOutClip], compositions, seeds, out_dir: Pat
                     raise RuntimeError(f"{composition} failed on {clip.video.name}: {result.error}")
                 rows.append({"composition": name, "fingerprint": key, "clip": clip.video.stem, "seed": seed,
                              "unet_calls": result.unet_calls, "cpu_seconds": cpu_seconds,
-                             **measure(read_clip(result.output), clip.truth, clip.masks, clip.spec.step(),
-                                             clip.spec.colour)})
+                             **measure(read_clip(result.output), clip.truth, clip.masks,
+                                       clip.spec.step(clip.truth.shape[-1]), clip.spec.colour)})
                 if rows_file is not None:
                     with open(rows_file, "a", encoding="utf-8") as handle:
                         handle.write(json.dumps(rows[-1]) + "\n")
