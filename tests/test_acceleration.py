@@ -149,3 +149,19 @@ def test_a_float16_vae_that_overflows_decodes_as_float32_would(zoo, plugins, reg
     assert torch.isfinite(frames).all() and vae.dtype == torch.float16
     expected = decode_latents(vae.float(), latents, 2)
     assert torch.equal(frames, expected)
+
+
+def test_backends_hand_the_unet_its_exact_timestep_as_a_tensor_on_the_latents_device(fresh, monkeypatch):
+    """A fractional timestep (another model's level) reaches the UNet unrounded, as a 0-d tensor already on the
+    device, so that diffusers does not copy a number to the GPU at every call."""
+    _, _, backends, _ = fresh
+    for role, backend in backends.items():
+        seen = []
+        forward = backend.unet.forward
+        monkeypatch.setattr(backend.unet, "forward", lambda sample, timestep, *a, **k: seen.append(timestep) or
+                            forward(sample, timestep, *a, **k))
+        conditioning = backend.encode_prompts(["", "a red ball"])
+        backend.predict(torch.randn(2, 4, 4, 6, 8), 428.571428, conditioning)
+        [timestep] = seen
+        assert torch.is_tensor(timestep) and timestep.dim() == 0 and timestep.device.type == "cpu", role
+        assert timestep.item() == pytest.approx(428.571428, abs=1e-4), role
