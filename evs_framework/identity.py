@@ -49,6 +49,16 @@ def content_hash(path: Path) -> str:
     return _content_hash(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
+def video_seed(spec_seed: int, item) -> int:
+    """The seed of a video's noise: its own (a manifest's `seed`), else one drawn from the spec's seed and the video's
+    content, so a video gets the same noise alone, in any batch, in any process and after a resume, and two videos
+    do not share theirs."""
+    if item.seed is not None:
+        return item.seed
+    digest = hashlib.sha256(f"{spec_seed}:{content_hash(item.video)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
 def file_fingerprints(path: Path) -> list[list]:
     """[relative name, size, mtime_ns] of `path` or of every file under it, sorted."""
     path = Path(path)

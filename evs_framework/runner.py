@@ -22,7 +22,7 @@ from evs_framework.acceleration import compile_backends
 from evs_framework.denoiser import Denoiser
 from evs_framework.errors import EVSError, NumericalError, VideoError, WeightsError
 from evs_framework.executor import OpRecord, execute, unplanned_calls
-from evs_framework.identity import RunIdentity, package_versions, run_identity, weight_fingerprints
+from evs_framework.identity import RunIdentity, package_versions, run_identity, video_seed, weight_fingerprints
 from evs_framework.io import video_io
 from evs_framework.io.vae import frames_per_call
 from evs_framework.latent_space import VAE_ROUND_TRIP, check_declared
@@ -196,8 +196,10 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
     placement.use(encoder.module)
     source = encode(encoder, clip.frames, chunk).to(context.device)
     catalogue = context.plugins.catalogue
-    denoisers = make_denoisers(plan, backends, item.prompt, spec.negative_prompt, catalogue, placement)
-    generator = torch.Generator("cpu").manual_seed(spec.seed)
+    negative_prompt = spec.negative_prompt if item.negative_prompt is None else item.negative_prompt
+    denoisers = make_denoisers(plan, backends, item.prompt, negative_prompt, catalogue, placement)
+    seed = video_seed(spec.seed, item)
+    generator = torch.Generator("cpu").manual_seed(seed)
     run = VideoRun(spec, plan, backends, denoisers, source, generator, catalogue, context.device, placement=placement)
     latents, records, prepare_seconds = run_plan(run, context.plugins.hook, progress, item.video.name)
     decoder = backends[plan.output_model].codec
@@ -221,6 +223,7 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
         "source": str(item.video),
         "prompt": item.prompt,
         "seed": spec.seed,
+        "video_seed": seed,  # what this video's noise was drawn with (identity.video_seed)
         "composition": plan.composition,
         "models": {role: m.entry.name for role, m in plan.models.items()},
         "frames": int(frames.shape[0]),

@@ -17,6 +17,7 @@ from evs_framework.composition import Composition, check_composition
 from evs_framework.convert import CONVERTER, structure_fields
 from evs_framework.datafile import read_data_file
 from evs_framework.errors import SpecError, short_repr
+from evs_framework.inputs import expand_inputs
 
 DEFAULT_NEGATIVE_PROMPT = "worst quality, low quality, blurry, distorted, deformed, watermark, text"
 FITS = ("crop", "pad")
@@ -29,8 +30,13 @@ ROLES = ("idm", "vdm")
 
 @attrs.frozen
 class InputVideo:
+    """One video and its prompt; `seed` and `negative_prompt`, when given (a manifest's columns), replace the spec's
+    for this video."""
+
     video: Path
     prompt: str
+    seed: int | None = None
+    negative_prompt: str | None = None
 
 
 @attrs.frozen
@@ -229,6 +235,8 @@ def check_spec(spec: Spec) -> list[str]:
         problems.append(f"$.settings.stable_num: {s.stable_num}; the T2V model needs at least 1 step")
     if not 0 <= spec.seed < 2**64:
         problems.append(f"$.seed: {spec.seed} is outside 0..2**64-1; use a smaller non-negative integer")
+    problems += [f"$.inputs[{i}].seed: {item.seed} is outside 0..2**64-1; use a smaller non-negative integer"
+                 for i, item in enumerate(spec.inputs) if item.seed is not None and not 0 <= item.seed < 2**64]
     if not (s.inversion_guidance >= 1) or math.isinf(s.inversion_guidance):
         problems.append(f"$.settings.inversion_guidance: {s.inversion_guidance}; use a number of at least 1 "
                         f"(1 inverts without guidance)")
@@ -297,7 +305,12 @@ def parse_spec(data, source: str = "spec", folder: Path | None = None, stem: str
     if not isinstance(data, dict):
         return ParsedSpec(Spec(inputs=(), models={}), ("$: the top level must be a mapping of keys to values",),
                           frozenset(ROLES))
-    parsed = _seed_spec(data) if "mp4_files" in data else _native_spec(data)
+    if "mp4_files" in data:
+        parsed = _seed_spec(data)
+    else:
+        data, input_problems = expand_inputs(data, folder or Path.cwd())
+        parsed = _native_spec(data)
+        parsed = attrs.evolve(parsed, problems=tuple(input_problems) + parsed.problems)
     spec = _resolve_paths(parsed.spec, folder or Path.cwd(), stem)
     return attrs.evolve(parsed, spec=spec, problems=parsed.problems + tuple(check_spec(spec)))
 

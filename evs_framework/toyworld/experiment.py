@@ -84,7 +84,8 @@ def fingerprint(settings: dict | None = None) -> str:
     """What a row's numbers depend on besides its clip and seed: the shipped toy models (their training record)
     and the settings. Rows kept from an earlier run are reused only under the same fingerprint."""
     record = (models.EXPORT_DIR / models.TRAINING_RECORD).read_bytes()
-    spent = json.dumps({**TOY_SETTINGS, **(settings or {})}, sort_keys=True).encode()
+    # "noise": rows from before each video drew its own noise (identity.video_seed) are not mixed with later ones
+    spent = json.dumps({**TOY_SETTINGS, **(settings or {}), "noise": "video_seed"}, sort_keys=True).encode()
     return hashlib.sha256(record + spent).hexdigest()[:16]
 
 
