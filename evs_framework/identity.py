@@ -53,9 +53,12 @@ def video_seed(spec_seed: int, item) -> int:
     """The seed of a video's noise: its own (a manifest's `seed`), else one drawn from the spec's seed and the video's
     content, so a video gets the same noise alone, in any batch, in any process and after a resume, and two videos
     do not share theirs."""
-    if item.seed is not None:
-        return item.seed
-    digest = hashlib.sha256(f"{spec_seed}:{content_hash(item.video)}".encode()).digest()
+    return item.seed if item.seed is not None else derived_seed(spec_seed, content_hash(item.video))
+
+
+def derived_seed(spec_seed: int, content: str) -> int:
+    """A 64-bit seed made of the spec's seed and a digest of a video's content."""
+    digest = hashlib.sha256(f"{spec_seed}:{content}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
 
 

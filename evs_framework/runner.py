@@ -185,35 +185,52 @@ def run_plan(run: VideoRun, hook, progress: bool = False, label: str = "") -> tu
     return latents, records, prepare_seconds
 
 
+@attrs.frozen
+class Synthesis:
+    """What a composition made of one clip's frames."""
+
+    frames: torch.Tensor  # (F, 3, H, W) float32 in [-1, 1], on the CPU
+    records: list[OpRecord]
+    unet_calls: dict[str, int]
+    prepare_seconds: float  # the plugins' video_start
+    report: dict  # the plugins' report (VideoRun.report)
+
+
+def synthesize(spec: Spec, plan: Plan, backends: dict, context: LoadContext, frames: torch.Tensor, prompt: str,
+               negative_prompt: str, seed: int, progress: bool = False, label: str = "") -> Synthesis:
+    """Frames (F, 3, H, W) in [-1, 1] through the plan: encode, the plan's ops with the video's own noise, decode."""
+    chunk, placement, catalogue = spec.output.decode_chunk, context.placement, context.plugins.catalogue
+    encoder = backends[plan.source_model].codec
+    placement.use(encoder.module)
+    source = encode(encoder, frames, chunk).to(context.device)
+    denoisers = make_denoisers(plan, backends, prompt, negative_prompt, catalogue, placement)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    run = VideoRun(spec, plan, backends, denoisers, source, generator, catalogue, context.device, placement=placement)
+    latents, records, prepare_seconds = run_plan(run, context.plugins.hook, progress, label)
+    decoder = backends[plan.output_model].codec
+    placement.use(decoder.module)
+    decoded = decode(decoder, latents, chunk)
+    if not torch.isfinite(decoded).all():
+        raise NumericalError(f"the VAE decoded NaN or infinite pixels for {label or 'the clip'}; "
+                             f"decode in float32 (--vae-dtype float32)")
+    return Synthesis(decoded, records, {role: d.calls for role, d in denoisers.items()}, prepare_seconds, run.report)
+
+
 def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, item: InputVideo, stem: str,
                   progress: bool, identity: RunIdentity) -> VideoResult:
     started = time.perf_counter()
     clip = video_io.read_video(item.video, max_frames=spec.video.max_frames, stride=spec.video.stride, fit=spec.video.fit,
                                size=spec.video.size)
-    chunk = spec.output.decode_chunk
-    placement = context.placement
-    encoder = backends[plan.source_model].codec
-    placement.use(encoder.module)
-    source = encode(encoder, clip.frames, chunk).to(context.device)
-    catalogue = context.plugins.catalogue
     negative_prompt = spec.negative_prompt if item.negative_prompt is None else item.negative_prompt
-    denoisers = make_denoisers(plan, backends, item.prompt, negative_prompt, catalogue, placement)
     seed = video_seed(spec.seed, item)
-    generator = torch.Generator("cpu").manual_seed(seed)
-    run = VideoRun(spec, plan, backends, denoisers, source, generator, catalogue, context.device, placement=placement)
-    latents, records, prepare_seconds = run_plan(run, context.plugins.hook, progress, item.video.name)
-    decoder = backends[plan.output_model].codec
-    placement.use(decoder.module)
-    frames = decode(decoder, latents, chunk)
-    if not torch.isfinite(frames).all():
-        raise NumericalError(f"the VAE decoded NaN or infinite pixels for {item.video.name}; "
-                             f"decode in float32 (--vae-dtype float32)")
+    made = synthesize(spec, plan, backends, context, clip.frames, item.prompt, negative_prompt, seed, progress,
+                      item.video.name)
+    frames, records, calls = made.frames, made.records, made.unet_calls
 
     folder = spec.output.dir
     output = video_io.write_video(folder / f"{stem}.mp4", frames, clip.fps)
     if spec.output.side_by_side:
         video_io.write_video(folder / f"{stem}.side_by_side.mp4", video_io.side_by_side([clip.frames, frames]), clip.fps)
-    calls = {role: d.calls for role, d in denoisers.items()}
     unplanned = unplanned_calls(records)
     if unplanned:
         log.warning("plan_not_kept", source=str(item.video), ops=unplanned)
@@ -234,9 +251,9 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
         "seconds": round(seconds, 3),
         "unet_calls": calls,
         "unplanned_calls": unplanned,  # ops whose calls differ from the plan's count (a plugin's miscount)
-        "prepare_seconds": round(prepare_seconds, 3),  # plugins' video_start (a feature capture pass, say)
+        "prepare_seconds": round(made.prepare_seconds, 3),  # plugins' video_start (a feature capture pass, say)
         "stages": _stage_timings(records),
-        "plugins": run.report,
+        "plugins": made.report,
         "ops": [attrs.asdict(r) for r in records],
         "device": str(context.device),
         "offload": context.offload,

@@ -137,7 +137,15 @@ def read_video(path, *, max_frames: int | None = 16, stride: int = 1, fit: str =
     if not kept:
         raise _unreadable(path, "it has no frames")
 
-    frames = frames_to_float(np.stack(kept))
+    frames, notes = fit_frames(frames_to_float(np.stack(kept)), str(path), fit=fit, multiple=multiple, size=size)
+    return Clip(frames=frames, fps=fps, source=path, notes=notes)
+
+
+def fit_frames(frames: torch.Tensor, name: str, *, fit: str = "crop", multiple: int = 8,
+               size: tuple[int, int] | None = None) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """Frames (F, 3, H, W) resized to `size` (width, height) when given, with both sides made multiples of
+    `multiple` by a centre crop or by replicating the edges; and notes saying what was done. `name` names the video
+    in errors."""
     notes = []
     if size is not None and tuple(frames.shape[-2:]) != (size[1], size[0]):
         original = f"{frames.shape[-1]}x{frames.shape[-2]}"
@@ -146,17 +154,15 @@ def read_video(path, *, max_frames: int | None = 16, stride: int = 1, fit: str =
     height, width = frames.shape[-2:]
     if fit == "crop" and (height < multiple or width < multiple):
         raise VideoError(
-            f"video {path} is {width}x{height}, under {multiple} pixels on a side; use a larger video or fit='pad'"
+            f"video {name} is {width}x{height}, under {multiple} pixels on a side; use a larger video or fit='pad'"
         )
     if height % multiple or width % multiple:
         frames = _fit_to_multiple(frames, multiple, fit)
         new_height, new_width = frames.shape[-2:]
         verb = "cropped" if fit == "crop" else "padded"
         notes.append(f"{verb} {width}x{height} -> {new_width}x{new_height} (sides must be multiples of {multiple})")
-        log.info(
-            "video_resized", path=str(path), from_size=f"{width}x{height}", to_size=f"{new_width}x{new_height}"
-        )
-    return Clip(frames=frames.contiguous(), fps=fps, source=path, notes=tuple(notes))
+        log.info("video_resized", path=name, from_size=f"{width}x{height}", to_size=f"{new_width}x{new_height}")
+    return frames.contiguous(), tuple(notes)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,117 @@
+"""EVS from Python: load the models of a spec once, then compose frames held in memory.
+
+    from evs_framework.api import Composer
+
+    composer = Composer("configs/native/enhance.yaml")            # or a Spec; weights load here, once
+    result = composer(frames, "a red car on a coastal road")      # (T, H, W, 3) numpy or torch, uint8 or [0, 1]
+    result.frames                                                 # the same kind of array, same value range
+    result.record["unet_calls"], result.record["ops"]             # the plan and what the run did
+
+Settings overrides (`composer(frames, prompt, settings={"idm_inverse_strength": 0.5})`) re-plan without reloading
+a weight. The spec's inputs are not read (a mapping needs none): the frames given are the video.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import attrs
+import numpy as np
+import torch
+
+from evs_framework.errors import SpecError, VideoError
+from evs_framework.identity import derived_seed
+from evs_framework.io.video_io import fit_frames
+from evs_framework.loading import LoadContext, WeightSettings, default_weight_folders
+from evs_framework.plan_text import format_plan
+from evs_framework.planner import make_plan
+from evs_framework.plugins import load_plugins
+from evs_framework.registry import load_registry
+from evs_framework.runner import load_backends, synthesize
+from evs_framework.spec import Settings, Spec, load_spec, parse_spec
+
+
+@attrs.frozen
+class Result:
+    frames: np.ndarray | torch.Tensor  # (T, H, W, 3), of the kind and value range given
+    record: dict  # composition, plan (as `evs plan` prints it), seed, seconds, unet_calls, ops
+
+
+class Composer:
+    """A spec's models, loaded once (`device`, `dtype`, `vae_dtype`, `compile` as the CLI's flags; `weights_dirs`
+    searched first, then the usual folders; `registry_files` as `--registry`)."""
+
+    def __init__(self, spec: Spec | dict | str | Path, *, device: str | None = None, dtype: torch.dtype | None = None,
+                 vae_dtype: torch.dtype | None = None, compile: tuple[str, ...] = (), weights_dirs=(),
+                 registry_files=()):
+        if isinstance(spec, dict):
+            spec = _spec_without_inputs(spec)
+        self.spec = spec if isinstance(spec, Spec) else load_spec(spec)
+        self.plugins = load_plugins()
+        self.registry = load_registry(list(registry_files), self.plugins)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        half = device.type == "cuda"
+        self.context = LoadContext(self.plugins, self.registry, WeightSettings(default_weight_folders(weights_dirs)),
+                                   device, dtype or (torch.float16 if half else torch.float32),
+                                   vae_dtype or (torch.float16 if half else torch.float32), compile=tuple(compile))
+        self.plan = make_plan(self.spec, self.registry, self.plugins, self.context)
+        self.backends = load_backends(self.plan, self.context)
+
+    def __call__(self, frames, prompt: str, *, seed: int | None = None, negative_prompt: str | None = None,
+                 settings: dict | None = None) -> Result:
+        """Compose `frames` (T, H, W, 3) for `prompt`. `seed` defaults to one made from the spec's seed and the frames'
+        content; `settings` overrides the spec's composition settings for this call."""
+        started = time.perf_counter()
+        spec, plan = self.spec, self.plan
+        if settings:
+            unknown = sorted(set(settings) - set(attrs.fields_dict(Settings)))
+            if unknown:
+                raise SpecError([f"settings: unknown key(s) {', '.join(unknown)}; use "
+                                 f"{', '.join(attrs.fields_dict(Settings))}"], "Composer call")
+            spec = attrs.evolve(spec, settings=attrs.evolve(spec.settings, **settings))
+            plan = make_plan(spec, self.registry, self.plugins, self.context)
+            load_backends(plan, self.context)  # loaded once: the context keeps them
+        video, to_output = _as_video(frames)
+        video = video[::spec.video.stride][:spec.video.max_frames]
+        video, notes = fit_frames(video, "the frames given", fit=spec.video.fit, size=spec.video.size)
+        seed = derived_seed(spec.seed, hashlib.sha256(video.numpy().tobytes()).hexdigest()) if seed is None else seed
+        made = synthesize(spec, plan, self.backends, self.context, video, prompt,
+                          spec.negative_prompt if negative_prompt is None else negative_prompt, seed)
+        record = {"composition": plan.composition, "plan": format_plan(plan), "seed": seed, "input_notes": list(notes),
+                  "seconds": round(time.perf_counter() - started, 3), "unet_calls": made.unet_calls,
+                  "ops": [attrs.asdict(r) for r in made.records]}
+        return Result(to_output(made.frames), record)
+
+
+def _spec_without_inputs(data: dict) -> Spec:
+    """A native spec given as a mapping, whose `inputs` may be left out: the frames come with each call."""
+    parsed = parse_spec(data, "Composer spec")
+    problems = [p for p in parsed.problems if "inputs" in data or not p.startswith("$.inputs")]
+    if problems:
+        raise SpecError(problems, "Composer spec")
+    return parsed.spec
+
+
+def _as_video(frames):
+    """(T, H, W, 3) numpy or torch, uint8 or floats in [0, 1] -> ((T, 3, H, W) float32 in [-1, 1], a function turning
+    such a tensor back into the kind given)."""
+    is_torch = isinstance(frames, torch.Tensor)
+    array = frames.detach().cpu() if is_torch else torch.from_numpy(np.asarray(frames))
+    if array.dim() != 4 or array.shape[-1] != 3:
+        raise VideoError(f"frames of shape {tuple(array.shape)}; give (frames, height, width, 3)")
+    integer = array.dtype == torch.uint8
+    if not integer and not array.is_floating_point():
+        raise VideoError(f"frames of dtype {array.dtype}; give uint8 (0..255) or floats in [0, 1]")
+    if not integer and array.numel() and not (0 <= float(array.min()) and float(array.max()) <= 1):
+        raise VideoError(f"float frames range over [{float(array.min()):.3g}, {float(array.max()):.3g}]; give them in "
+                         f"[0, 1] (or as uint8)")
+    video = (array.float() / 255 if integer else array.float()).permute(0, 3, 1, 2) * 2 - 1
+
+    def to_output(result: torch.Tensor):
+        unit = ((result.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+        out = (unit * 255).round().to(torch.uint8) if integer else unit
+        return out if is_torch else out.numpy()
+
+    return video.contiguous(), to_output
