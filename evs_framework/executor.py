@@ -3,7 +3,8 @@
 The trajectory carries the current latent and its level, plus the latest clean estimate and noise
 prediction (the source latent and no prediction at the start). Transfers and latent ops start from
 those; denoise ops call the role's sampler with the role's denoiser. Each op's model calls are counted and
-recorded beside the plan's count for it, so a sampler or transfer that did not do what it declared shows.
+recorded beside the plan's count for it, so a sampler or transfer that did not do what it declared shows. On CUDA
+each op's peak memory is recorded too, which resets torch's peak-memory counter at the start of every op.
 """
 
 from __future__ import annotations
