@@ -26,6 +26,7 @@ MIN_UPSCALE, MAX_UPSCALE = 0.25, 8.0
 MAX_SIDE = 8192  # pixels, before upscaling
 MAX_FRAMES = 4096
 ROLES = ("idm", "vdm")
+NO_INPUTS = "$.inputs: no videos given"
 
 
 @attrs.frozen
@@ -215,7 +216,7 @@ def _native_spec(data: dict) -> ParsedSpec:
     values, structure_problems = structure_fields(data, Spec)
     problems += structure_problems
     if values.get("inputs") == ():
-        problems.append("$.inputs: no videos given")
+        problems.append(NO_INPUTS)
     spec = Spec(**{"inputs": (), "models": {}, **values})
     return ParsedSpec(spec, tuple(problems), frozenset() if "models" in values else frozenset(ROLES))
 
@@ -310,7 +311,9 @@ def parse_spec(data, source: str = "spec", folder: Path | None = None, stem: str
     else:
         data, input_problems = expand_inputs(data, folder or Path.cwd())
         parsed = _native_spec(data)
-        parsed = attrs.evolve(parsed, problems=tuple(input_problems) + parsed.problems)
+        # rows with problems are left out; that none is left says nothing more
+        kept = tuple(p for p in parsed.problems if not (input_problems and p == NO_INPUTS))
+        parsed = attrs.evolve(parsed, problems=tuple(input_problems) + kept)
     spec = _resolve_paths(parsed.spec, folder or Path.cwd(), stem)
     return attrs.evolve(parsed, spec=spec, problems=parsed.problems + tuple(check_spec(spec)))
 

@@ -70,6 +70,10 @@ def test_every_manifest_problem_is_reported_at_once_with_its_line(tmp_path, clip
                      "list.jsonl line 4: unknown key(s) 'strength'", "list.jsonl line 5: ['clips/a.mp4'] is not an object"):
         assert expected in text, expected
     assert "line 1" not in text and "line 6" not in text  # a seed given as "12" is read as 12; files are checked later
+    (tmp_path / "bad.csv").write_text("video,prompt\nclips/a.mp4,\n")
+    with pytest.raises(SpecError) as caught:
+        load_spec(write_spec(tmp_path, {"manifest": "bad.csv"}))
+    assert caught.value.problems == ["bad.csv line 2: prompt ''; give the prompt as text"]  # not also "no videos"
 
 
 def test_a_csv_manifest_with_wrong_columns_names_them(tmp_path, clips):
