@@ -28,6 +28,7 @@ from evs_framework.loading import LoadContext, WeightSettings, default_weight_fo
 from evs_framework.plan_text import format_plan
 from evs_framework.planner import make_plan
 from evs_framework.plugins import load_plugins
+from evs_framework.preflight import clip_problems
 from evs_framework.registry import load_registry
 from evs_framework.runner import load_backends, synthesize
 from evs_framework.spec import Settings, Spec, load_spec, parse_spec
@@ -76,6 +77,9 @@ class Composer:
         video, to_output = _as_video(frames)
         video = video[::spec.video.stride][:spec.video.max_frames]
         video, notes = fit_frames(video, "the frames given", fit=spec.video.fit, size=spec.video.size)
+        problems = clip_problems(plan, "the frames given", *video.shape[:1], *video.shape[-2:])
+        if problems:
+            raise VideoError("; ".join(problems))
         seed = derived_seed(spec.seed, hashlib.sha256(video.numpy().tobytes()).hexdigest()) if seed is None else seed
         made = synthesize(spec, plan, self.backends, self.context, video, prompt,
                           spec.negative_prompt if negative_prompt is None else negative_prompt, seed)
@@ -99,8 +103,8 @@ def _as_video(frames):
     such a tensor back into the kind given)."""
     is_torch = isinstance(frames, torch.Tensor)
     array = frames.detach().cpu() if is_torch else torch.from_numpy(np.asarray(frames))
-    if array.dim() != 4 or array.shape[-1] != 3:
-        raise VideoError(f"frames of shape {tuple(array.shape)}; give (frames, height, width, 3)")
+    if array.dim() != 4 or array.shape[-1] != 3 or not len(array):
+        raise VideoError(f"frames of shape {tuple(array.shape)}; give (frames, height, width, 3), at least one frame")
     integer = array.dtype == torch.uint8
     if not integer and not array.is_floating_point():
         raise VideoError(f"frames of dtype {array.dtype}; give uint8 (0..255) or floats in [0, 1]")

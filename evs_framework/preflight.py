@@ -51,9 +51,6 @@ def working_size(spec: Spec, info: video_io.VideoInfo) -> tuple[int, int, int]:
 def input_problems(spec: Spec, plan: Plan | None) -> list[str]:
     """Each input video exists and decodes, leaves a picture after fitting, fits every model's frame window, and has
     the frame count and size every model's latent space takes."""
-    windows = {} if plan is None else {m.entry.name: m.entry.preset.frame_window for m in plan.models.values()
-                                       if m.entry.preset.frame_window}
-    spaces = {} if plan is None else {m.entry.name: m.entry.preset.latent_space for m in plan.models.values()}
     problems = []
     for item in spec.inputs:
         try:
@@ -65,13 +62,25 @@ def input_problems(spec: Spec, plan: Plan | None) -> list[str]:
         if min(height, width) < MULTIPLE:
             problems.append(f"video {item.video} is {info.width}x{info.height}: cropping to multiples of {MULTIPLE} leaves "
                             f"nothing; use a larger video, video.size, or video.fit: pad")
-        for name, window in windows.items():
-            if frames > window:
-                problems.append(f"video {item.video}: {frames} frames, but {name}'s motion module sees at most {window} "
-                                f"at once; set video.max_frames to {window} or less (or raise video.stride)")
-        for name, space in spaces.items():
-            problems.extend(f"video {item.video}: {problem}" for problem in space.fit_problems(name, frames, height, width))
+        problems += clip_problems(plan, f"video {item.video}", frames, height, width)
     return problems
+
+
+def clip_problems(plan: Plan | None, name: str, frames: int, height: int, width: int) -> list[str]:
+    """What keeps a clip of `frames` frames of height x width (as the run reads it) from every model of the plan: a
+    motion module's frame window, a latent space's frame count and size."""
+    if plan is None:
+        return []
+    problems = []
+    for model in plan.models.values():
+        entry = model.entry
+        window = entry.preset.frame_window
+        if window and frames > window:
+            problems.append(f"{name}: {frames} frames, but {entry.name}'s motion module sees at most {window} at once; "
+                            f"set video.max_frames to {window} or less (or raise video.stride)")
+        problems.extend(f"{name}: {problem}"
+                        for problem in entry.preset.latent_space.fit_problems(entry.name, frames, height, width))
+    return list(dict.fromkeys(problems))  # two roles on one model say it once
 
 
 def has_files(entry) -> bool:

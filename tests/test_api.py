@@ -51,11 +51,18 @@ def test_settings_overrides_replan_without_reloading(composer, frames):
         composer(frames, "a red ball", settings={"stable": 1})
 
 
-def test_frames_of_the_wrong_shape_or_range_are_refused(composer, frames):
+def test_frames_of_the_wrong_shape_or_range_are_refused(composer, frames, zoo):
     with pytest.raises(VideoError, match="give \\(frames, height, width, 3\\)"):
         composer(frames[..., 0], "a red ball")
     with pytest.raises(VideoError, match="give them in \\[0, 1\\]"):
         composer(frames.astype(np.float32), "a red ball")
+    with pytest.raises(VideoError, match="at least one frame"):
+        composer(frames[:0], "a red ball")
+    long = np.concatenate([frames] * 9)  # 36 frames
+    assert composer(long, "a red ball").frames.shape[0] == 16  # video.max_frames applies
+    uncapped = Composer({**TINY, "video": {"max_frames": None}}, device="cpu", weights_dirs=[zoo])
+    with pytest.raises(VideoError, match="36 frames, but lightningEP's motion module sees at most 32"):
+        uncapped(long, "a red ball")
 
 
 def test_the_readme_example_runs(capsys):
