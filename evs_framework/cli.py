@@ -168,7 +168,7 @@ def prepare_job(args, plugins, registry, parsed=None, source: str | None = None,
     one error, before any weight loads."""
     import torch
 
-    from evs_framework.planner import make_plan
+    from evs_framework.planner import make_plan, video_plans
     from evs_framework.preflight import input_problems, weight_problems
     from evs_framework.spec import read_spec
 
@@ -186,6 +186,7 @@ def prepare_job(args, plugins, registry, parsed=None, source: str | None = None,
     plan = None
     try:
         plan = make_plan(spec, registry, plugins, context, parsed.broken_roles)
+        video_plans(spec, plan, registry, plugins, context)
     except PlanError as exc:
         problems += exc.problems
     except EVSError as exc:

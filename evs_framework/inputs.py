@@ -1,8 +1,9 @@
 """Where a native spec's videos come from besides a list: a folder, a glob, or a manifest file.
 
 `inputs` may be a mapping instead of a list:
-- `{manifest: clips.csv}` (or `.jsonl`): one video a row, with `video`, `prompt` and optionally `seed` and
-  `negative_prompt`; video paths are read from the manifest's folder;
+- `{manifest: clips.csv}` (or `.jsonl`): one video a row, with `video`, `prompt` and optionally `seed`,
+  `negative_prompt` and `settings` (an object of composition settings to change for that video; JSON text in a CSV
+  field); video paths are read from the manifest's folder;
 - `{folder: clips/, prompt: "..."}`: every video file in the folder, in name order, with one prompt;
 - `{glob: "clips/**/*.mp4", prompt: "..."}`: the files the pattern matches, in name order.
 The mapping becomes the list it stands for before the spec is structured, and every problem of a manifest is
@@ -18,31 +19,31 @@ from pathlib import Path
 from evs_framework.errors import short_repr
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".webm", ".avi", ".mkv", ".gif")
-MANIFEST_COLUMNS = ("video", "prompt", "seed", "negative_prompt")
+MANIFEST_COLUMNS = ("video", "prompt", "seed", "negative_prompt", "settings")
 REQUIRED_COLUMNS = ("video", "prompt")
 SOURCES = ("manifest", "folder", "glob")
 MAX_SEED = 2**64
 
 
-def expand_inputs(data: dict, folder: Path) -> tuple[dict, list[str]]:
-    """`data` with a mapping under `inputs` replaced by the list of {video, prompt, ...} it stands for, and the
-    problems found; other data is returned as it is."""
+def expand_inputs(data: dict, folder: Path) -> tuple[dict, list[str], list[str] | None]:
+    """`data` with a mapping under `inputs` replaced by the list of {video, prompt, ...} it stands for, the problems
+    found, and where each input came from (a manifest's lines; None otherwise); other data is returned as it is."""
     inputs = data.get("inputs")
     if not isinstance(inputs, dict):
-        return data, []
+        return data, [], None
     given = [key for key in SOURCES if key in inputs]
     allowed = {"manifest"} if given == ["manifest"] else {*given, "prompt", "negative_prompt"}
     problems = [f"$.inputs.{key}: unknown key; use one of {', '.join(sorted(allowed))}" for key in inputs
                 if key not in allowed and len(given) == 1]
     if len(given) != 1:
         return data, [f"$.inputs: give one of {', '.join(SOURCES)} (got {', '.join(given) or 'none'}), or a list of "
-                      f"{{video, prompt}}"]
+                      f"{{video, prompt}}"], None
     source = given[0]
     if source == "manifest":
-        rows, found = read_manifest(folder / str(inputs["manifest"]))
+        rows, found, origins = read_manifest(folder / str(inputs["manifest"]))
     else:
-        rows, found = listed_videos(inputs, source, folder)
-    return {**data, "inputs": rows}, problems + found
+        (rows, found), origins = listed_videos(inputs, source, folder), None
+    return {**data, "inputs": rows}, problems + found, origins
 
 
 def listed_videos(inputs: dict, source: str, folder: Path) -> tuple[list[dict], list[str]]:
@@ -67,20 +68,20 @@ def listed_videos(inputs: dict, source: str, folder: Path) -> tuple[list[dict], 
     return [{"video": str(v), "prompt": prompt, **extra} for v in videos], problems
 
 
-def read_manifest(path: Path) -> tuple[list[dict], list[str]]:
-    """The rows of a CSV or JSONL manifest as input mappings (videos resolved from the manifest's folder), and every
-    problem with its line."""
+def read_manifest(path: Path) -> tuple[list[dict], list[str], list[str]]:
+    """The rows of a CSV or JSONL manifest as input mappings (videos resolved from the manifest's folder), every
+    problem with its line, and each row's line."""
     if not path.is_file():
-        return [], [f"$.inputs.manifest: {path} does not exist; give the path of a .csv or .jsonl manifest"]
+        return [], [f"$.inputs.manifest: {path} does not exist; give the path of a .csv or .jsonl manifest"], []
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
-        return [], [f"$.inputs.manifest: {path.name} is neither .csv nor .jsonl; write the manifest in one of them"]
+        return [], [f"$.inputs.manifest: {path.name} is neither .csv nor .jsonl; write the manifest in one of them"], []
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        return [], [f"$.inputs.manifest: {path} cannot be read ({exc}); save it as UTF-8 text"]
+        return [], [f"$.inputs.manifest: {path} cannot be read ({exc}); save it as UTF-8 text"], []
     lines = _csv_lines(text, path.name) if suffix == ".csv" else _jsonl_lines(text, path.name)
-    rows, problems = [], []
+    rows, problems, origins = [], [], []
     for line, values in lines:
         if isinstance(values, str):
             problems.append(values)
@@ -89,9 +90,10 @@ def read_manifest(path: Path) -> tuple[list[dict], list[str]]:
         problems += found
         if not found:
             rows.append(row)
+            origins.append(f"{path.name} line {line}")
     if not rows and not problems:
         problems.append(f"$.inputs.manifest: {path.name} lists no videos")
-    return rows, problems
+    return rows, problems, origins
 
 
 def _csv_lines(text: str, name: str):
@@ -147,6 +149,17 @@ def _manifest_row(values: dict, where: str, folder: Path) -> tuple[dict, list[st
         if not isinstance(values["negative_prompt"], str):
             problems.append(f"{where}: negative_prompt {short_repr(values['negative_prompt'])}; give it as text")
         row["negative_prompt"] = values["negative_prompt"]
+    if "settings" in values:
+        settings = values["settings"]
+        if isinstance(settings, str):  # a CSV field holds the overrides as a JSON object
+            try:
+                settings = json.loads(settings)
+            except json.JSONDecodeError:
+                settings = None
+        if not isinstance(settings, dict):
+            problems.append(f"{where}: settings {short_repr(values['settings'])}; give an object of the settings to "
+                            f"change for this video, e.g. {{\"idm_inverse_strength\": 0.6}}")
+        row["settings"] = settings
     return row, problems
 
 

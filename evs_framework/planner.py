@@ -487,3 +487,20 @@ def make_plan(spec: Spec, registry: Registry, plugins: Plugins, context=None, br
     plan = _Planner(spec, registry, plugins.catalogue, broken_roles).plan(resolve_composition(spec, plugins.catalogue))
     extras = [extra for extra in plugins.hook.plan_extras(spec=spec, plan=plan, context=context) if extra is not None]
     return attrs.evolve(plan, extras=tuple(extras))
+
+
+def video_plans(spec: Spec, plan: Plan, registry: Registry, plugins: Plugins, context=None) -> dict:
+    """The plan each video runs, by its settings: `plan` for the spec's own (key None), and the spec's plan with a
+    video's settings for each video that has its own (a manifest's `settings`); every problem of those plans at
+    once, each naming its video."""
+    plans, problems = {None: plan}, []
+    for item in spec.inputs:
+        if item.settings is None or item.settings in plans:
+            continue
+        try:
+            plans[item.settings] = make_plan(attrs.evolve(spec, settings=item.settings), registry, plugins, context)
+        except PlanError as exc:
+            problems += [f"video {item.video.name} (its own settings): {problem}" for problem in exc.problems]
+    if problems:
+        raise PlanError(problems)
+    return plans

@@ -29,6 +29,7 @@ from evs_framework.latent_space import VAE_ROUND_TRIP, check_declared
 from evs_framework.loading import LoadContext
 from evs_framework.placement import Placement
 from evs_framework.plan import ConvertOp, DenoiseOp, Plan
+from evs_framework.planner import video_plans
 from evs_framework.preflight import input_problems
 from evs_framework.spec import InputVideo, Spec, spec_to_data
 
@@ -298,6 +299,7 @@ def run_job(spec: Spec, plan: Plan, context: LoadContext, progress: bool = True,
     todo = [pair for pair in work if pair not in done]
     if not todo:
         return results
+    plans = video_plans(spec, plan, context.registry, context.plugins, context)  # before any weight loads
     backends = load_backends(plan, context)
     hook = context.plugins.hook
     for item, stem in tqdm(todo, desc="videos", unit="video", disable=None if progress else True):
@@ -307,9 +309,11 @@ def run_job(spec: Spec, plan: Plan, context: LoadContext, progress: bool = True,
             claim.release()
             results.append(_skipped(spec, item, stem, claim.busy_reason))
             continue
-        hook.plan_ready(plan=plan, video=item.video)
+        own_plan = plans[item.settings]
+        hook.plan_ready(plan=own_plan, video=item.video)
+        own_spec = spec if item.settings is None else attrs.evolve(spec, settings=item.settings)
         try:
-            result = process_video(spec, plan, backends, context, item, stem, progress, identities[item])
+            result = process_video(own_spec, own_plan, backends, context, item, stem, progress, identities[item])
         except (EVSError, torch.OutOfMemoryError) as exc:
             result = VideoResult(item.video, item.prompt, None, None, 0.0, error=str(exc))
             log.error("video_failed", source=str(item.video), error=str(exc))

@@ -31,13 +31,14 @@ NO_INPUTS = "$.inputs: no videos given"
 
 @attrs.frozen
 class InputVideo:
-    """One video and its prompt; `seed` and `negative_prompt`, when given (a manifest's columns), replace the spec's
-    for this video."""
+    """One video and its prompt; `seed`, `negative_prompt` and `settings`, when given (a manifest's columns), replace
+    the spec's for this video (`settings` holds the spec's settings with the video's overrides applied)."""
 
     video: Path
     prompt: str
     seed: int | None = None
     negative_prompt: str | None = None
+    settings: Settings | None = None
 
 
 @attrs.frozen
@@ -211,36 +212,66 @@ def _native_data(data: dict) -> tuple[dict, list[str]]:
     return data, []
 
 
-def _native_spec(data: dict) -> ParsedSpec:
+def _native_spec(data: dict, origins: list[str] | None = None) -> ParsedSpec:
     data, problems = _native_data(data)
+    data, overrides = _settings_overrides(data)
     values, structure_problems = structure_fields(data, Spec)
     problems += structure_problems
     if values.get("inputs") == ():
         problems.append(NO_INPUTS)
     spec = Spec(**{"inputs": (), "models": {}, **values})
+    inputs = list(spec.inputs)
+    for i, raw in overrides.items():
+        where = f"$.inputs[{i}]" + (f" ({origins[i]})" if origins and i < len(origins) else "") + ".settings"
+        merged, found = structure_fields({**CONVERTER.unstructure(spec.settings), **raw}, Settings, where)
+        problems += found
+        if not found and i < len(inputs):
+            inputs[i] = attrs.evolve(inputs[i], settings=Settings(**merged))
+    spec = attrs.evolve(spec, inputs=tuple(inputs))
     return ParsedSpec(spec, tuple(problems), frozenset() if "models" in values else frozenset(ROLES))
+
+
+def _settings_overrides(data: dict) -> tuple[dict, dict[int, dict]]:
+    """`data` without the `settings` of each input, and those overrides by input index."""
+    inputs = data.get("inputs")
+    if not isinstance(inputs, list):
+        return data, {}
+    overrides = {i: item["settings"] for i, item in enumerate(inputs) if isinstance(item, dict) and "settings" in item}
+    if not overrides:
+        return data, {}
+    stripped = [{k: v for k, v in item.items() if k != "settings"} if i in overrides else item
+                for i, item in enumerate(inputs)]
+    return {**data, "inputs": stripped}, overrides
+
+
+def settings_problems(s: Settings, path: str) -> list[str]:
+    """Value problems of composition settings that types alone do not catch."""
+    problems = []
+    for key in ("idm_inverse_strength", "vdm_inverse_strength"):
+        value = getattr(s, key)
+        if not (0 < value <= 1) or math.isnan(value):
+            problems.append(f"{path}.{key}: {value} is outside (0, 1]; it is the fraction of the schedule to run")
+    for i, steps in enumerate(s.stable_steps):
+        if steps < 0:
+            problems.append(f"{path}.stable_steps[{i}]: {steps} is negative; it counts T2I steps left at the switch")
+    if s.stable_num < 1:
+        problems.append(f"{path}.stable_num: {s.stable_num}; the T2V model needs at least 1 step")
+    if not (s.inversion_guidance >= 1) or math.isinf(s.inversion_guidance):
+        problems.append(f"{path}.inversion_guidance: {s.inversion_guidance}; use a number of at least 1 "
+                        f"(1 inverts without guidance)")
+    return problems
 
 
 def check_spec(spec: Spec) -> list[str]:
     """Value problems that types alone do not catch, each with its path."""
-    problems = []
-    s = spec.settings
-    for key in ("idm_inverse_strength", "vdm_inverse_strength"):
-        value = getattr(s, key)
-        if not (0 < value <= 1) or math.isnan(value):
-            problems.append(f"$.settings.{key}: {value} is outside (0, 1]; it is the fraction of the schedule to run")
-    for i, steps in enumerate(s.stable_steps):
-        if steps < 0:
-            problems.append(f"$.settings.stable_steps[{i}]: {steps} is negative; it counts T2I steps left at the switch")
-    if s.stable_num < 1:
-        problems.append(f"$.settings.stable_num: {s.stable_num}; the T2V model needs at least 1 step")
+    problems = settings_problems(spec.settings, "$.settings")
+    for i, item in enumerate(spec.inputs):
+        if item.settings is not None:
+            problems += settings_problems(item.settings, f"$.inputs[{i}].settings")
     if not 0 <= spec.seed < 2**64:
         problems.append(f"$.seed: {spec.seed} is outside 0..2**64-1; use a smaller non-negative integer")
     problems += [f"$.inputs[{i}].seed: {item.seed} is outside 0..2**64-1; use a smaller non-negative integer"
                  for i, item in enumerate(spec.inputs) if item.seed is not None and not 0 <= item.seed < 2**64]
-    if not (s.inversion_guidance >= 1) or math.isinf(s.inversion_guidance):
-        problems.append(f"$.settings.inversion_guidance: {s.inversion_guidance}; use a number of at least 1 "
-                        f"(1 inverts without guidance)")
     for role, choice in spec.models.items():
         if role not in ROLES:
             problems.append(f"$.models.{role}: unknown role; use idm (text-to-image) and vdm (text-to-video)")
@@ -309,8 +340,8 @@ def parse_spec(data, source: str = "spec", folder: Path | None = None, stem: str
     if "mp4_files" in data:
         parsed = _seed_spec(data)
     else:
-        data, input_problems = expand_inputs(data, folder or Path.cwd())
-        parsed = _native_spec(data)
+        data, input_problems, origins = expand_inputs(data, folder or Path.cwd())
+        parsed = _native_spec(data, origins)
         # rows with problems are left out; that none is left says nothing more
         kept = tuple(p for p in parsed.problems if not (input_problems and p == NO_INPUTS))
         parsed = attrs.evolve(parsed, problems=tuple(input_problems) + kept)

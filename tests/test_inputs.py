@@ -115,3 +115,35 @@ def test_a_video_comes_out_the_same_alone_or_in_a_batch_in_any_order(tmp_path, c
     assert torch.equal(batch["ball.mp4"], reversed_batch["ball.mp4"])
     assert torch.equal(batch["other.mp4"], reversed_batch["other.mp4"])
     assert other.is_file()
+
+
+def test_a_manifest_row_may_change_the_settings_of_its_video(tmp_path, clips, plugins, registry, context):
+    (tmp_path / "list.jsonl").write_text("\n".join([
+        json.dumps({"video": "clips/a.mp4", "prompt": "a ball", "settings": {"stable_num": 1}}),
+        json.dumps({"video": "clips/b.mp4", "prompt": "a ball"}),
+    ]))
+    spec = load_spec(write_spec(tmp_path, {"manifest": "list.jsonl"}, output={"dir": "out", "side_by_side": False}))
+    a, b = spec.inputs
+    assert a.settings.stable_num == 1 and a.settings.stable_steps == spec.settings.stable_steps and b.settings is None
+    results = run_job(spec, make_plan(spec, registry, plugins), context, progress=False)
+    assert [r.unet_calls["vdm"] for r in results] == [1, 2]
+    sidecar = json.loads(results[0].sidecar.read_text())
+    assert sidecar["spec"]["settings"]["stable_num"] == 1
+
+
+def test_a_rows_bad_settings_are_named_with_its_line_before_anything_loads(tmp_path, clips, zoo, capsys):
+    from evs_framework.cli import main
+
+    (tmp_path / "list.csv").write_text('video,prompt,settings\nclips/a.mp4,a ball,"{""stable_num"": 0}"\n'
+                                       'clips/b.mp4,a ball,"{""strength"": 1}"\nclips/b.mp4,a ball,not json\n'
+                                       'clips/a.mp4,a ball,"{""stable_steps"": [99]}"\n')
+    with pytest.raises(SpecError) as caught:
+        load_spec(write_spec(tmp_path, {"manifest": "list.csv"}))
+    text = str(caught.value)
+    assert "$.inputs[0].settings.stable_num: 0; the T2V model needs at least 1 step" in text
+    assert "list.csv line 3).settings: unknown key(s) 'strength'" in text
+    assert "list.csv line 4: settings 'not json'" in text
+    (tmp_path / "list.csv").write_text('video,prompt,settings\nclips/a.mp4,a ball,"{""stable_steps"": [99]}"\n')
+    code = main(["plan", str(write_spec(tmp_path, {"manifest": "list.csv"})), "--weights-dir", str(zoo)])
+    assert code != 0
+    assert "video a.mp4 (its own settings): " in capsys.readouterr().err
