@@ -219,9 +219,17 @@ def _report(results, started: float) -> int:
 def cmd_plan(args, plugins, registry) -> int:
     from evs_framework.plan_text import format_plan
 
+    from evs_framework.planner import video_plans
+
     job = prepare_job(args, plugins, registry, allow_missing=args.allow_missing)
     print(format_plan(job.plan, str(args.config)))
-    print(f"inputs: {len(job.spec.inputs)} video(s), up to {job.spec.video.max_frames or 'all'} frames each")
+    own = {settings: plan for settings, plan in video_plans(job.spec, job.plan, registry, plugins, job.context).items()
+           if settings is not None}
+    for settings, plan in own.items():  # videos whose manifest row changes their settings run plans of their own
+        names = ", ".join(item.video.name for item in job.spec.inputs if item.settings == settings)
+        print(f"\nvideos with their own settings ({names}):\n{format_plan(plan)}")
+    print(f"inputs: {len(job.spec.inputs)} video(s), up to {job.spec.video.max_frames or 'all'} frames each"
+          + (f"; {sum(item.settings is not None for item in job.spec.inputs)} with their own settings" if own else ""))
     for problem in job.missing:
         print(f"warning (--allow-missing): {problem}")
     return 0

@@ -147,3 +147,18 @@ def test_a_rows_bad_settings_are_named_with_its_line_before_anything_loads(tmp_p
     code = main(["plan", str(write_spec(tmp_path, {"manifest": "list.csv"})), "--weights-dir", str(zoo)])
     assert code != 0
     assert "video a.mp4 (its own settings): " in capsys.readouterr().err
+
+
+def test_evs_plan_shows_the_plan_of_videos_with_their_own_settings(tmp_path, clips, zoo, capsys):
+    from evs_framework.cli import main
+
+    (tmp_path / "list.jsonl").write_text("\n".join([
+        json.dumps({"video": "clips/a.mp4", "prompt": "a ball", "settings": {"stable_num": 1}}),
+        json.dumps({"video": "clips/b.mp4", "prompt": "a ball"}),
+    ]))
+    assert main(["plan", str(write_spec(tmp_path, {"manifest": "list.jsonl"})), "--weights-dir", str(zoo)]) == 0
+    out = capsys.readouterr().out
+    assert "videos with their own settings (a.mp4):" in out
+    assert "inputs: 2 video(s), up to 16 frames each; 1 with their own settings" in out
+    spec_plan, own_plan = out.split("videos with their own settings")
+    assert "vdm lightningEP: 2 denoising steps" in spec_plan and "vdm lightningEP: 1 denoising steps" in own_plan
