@@ -31,7 +31,7 @@ from evs_framework.plugins import load_plugins
 from evs_framework.preflight import clip_problems
 from evs_framework.registry import load_registry
 from evs_framework.runner import load_backends, synthesize
-from evs_framework.spec import Settings, Spec, load_spec, parse_spec
+from evs_framework.spec import Spec, load_spec, overridden_settings, parse_spec, settings_problems
 
 
 @attrs.frozen
@@ -67,11 +67,11 @@ class Composer:
         started = time.perf_counter()
         spec, plan = self.spec, self.plan
         if settings:
-            unknown = sorted(set(settings) - set(attrs.fields_dict(Settings)))
-            if unknown:
-                raise SpecError([f"settings: unknown key(s) {', '.join(unknown)}; use "
-                                 f"{', '.join(attrs.fields_dict(Settings))}"], "Composer call")
-            spec = attrs.evolve(spec, settings=attrs.evolve(spec.settings, **settings))
+            merged, problems = overridden_settings(spec.settings, settings, "settings")
+            problems += settings_problems(merged, "settings") if merged is not None else []
+            if problems:
+                raise SpecError(problems, "Composer call")
+            spec = attrs.evolve(spec, settings=merged)
             plan = make_plan(spec, self.registry, self.plugins, self.context)
             load_backends(plan, self.context)  # loaded once: the context keeps them
         video, to_output = _as_video(frames)

@@ -223,12 +223,19 @@ def _native_spec(data: dict, origins: list[str] | None = None) -> ParsedSpec:
     inputs = list(spec.inputs)
     for i, raw in overrides.items():
         where = f"$.inputs[{i}]" + (f" ({origins[i]})" if origins and i < len(origins) else "") + ".settings"
-        merged, found = structure_fields({**CONVERTER.unstructure(spec.settings), **raw}, Settings, where)
+        merged, found = overridden_settings(spec.settings, raw, where)
         problems += found
-        if not found and i < len(inputs):
-            inputs[i] = attrs.evolve(inputs[i], settings=Settings(**merged))
+        if merged is not None and i < len(inputs):
+            inputs[i] = attrs.evolve(inputs[i], settings=merged)
     spec = attrs.evolve(spec, inputs=tuple(inputs))
     return ParsedSpec(spec, tuple(problems), frozenset() if "models" in values else frozenset(ROLES))
+
+
+def overridden_settings(base: Settings, overrides: dict, path: str) -> tuple[Settings | None, list[str]]:
+    """`base` with `overrides` (raw data) applied, structured and checked as a spec's own; None when it has problems.
+    Value problems are checked with the spec (check_spec) where the result is stored in an input."""
+    merged, problems = structure_fields({**CONVERTER.unstructure(base), **overrides}, Settings, path)
+    return (None, problems) if problems else (Settings(**merged), [])
 
 
 def _settings_overrides(data: dict) -> tuple[dict, dict[int, dict]]:
