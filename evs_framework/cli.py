@@ -66,9 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("config", type=Path)
     plan.add_argument("--allow-missing", action="store_true",
                       help="show the plan even when input videos or weight files are missing (they are listed as warnings)")
-    run = commands.add_parser("run", help="run a config (original EVS JSON or native YAML/JSON spec)")
+    # no abbreviations: --processes is taken off the command line it hands over
+    run = commands.add_parser("run", help="run a config (original EVS JSON or native YAML/JSON spec)", allow_abbrev=False)
     run.add_argument("config", type=Path)
     run.add_argument("--overwrite", action="store_true", help="redo videos whose outputs already match the spec")
+    run.add_argument("--processes", type=int, default=None, metavar="N",
+                     help="split the videos over N processes on this machine, one GPU each (hands the same command "
+                          "over to `accelerate launch`; across machines, use accelerate launch itself: README)")
     demo = commands.add_parser("demo", help="EVS repairing a degraded toy-world clip with the small models that ship "
                                             "with EVS (no download; a CPU is enough)")
     fetch = commands.add_parser("fetch", help="download models from the Hugging Face Hub (the only command that uses the network)")
@@ -135,6 +139,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _threads(args) -> int:
+    return args.threads or int(os.environ.get("OMP_NUM_THREADS") or DEFAULT_THREADS)
+
+
+def _handed_over(args) -> list[str]:
+    """The command line of this run without --processes, for the processes that run it."""
+    argv, kept, skip = args.argv, [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--processes":
+            skip = True
+        elif not arg.startswith("--processes="):
+            kept.append(arg)
+    return kept
+
+
 def _context(args, plugins, registry, extra_folders=(), device=None):
     """The LoadContext the arguments describe; `device`, when given, replaces --device (already checked)."""
     import torch
@@ -142,11 +163,12 @@ def _context(args, plugins, registry, extra_folders=(), device=None):
     from evs_framework.acceleration import parse_compile_parts
     from evs_framework.loading import DTYPES, LoadContext, WeightSettings, default_weight_folders
     from evs_framework.preflight import parse_device
+    from evs_framework.sharding import process_device_name
 
     if args.threads is not None and args.threads < 1:
         raise EVSError(f"--threads {args.threads}: give at least 1")
-    torch.set_num_threads(args.threads or int(os.environ.get("OMP_NUM_THREADS") or DEFAULT_THREADS))
-    device = device or parse_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.set_num_threads(_threads(args))
+    device = device or parse_device(process_device_name(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     vae_dtype = DTYPES[args.vae_dtype] if args.vae_dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     folders = default_weight_folders([*extra_folders, *args.weights_dir])
@@ -237,11 +259,23 @@ def cmd_plan(args, plugins, registry) -> int:
 
 def cmd_run(args, plugins, registry) -> int:
     from evs_framework.runner import run_job
+    from evs_framework.sharding import join_job, launch
 
+    if args.processes is not None and args.processes != 1:
+        import torch
+
+        on_cpu = args.device == "cpu" or not torch.cuda.is_available()
+        return launch(args.processes, _handed_over(args), _threads(args), on_cpu)
     started = time.perf_counter()
     job = prepare_job(args, plugins, registry)
+    shard = join_job(job.context.device)
+    if shard.count > 1:
+        structlog.contextvars.bind_contextvars(process=shard.index)
     log.info("plan_ready", composition=job.plan.composition, videos=len(job.spec.inputs))
-    results = run_job(job.spec, job.plan, job.context, progress=not args.quiet, overwrite=args.overwrite)
+    results = run_job(job.spec, job.plan, job.context, progress=not args.quiet, overwrite=args.overwrite, shard=shard,
+                      config=str(args.config))
+    if not shard.is_main:  # the main process reports the whole job
+        return 1 if any(r.error for r in results) else 0
     return _report(results, started)
 
 
@@ -434,6 +468,7 @@ def _sigterm_as_interrupt():
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     configure_logging(-1 if args.quiet else args.verbose)
     try:
         with _sigterm_as_interrupt():

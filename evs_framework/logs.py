@@ -13,6 +13,7 @@ def configure_logging(verbosity: int = 0) -> None:
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
     structlog.configure(
         processors=[
+            structlog.contextvars.merge_contextvars,  # `process` in a launched job
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="%H:%M:%S"),
             structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),

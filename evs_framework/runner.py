@@ -25,12 +25,14 @@ from evs_framework.executor import OpRecord, execute, unplanned_calls
 from evs_framework.identity import RunIdentity, package_versions, run_identity, video_seed, weight_fingerprints
 from evs_framework.io import video_io
 from evs_framework.io.vae import frames_per_call
+from evs_framework.job_report import JobProgress, ProcessSummary, job_report, write_job_report
 from evs_framework.latent_space import VAE_ROUND_TRIP, check_declared
 from evs_framework.loading import LoadContext
 from evs_framework.placement import Placement
 from evs_framework.plan import ConvertOp, DenoiseOp, Plan
 from evs_framework.planner import video_plans
 from evs_framework.preflight import input_problems
+from evs_framework.sharding import Shard, check_shared_folder
 from evs_framework.spec import InputVideo, Spec, spec_to_data
 
 log = structlog.get_logger(__name__)
@@ -47,6 +49,7 @@ class VideoResult:
     skipped: bool = False
     unet_calls: dict = attrs.Factory(dict)
     skip_reason: str | None = None  # set when another process holds the video's lock; None: outputs already match
+    process: int | None = None  # the index of the process that took it; None: done by an earlier run
 
 
 def output_stems(spec: Spec) -> list[str]:
@@ -287,33 +290,65 @@ def _skipped(spec: Spec, item: InputVideo, stem: str, busy_reason: str | None = 
     return VideoResult(item.video, item.prompt, output, sidecar, 0.0, skipped=True)
 
 
-def run_job(spec: Spec, plan: Plan, context: LoadContext, progress: bool = True, overwrite: bool = False
-            ) -> list[VideoResult]:
+def run_job(spec: Spec, plan: Plan, context: LoadContext, progress: bool = True, overwrite: bool = False,
+            shard: Shard = Shard(), config: str | None = None) -> list[VideoResult]:
+    """Every input of `spec` not done yet, this process's share of them (`shard`: sharding.join_job), with the
+    models loaded once; every process's results in input order, also written to the folder's job report."""
+    started_at, started = time.time(), time.perf_counter()
     check_inputs(spec, plan)
     output_guard.prepare_output_folder(spec.output.dir)
+    check_shared_folder(shard, spec.output.dir)
     weights = weight_fingerprints(plan, context)
-    identities = {item: video_identity(spec, item, weights, context) for item in spec.inputs}
     work = list(zip(spec.inputs, output_stems(spec)))
-    done = [] if overwrite else [(item, stem) for item, stem in work if _already_done(spec, stem, identities[item])]
-    results = [_skipped(spec, item, stem) for item, stem in done]
-    todo = [pair for pair in work if pair not in done]
-    if not todo:
-        return results
+    identity = functools.cache(lambda item: video_identity(spec, item, weights, context))
+    pending = shard.from_main([i for i, (item, stem) in enumerate(work)
+                               if overwrite or not _already_done(spec, stem, identity(item))] if shard.is_main else None)
+    to_do = frozenset(pending)
+    skipped = [(i, _skipped(spec, item, stem)) for i, (item, stem) in enumerate(work) if i not in to_do]
+    progress_bar = JobProgress([spec.output.dir / f"{stem}.json" for _, stem in (work[i] for i in pending)],
+                               progress and shard.is_main, count_peers=shard.count > 1)
+    try:
+        mine, load_seconds = _run_share(spec, plan, context, [(i, *work[i]) for i in shard.take(pending)], identity,
+                                        overwrite, shard.index, progress_bar)
+    finally:
+        progress_bar.close()
+    summary = ProcessSummary.this_process(shard.index, context.device, len(mine), load_seconds,
+                                          time.perf_counter() - started)
+    gathered = shard.gathered([(summary, mine)])
+    results = [result for _, result in sorted(skipped + [pair for _, share in gathered for pair in share],
+                                              key=lambda pair: pair[0])]
+    if shard.is_main:
+        report = job_report(config, spec.composition_name, results, [s for s, _ in gathered], started_at,
+                            time.perf_counter() - started)
+        write_job_report(spec.output.dir, report)
+    return results
+
+
+def _run_share(spec: Spec, plan: Plan, context: LoadContext, share: list, identity, overwrite: bool, process: int,
+               progress_bar: JobProgress) -> tuple[list[tuple[int, VideoResult]], float]:
+    """The videos of process `process` ((input index, item, stem) each): ([(input index, result)], seconds spent
+    loading). Its step bars show where the job's bar does."""
+    if not share:
+        return [], 0.0
     plans = video_plans(spec, plan, context.registry, context.plugins, context)  # before any weight loads
+    loading = time.perf_counter()
     backends = load_backends(plan, context)
-    hook = context.plugins.hook
-    for item, stem in tqdm(todo, desc="videos", unit="video", disable=None if progress else True):
+    load_seconds = time.perf_counter() - loading
+    hook, results = context.plugins.hook, []
+    for index, item, stem in share:
         claim = output_guard.claim_stem(spec.output.dir, stem)
         # checked again under the lock: another process may have finished the video since the run began
-        if claim.busy_reason or (not overwrite and _already_done(spec, stem, identities[item])):
+        if claim.busy_reason or (not overwrite and _already_done(spec, stem, identity(item))):
             claim.release()
-            results.append(_skipped(spec, item, stem, claim.busy_reason))
+            results.append((index, attrs.evolve(_skipped(spec, item, stem, claim.busy_reason), process=process)))
+            progress_bar.advance()
             continue
         own_plan = plans[item.settings]
         hook.plan_ready(plan=own_plan, video=item.video)
         own_spec = spec if item.settings is None else attrs.evolve(spec, settings=item.settings)
         try:
-            result = process_video(own_spec, own_plan, backends, context, item, stem, progress, identities[item])
+            result = process_video(own_spec, own_plan, backends, context, item, stem,
+                                   progress_bar.shown, identity(item))
         except (EVSError, torch.OutOfMemoryError) as exc:
             result = VideoResult(item.video, item.prompt, None, None, 0.0, error=str(exc))
             log.error("video_failed", source=str(item.video), error=str(exc))
@@ -322,6 +357,8 @@ def run_job(spec: Spec, plan: Plan, context: LoadContext, progress: bool = True,
                      unet_calls=result.unet_calls)
         finally:
             claim.release()
+        result = attrs.evolve(result, process=process)
         hook.video_done(result=result)
-        results.append(result)
-    return results
+        results.append((index, result))
+        progress_bar.advance()
+    return results, load_seconds
