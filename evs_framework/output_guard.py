@@ -2,7 +2,7 @@
 
 A video's outputs (`{stem}.mp4`, `{stem}.side_by_side.mp4`, `{stem}.json`) are written while its process holds
 `.{stem}.lock` in the output folder: a file created with O_CREAT|O_EXCL that holds the owner's pid and host, so two
-EVS processes on one folder never work on the same video. A SIGKILLed process cannot clean up after itself: its lock
+EVS processes on one folder never work on the same video (stale locks are removed under a flock of the folder). A SIGKILLed process cannot clean up after itself: its lock
 and its partial files (`.{name}.{pid}.partial{suffix}`, see `video_io.atomic_path`) stay behind, and the next run on
 the folder removes those whose process is no longer alive on this host. On another host a process cannot be checked,
 so its lock counts as held.
@@ -10,6 +10,8 @@ so its lock counts as held.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import socket
@@ -135,18 +137,28 @@ def _live_holder(path: Path) -> LockOwner | None:
 
 
 def _remove_if_unchanged(path: Path, text: str) -> bool:
-    """Removes the lock at `path` if it still holds `text`. Moving it aside first makes checking and removing one
-    step: when another process took the stale lock over meanwhile, the lock moved aside is theirs and goes back."""
-    aside = path.with_name(f"{path.name}.{os.getpid()}.partial")  # a kill right here leaves a partial file to clean
+    """Removes the lock at `path` if it still holds `text`. Every removal of a stale lock happens under an exclusive
+    flock of the output folder, with the lock read again under it: between that read and the removal no other
+    process can remove the lock, nor create one in its place, so a lock just taken over is never removed."""
+    with _folder_flock(path.parent):
+        try:
+            if path.read_text() != text:
+                return False
+            path.unlink()
+        except FileNotFoundError:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _folder_flock(folder: Path):
+    """An exclusive flock of `folder` (released by the kernel if this process dies holding it)."""
+    fd = os.open(folder, os.O_RDONLY)
     try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return False
-    if aside.read_text() == text:
-        aside.unlink()
-        return True
-    os.rename(aside, path)
-    return False
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def check_output_folder(folder: Path) -> None:

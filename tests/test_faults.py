@@ -157,9 +157,9 @@ def test_processes_racing_for_a_stale_lock_never_both_take_it(tmp_path):
             racer.wait()
 
 
-def test_a_stale_lock_retaken_meanwhile_by_another_process_is_put_back(tmp_path):
+def test_a_stale_lock_retaken_meanwhile_by_another_process_is_left_alone(tmp_path):
     """What a process that read a stale lock does when, before it removes that lock, another process has already
-    taken it over: the lock it moves aside is not the stale one it read, so it goes back in place."""
+    taken it over: read again under the folder's flock, the lock is not the stale one it read, so it stays."""
     lock = lock_path(tmp_path, "clip.IDM")
     stale, fresh = "1 host\n", f"{os.getpid()} {socket.gethostname()}\n"
     lock.write_text(fresh)
@@ -355,7 +355,7 @@ def test_leftovers_of_dead_processes_go_and_those_of_live_ones_stay(tmp_path):
     files = {
         f".a.IDM.mp4.{gone}.partial.mp4": "x",
         f".a.IDM.json.{gone}.partial.json": "x",
-        f".a.IDM.lock.{gone}.partial": "x",  # a lock moved aside by a process killed while removing it
+        f".a.IDM.lock.{gone}.partial": "x",  # an earlier version's lock moved aside
         ".a.IDM.lock": LockOwner(gone, host).line(),
         f".b.IDM.mp4.{here}.partial.mp4": "x",
         ".b.IDM.lock": LockOwner(here, host).line(),
