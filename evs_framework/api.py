@@ -83,7 +83,7 @@ class Composer:
         seed = derived_seed(spec.seed, hashlib.sha256(video.numpy().tobytes()).hexdigest()) if seed is None else seed
         made = synthesize(spec, plan, self.backends, self.context, video, prompt,
                           spec.negative_prompt if negative_prompt is None else negative_prompt, seed)
-        record = {"composition": plan.composition, "plan": format_plan(plan), "seed": seed, "input_notes": list(notes),
+        record = {"composition": plan.composition, "plan": format_plan(made.plan), "seed": seed, "input_notes": list(notes),
                   "seconds": round(time.perf_counter() - started, 3), "unet_calls": made.unet_calls,
                   "ops": [attrs.asdict(r) for r in made.records]}
         return Result(to_output(made.frames), record)

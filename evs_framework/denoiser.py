@@ -13,6 +13,7 @@ from typing import Callable
 import attrs
 import torch
 
+from evs_framework.context_windows import Context, blended
 from evs_framework.predictions import from_epsilon
 from evs_framework.schedules import NoiseSchedule
 
@@ -27,7 +28,9 @@ class Prediction:
 class Denoiser:
     """`conditioning` is what the backend's `encode_prompts` made of the negative and the positive prompt (two rows:
     a tensor, or an object sliced by rows); `prediction` converts the model's output (evs_framework.predictions);
-    `prepare`, when given, runs before each evaluation (it brings offloaded weights onto the compute device)."""
+    `prepare`, when given, runs before each evaluation (it brings offloaded weights onto the compute device);
+    `context`, when given, evaluates a clip longer than its frames window by window (evs_framework.context_windows),
+    each window counting its own calls."""
 
     backend: object
     schedule: NoiseSchedule
@@ -35,6 +38,7 @@ class Denoiser:
     guidance: float
     prediction: Callable = from_epsilon
     prepare: Callable[[], None] | None = None
+    context: Context | None = None
     calls: int = 0
 
     def timestep(self, sigma: float) -> float:
@@ -53,6 +57,12 @@ class Denoiser:
         guidance = self.guidance if guidance is None else guidance
         t = self.timestep(sigma if timestep_sigma is None else timestep_sigma)
         divisor = self.schedule.input_divisor(sigma)
+        if self.context is None:
+            return Prediction(*self._predict(x, sigma, t, divisor, guidance))
+        return Prediction(*blended(self.context, x, lambda window: self._predict(window, sigma, t, divisor, guidance)))
+
+    def _predict(self, x: torch.Tensor, sigma: float, t: float, divisor: float, guidance: float):
+        """(x0, eps) of one model evaluation on latents x, guided."""
         x_in = (x / divisor)[None]
         if guidance in (0.0, 1.0):  # one half of the guidance alone: the positive prompt at 1, the negative at 0
             row = int(guidance)
@@ -62,4 +72,4 @@ class Denoiser:
             uncond, cond = self.backend.predict(torch.cat([x_in, x_in]), t, self.conditioning).unbind(0)
             output = uncond + guidance * (cond - uncond)
             self.calls += 2
-        return Prediction(*self.prediction(output, x, sigma, 1.0 / divisor))
+        return self.prediction(output, x, sigma, 1.0 / divisor)

@@ -12,7 +12,8 @@ Models
 - `Preset` (registry): `steps`, `spacing`, `steps_offset`, `original_steps`, `guidance`, `sampler`; the noise schedule
   `schedule` (a kind of `register_noise_schedules`) with `schedule_params` and, for `betas`, `beta_schedule`,
   `beta_start`, `beta_end`, `train_steps`; `prediction` (a `register_prediction_types` name); `latent_space` (a
-  `LatentSpaceDecl`: `name`, `channels`, `spatial`, `temporal`, `size_multiple`); `frame_window`, `trained_timesteps`.
+  `LatentSpaceDecl`: `name`, `channels`, `spatial`, `temporal`, `size_multiple`); `frame_window`, `context_frames`,
+  `trained_timesteps`.
 - `LoadContext` (loading): `registry`, `plugins`, `device`, `dtype`, `vae_dtype`, `allow_pickle`, `offload`,
   `compile` (the parts torch.compile'd once loaded), `placement` (`load_device`: where loaders put weights);
   `weights_path(entry)` finds an entry's files; `load(entry)` loads another entry's backend once per run;
@@ -221,7 +222,8 @@ def step_start(video, op, step, sigma):
 
 @hookspec
 def plan_ready(plan, video):
-    """Observe the plan before a video is processed (`video` is the input path)."""
+    """Observe the plan a video runs, counted for its length (`plan.frames` when a model runs it in context windows),
+    before its denoising starts (`video` is the input path; None for frames given to the Python API)."""
 
 
 @hookspec

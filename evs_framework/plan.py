@@ -12,11 +12,16 @@ Ops, in order of execution:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 
 from evs_framework.registry import ModelEntry
 from evs_framework.schedules import ModelSchedule
 from evs_framework.spec import ModelChoice
+
+if TYPE_CHECKING:
+    from evs_framework.context_windows import Context
 
 
 def calls_per_evaluation(guidance: float) -> int:
@@ -34,6 +39,7 @@ class PlannedModel:
     guidance: float
     sampler: str  # the spec's choice, else the registry preset's
     sampler_params: dict  # the sampler's defaults, overridden by the spec
+    context: Context | None = None  # frames per evaluation and their overlap (a motion model); None: frame-wise
 
     @property
     def calls_per_step(self) -> int:
@@ -72,6 +78,7 @@ class TransferOp:
     unet_calls: int
     params: dict = attrs.Factory(dict)  # the transfer's parameters
     evaluations: int = 0  # model evaluations (inversion steps) before guidance doubles them
+    windows: int = 1  # context windows each evaluation runs (evs_framework.context_windows); in unet_calls
 
 
 @attrs.frozen
@@ -86,6 +93,7 @@ class DenoiseOp:
     unet_calls: int
     sampler_params: dict = attrs.Factory(dict)
     guidance: float | None = None  # the stage's guidance; None: the model's
+    windows: int = 1  # context windows each evaluation runs (evs_framework.context_windows); in unet_calls
 
     @property
     def steps(self) -> int:
@@ -110,6 +118,7 @@ class Plan:
     notes: tuple[str, ...]
     inversion_guidance: float
     extras: tuple[PlanExtra, ...] = ()
+    frames: int | None = None  # the clip length the calls are counted for when a model runs in windows
 
     @property
     def source_model(self) -> str:

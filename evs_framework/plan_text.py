@@ -16,8 +16,13 @@ def _noise(preset) -> str:
     return schedule if preset.prediction == "epsilon" else f"{schedule}, {preset.prediction} prediction"
 
 
+def _calls(op) -> str:
+    return f"{op.unet_calls} ({op.windows} windows)" if op.windows > 1 and op.unet_calls else str(op.unet_calls)
+
+
 def format_plan(plan: Plan, title: str = "") -> str:
-    lines = [f"plan: composition {plan.composition}" + (f"  ({title})" if title else ""), "models:"]
+    heading = ", ".join(part for part in (title, f"counted for {plan.frames}-frame clips" if plan.frames else "") if part)
+    lines = [f"plan: composition {plan.composition}" + (f"  ({heading})" if heading else ""), "models:"]
     converts = any(isinstance(op, ConvertOp) for op in plan.ops)
     for role, m in plan.models.items():
         s = m.schedule
@@ -27,8 +32,10 @@ def format_plan(plan: Plan, title: str = "") -> str:
         space = m.entry.preset.latent_space
         latents = (f", latent space {space.name} ({space.channels} channels, /{space.spatial}"
                    + (f", frames /{space.temporal}" if space.temporal > 1 else "") + ")") if converts else ""
+        context = f", context windows of {m.context.frames} frames (overlap {m.context.overlap})" if m.context else ""
         lines.append(f"  {role}: {m.entry.name} [{m.entry.kind}] {_noise(m.entry.preset)}, {s.steps} steps "
-                     f"({s.spacing} spacing), sampler {m.sampler}{params}, guidance {m.guidance:g}{upscale}{latents}")
+                     f"({s.spacing} spacing), sampler {m.sampler}{params}, guidance {m.guidance:g}{upscale}{latents}"
+                     f"{context}")
     rows = [("#", "stage", "op", "model", "detail", "sigma", "timesteps (model's scale)", "steps", "unet calls")]
     for i, op in enumerate(plan.ops, 1):
         name = plan.models[op.model].entry.name
@@ -43,7 +50,8 @@ def format_plan(plan: Plan, title: str = "") -> str:
             steps = op.evaluations or "-"
             rows.append((i, op.stage + 1, "transfer", name, op.strategy,
                          f"{_sigma(op.sigma_from)} -> {_sigma(op.sigma_to)}",
-                         f"level {op.level}" + (f" (t={timestep:g})" if timestep is not None else ""), steps, op.unet_calls))
+                         f"level {op.level}" + (f" (t={timestep:g})" if timestep is not None else ""), steps,
+                         _calls(op)))
         elif isinstance(op, DenoiseOp):
             preset = plan.models[op.model].entry.preset
             trained = ""
@@ -52,7 +60,7 @@ def format_plan(plan: Plan, title: str = "") -> str:
                 trained = f", off trained t={' '.join(map(str, off))}" if off else ", on trained levels"
             rows.append((i, op.stage + 1, "denoise", name, f"levels {op.first_level}..{op.stop_level}{trained}",
                          f"{_sigma(op.sigmas[0])} -> {_sigma(op.sigmas[-1])}",
-                         " ".join(f"{t:g}" for t in op.timesteps), op.steps, op.unet_calls))
+                         " ".join(f"{t:g}" for t in op.timesteps), op.steps, _calls(op)))
     widths = [max(len(str(row[c])) for row in rows) for c in range(len(rows[0]) - 1)]
     for row in rows:
         lines.append("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths)) + f"  {row[-1]}")

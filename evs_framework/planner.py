@@ -9,13 +9,14 @@ from __future__ import annotations
 import attrs
 
 from evs_framework.composition import Composition, Stage, check_composition, check_stage
+from evs_framework.context_windows import Context
 from evs_framework.errors import EVSError, PlanError, unknown_parameters
 from evs_framework.latent_space import VAE_ROUND_TRIP, converter_between
 from evs_framework.plan import (ConvertOp, DenoiseOp, LatentOp, Plan, PlannedModel, TransferOp, calls_per_evaluation,
                                 untrained_timesteps)
 from evs_framework.plugins import Catalogue, Plugins
 from evs_framework.registry import Registry
-from evs_framework.spec import Spec
+from evs_framework.spec import ContextChoice, Spec
 
 ROLE_TYPES = {"idm": "t2i", "vdm": "t2v"}
 # a later stage entering above this multiple of the first stage's level is reported (the example config's
@@ -158,10 +159,33 @@ class _Planner:
             self.problem(f"$.models.{role}.steps: {exc}")
             return None
         guidance = choice.guidance if choice.guidance is not None else entry.preset.guidance
+        context = self.context(role, entry, choice.context)
         self.models[role] = PlannedModel(role, entry, choice, schedule, guidance, sampler_name,
-                                         {**sampler.parameters, **choice.sampler_params})
+                                         {**sampler.parameters, **choice.sampler_params}, context)
         self.failed.discard(role)
         return self.models[role]
+
+    def context(self, role: str, entry, choice: ContextChoice) -> Context | None:
+        """The windows a motion model runs long clips in; None for a model that sees frames one by one."""
+        preset, where = entry.preset, f"$.models.{role}.context"
+        if preset.frame_window is None:
+            if choice != ContextChoice():
+                self.problem(f"{where}: {entry.name} sees frames one by one, so it needs no context windows; drop it")
+            return None
+        if preset.latent_space.temporal > 1:
+            self.problem(f"{where}: {entry.name}'s latents pack {preset.latent_space.temporal} frames each; context "
+                         f"windows work on frame-wise latents only")
+            return None
+        frames = choice.frames or preset.context_frames or preset.frame_window
+        if frames > preset.frame_window:
+            self.problem(f"{where}.frames: {frames}, but {entry.name}'s motion module sees at most "
+                         f"{preset.frame_window} frames at once; give {preset.frame_window} or fewer")
+            return None
+        overlap = choice.overlap if choice.overlap is not None else frames // 4
+        if overlap >= frames:
+            self.problem(f"{where}.overlap: {overlap} is not less than the window's {frames} frames; give fewer")
+            return None
+        return Context(frames, overlap)
 
     def plan(self, composition: Composition) -> Plan:
         self.check_plugin_settings()

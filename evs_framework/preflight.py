@@ -1,8 +1,8 @@
 """Everything about a job that can be checked before a weight loads, reported in one round.
 
 The spec's own problems and the plan's come from spec.py and plan.py; this module adds what depends on the
-machine: the device, the input videos (they exist, decode, are large enough, fit the motion module's frame
-window) and every weight file of every model (with the entries they build on).
+machine: the device, the input videos (they exist, decode, are large enough, have the frame counts and sizes the
+latent spaces take) and every weight file of every model (with the entries they build on).
 """
 
 from __future__ import annotations
@@ -48,9 +48,20 @@ def working_size(spec: Spec, info: video_io.VideoInfo) -> tuple[int, int, int]:
     return frames, height + -height % MULTIPLE, width + -width % MULTIPLE
 
 
+def input_lengths(spec: Spec) -> dict:
+    """Each readable input's frame count as the run reads it, by input."""
+    lengths = {}
+    for item in spec.inputs:
+        try:
+            lengths[item] = working_size(spec, video_io.probe_video(item.video))[0]
+        except VideoError:
+            continue
+    return lengths
+
+
 def input_problems(spec: Spec, plan: Plan | None) -> list[str]:
-    """Each input video exists and decodes, leaves a picture after fitting, fits every model's frame window, and has
-    the frame count and size every model's latent space takes."""
+    """Each input video exists and decodes, leaves a picture after fitting, and has the frame count and size every
+    model's latent space takes."""
     problems = []
     for item in spec.inputs:
         try:
@@ -68,16 +79,13 @@ def input_problems(spec: Spec, plan: Plan | None) -> list[str]:
 
 def clip_problems(plan: Plan | None, name: str, frames: int, height: int, width: int) -> list[str]:
     """What keeps a clip of `frames` frames of height x width (as the run reads it) from every model of the plan: a
-    motion module's frame window, a latent space's frame count and size."""
+    latent space's frame count and size. (A motion model runs a clip longer than it sees at once in context
+    windows.)"""
     if plan is None:
         return []
     problems = []
     for model in plan.models.values():
         entry = model.entry
-        window = entry.preset.frame_window
-        if window and frames > window:
-            problems.append(f"{name}: {frames} frames, but {entry.name}'s motion module sees at most {window} at once; "
-                            f"set video.max_frames to {window} or less (or raise video.stride)")
         problems.extend(f"{name}: {problem}"
                         for problem in entry.preset.latent_space.fit_problems(entry.name, frames, height, width))
     return list(dict.fromkeys(problems))  # two roles on one model say it once

@@ -80,6 +80,8 @@ class Preset:
     trained_timesteps: tuple[int, ...] = ()
     # the most frames one call can see (a motion module's positional encoding); None: frames are independent
     frame_window: int | None = None
+    # the frames the model was trained to see at once; longer clips run in windows of this length (context_windows)
+    context_frames: int | None = None
 
     def sampling(self, train: NoiseSchedule, steps: int | None = None) -> ModelSchedule:
         """A run of `steps` (default: the preset's) over the noise schedule `train` this preset's kind made."""

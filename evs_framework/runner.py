@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from evs_framework import output_guard
 from evs_framework.acceleration import compile_backends
+from evs_framework.context_windows import framed
 from evs_framework.denoiser import Denoiser
 from evs_framework.errors import EVSError, NumericalError, VideoError, WeightsError
 from evs_framework.executor import OpRecord, execute, unplanned_calls
@@ -101,7 +102,7 @@ def make_denoisers(plan: Plan, backends: dict, prompt: str, negative_prompt: str
         conditioning = backend.encode_prompts([negative_prompt, prompt])
         denoisers[role] = Denoiser(backend, model.schedule.train, conditioning, model.guidance,
                                    catalogue.get("prediction_types", model.entry.preset.prediction),
-                                   prepare=functools.partial(placement.use, backend.unet))
+                                   prepare=functools.partial(placement.use, backend.unet), context=model.context)
     return denoisers
 
 
@@ -194,6 +195,7 @@ class Synthesis:
     """What a composition made of one clip's frames."""
 
     frames: torch.Tensor  # (F, 3, H, W) float32 in [-1, 1], on the CPU
+    plan: Plan  # the plan as run: counted for the clip's length (context_windows.framed)
     records: list[OpRecord]
     unet_calls: dict[str, int]
     prepare_seconds: float  # the plugins' video_start
@@ -201,12 +203,16 @@ class Synthesis:
 
 
 def synthesize(spec: Spec, plan: Plan, backends: dict, context: LoadContext, frames: torch.Tensor, prompt: str,
-               negative_prompt: str, seed: int, progress: bool = False, label: str = "") -> Synthesis:
-    """Frames (F, 3, H, W) in [-1, 1] through the plan: encode, the plan's ops with the video's own noise, decode."""
+               negative_prompt: str, seed: int, progress: bool = False, video: Path | None = None) -> Synthesis:
+    """Frames (F, 3, H, W) in [-1, 1] through the plan: encode, the plan's ops with the video's own noise, decode.
+    `video` is the input file, if any (for the plugins' plan_ready and the progress bar)."""
     chunk, placement, catalogue = spec.output.decode_chunk, context.placement, context.plugins.catalogue
+    label = video.name if video else ""
     encoder = backends[plan.source_model].codec
     placement.use(encoder.module)
     source = encode(encoder, frames, chunk).to(context.device)
+    plan = framed(plan, source.shape[0])
+    context.plugins.hook.plan_ready(plan=plan, video=video)
     denoisers = make_denoisers(plan, backends, prompt, negative_prompt, catalogue, placement)
     generator = torch.Generator("cpu").manual_seed(seed)
     run = VideoRun(spec, plan, backends, denoisers, source, generator, catalogue, context.device, placement=placement)
@@ -217,7 +223,8 @@ def synthesize(spec: Spec, plan: Plan, backends: dict, context: LoadContext, fra
     if not torch.isfinite(decoded).all():
         raise NumericalError(f"the VAE decoded NaN or infinite pixels for {label or 'the clip'}; "
                              f"decode in float32 (--vae-dtype float32)")
-    return Synthesis(decoded, records, {role: d.calls for role, d in denoisers.items()}, prepare_seconds, run.report)
+    return Synthesis(decoded, plan, records, {role: d.calls for role, d in denoisers.items()}, prepare_seconds,
+                     run.report)
 
 
 def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, item: InputVideo, stem: str,
@@ -228,7 +235,8 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
     negative_prompt = spec.negative_prompt if item.negative_prompt is None else item.negative_prompt
     seed = video_seed(spec.seed, item)
     made = synthesize(spec, plan, backends, context, clip.frames, item.prompt, negative_prompt, seed, progress,
-                      item.video.name)
+                      item.video)
+    plan = made.plan
     frames, records, calls = made.frames, made.records, made.unet_calls
 
     folder = spec.output.dir
@@ -344,7 +352,6 @@ def _run_share(spec: Spec, plan: Plan, context: LoadContext, share: list, identi
             progress_bar.advance()
             continue
         own_plan = plans[item.settings]
-        hook.plan_ready(plan=own_plan, video=item.video)
         own_spec = spec if item.settings is None else attrs.evolve(spec, settings=item.settings)
         try:
             result = process_video(own_spec, own_plan, backends, context, item, stem,

@@ -42,11 +42,22 @@ class InputVideo:
 
 
 @attrs.frozen
+class ContextChoice:
+    """How a motion model meets a clip longer than it sees at once (evs_framework.context_windows): windows of
+    `frames` (default: the preset's context_frames, else its frame_window) sharing `overlap` frames with the next
+    (default: a quarter of them)."""
+
+    frames: int | None = None
+    overlap: int | None = None
+
+
+@attrs.frozen
 class ModelChoice:
     """A registry name for one role; `guidance`, `steps` and `sampler` override the registry preset when given,
     `sampler_params` the sampler's own defaults (DDIM's eta, say). `upscale` resizes the latents when the role first
     runs; `source_size` runs the role at the source clip's size instead of the size the trajectory has reached (the
-    clean estimate is resized to it when the role takes over, and back when the next role does)."""
+    clean estimate is resized to it when the role takes over, and back when the next role does); `context` the
+    windows a motion model runs a long clip in."""
 
     name: str
     upscale: float = 1.0
@@ -56,6 +67,7 @@ class ModelChoice:
     steps: int | None = None
     sampler: str | None = None
     sampler_params: dict[str, float] = attrs.field(factory=dict)
+    context: ContextChoice = ContextChoice()
 
 
 @attrs.frozen
@@ -288,6 +300,12 @@ def check_spec(spec: Spec) -> list[str]:
         if choice.source_size and choice.upscale != 1.0:
             problems.append(f"$.models.{role}.source_size: a model at the source size cannot also upscale "
                             f"(upscale {choice.upscale}); drop one of the two")
+        frames, overlap = choice.context.frames, choice.context.overlap
+        if frames is not None and frames < 2:
+            problems.append(f"$.models.{role}.context.frames: {frames}; a window needs at least 2 frames")
+        if overlap is not None and (overlap < 0 or (frames is not None and overlap >= frames)):
+            problems.append(f"$.models.{role}.context.overlap: {overlap}; give 0 up to one less than the window's "
+                            f"frames")
         if choice.upscale_mode not in UPSCALE_MODES:
             problems.append(f"$.models.{role}.upscale_mode: {choice.upscale_mode!r}; use one of {', '.join(UPSCALE_MODES)}")
         if choice.guidance is not None and not (1 <= choice.guidance < math.inf):

@@ -193,6 +193,12 @@ def video_start(video):
     if not spec.using_attn or "idm" not in video.plan.models:
         return
     settings = spec.injection
+    windowed = sorted({op.model for op in video.plan.ops if getattr(op, "windows", 1) > 1} & set(settings.models))
+    if windowed:
+        frames = video.plan.models[windowed[0]].context.frames
+        raise PlanError(f"$.injection.models: {windowed} run this {video.plan.frames}-frame clip in context windows, "
+                        f"which the captured features do not follow; inject into idm only (injection.models: [idm]) "
+                        f"or set video.max_frames to {frames}")
     device = torch.device("cpu") if settings.cache_device == "cpu" else None
     injector = Injector(settings.features, FeatureCache(device, int(settings.max_cache_gib * GIB)))
     plan = capture_plan(spec, video.plan)

@@ -68,13 +68,18 @@ def test_devices_are_checked_before_loading(seed_config, zoo, capsys, device, na
     assert named in error_of(capsys)
 
 
-def test_frames_beyond_the_motion_modules_window_are_refused_at_plan_time(seed_config, zoo, tmp_path, capsys):
-    long_clip = video_io.write_video(tmp_path / "long.mp4", make_synthetic_clip(40, 32, 24), 8.0)
+def test_context_windows_beyond_the_motion_modules_window_are_refused_at_plan_time(seed_config, zoo, tmp_path, capsys):
     config = tmp_path / "long.yaml"
-    config.write_text(f"inputs: [{{video: {long_clip}, prompt: a ball}}]\nmodels: {{idm: {{name: EP}}, "
-                      f"vdm: {{name: lightningEP}}}}\nvideo: {{max_frames: null}}\n")
-    assert main(["plan", str(config), "--weights-dir", str(zoo)]) == 2
-    assert "40 frames, but lightningEP's motion module sees at most 32" in error_of(capsys)
+    config.write_text(f"inputs: [{{video: {seed_config().parent / 'x.mp4'}, prompt: a ball}}]\n"
+                      f"models: {{idm: {{name: EP, context: {{frames: 8}}}}, vdm: {{name: lightningEP, "
+                      f"context: {{frames: 40, overlap: 50}}}}}}\n")
+    assert main(["plan", str(config), "--weights-dir", str(zoo), "--allow-missing"]) == 2
+    error = error_of(capsys)
+    assert "$.models.vdm.context.overlap: 50; give 0 up to one less than the window's frames" in error
+    assert "$.models.idm.context: EP sees frames one by one, so it needs no context windows; drop it" in error
+    config.write_text(config.read_text().replace("overlap: 50", "overlap: 4"))
+    assert main(["plan", str(config), "--weights-dir", str(zoo), "--allow-missing"]) == 2
+    assert "$.models.vdm.context.frames: 40, but lightningEP's motion module sees at most 32 frames" in error_of(capsys)
 
 
 def test_an_input_too_small_to_crop_is_refused_before_loading(seed_config, tmp_path, zoo, capsys, no_loading):
