@@ -19,7 +19,8 @@ Phases:
 - restart: the compiled variant in this (new) process, whose first run reads the kernels the pipeline phase left in
   the compile cache; its first run against its warm one is what a new process pays.
 - batch: `run_job` over --clips mp4 files with the models loaded once (and compiled when --batch-compile): time to
-  first output and clips per hour, outputs written as a user's are.
+  first output and clips per hour, outputs written as a user's are; then one clip read, composed and written one
+  after the other, against which the batch's overlap of reading and writing with composing shows.
 """
 
 from __future__ import annotations
@@ -417,7 +418,37 @@ def batch(args, registry, weights, record) -> None:
            wall_s=round(wall, 1), first_output_s=round(done[0], 2), clips_per_hour=round(3600 * len(clips) / wall, 1),
            steady_clip_s=None if steady is None else round(steady, 2),
            steady_clips_per_hour=None if steady is None else round(3600 / steady, 1))
+    if with_files:
+        serial_parts(spec, registry, plugins, context, record)
     torch.backends.cudnn.benchmark = False
+
+
+def serial_parts(spec, registry, plugins, context, record, repeats: int = 3) -> None:
+    """One clip's reading, composing and writing, one after the other, with the models the batch loaded: what a clip
+    costs when nothing overlaps (the batch reads the next clip and writes the last while one composes)."""
+    from evs_framework.identity import weight_fingerprints
+    from evs_framework.runner import compose_clip, read_clip, video_identity, write_outputs
+
+    plan = make_plan(spec, registry, plugins)
+    backends = load_backends(plan, context)  # already loaded: the context keeps them
+    item = spec.inputs[0]
+    identity = video_identity(spec, item, weight_fingerprints(plan, context), context)
+    parts = {"read": [], "compose": [], "write": []}
+    for _ in range(repeats):
+        began = time.perf_counter()
+        clip = read_clip(spec, item)
+        read_at = time.perf_counter()
+        made = compose_clip(spec, plan, backends, context, item, clip, False)
+        _sync(context.device)
+        composed_at = time.perf_counter()
+        write_outputs(spec, context, item, "serial-timing", clip, made, identity, began)
+        written_at = time.perf_counter()
+        parts["read"].append(read_at - began)
+        parts["compose"].append(composed_at - read_at)
+        parts["write"].append(written_at - composed_at)
+    medians = {name: round(statistics.median(times), 3) for name, times in parts.items()}
+    record(event="batch_serial_parts", **{f"{name}_s": value for name, value in medians.items()},
+           serial_clip_s=round(sum(medians.values()), 3))
 
 
 def main() -> None:

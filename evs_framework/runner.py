@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import attrs
@@ -200,12 +201,14 @@ class Synthesis:
     unet_calls: dict[str, int]
     prepare_seconds: float  # the plugins' video_start
     report: dict  # the plugins' report (VideoRun.report)
+    seconds: float = 0.0  # encode, the plan's ops and decode
 
 
 def synthesize(spec: Spec, plan: Plan, backends: dict, context: LoadContext, frames: torch.Tensor, prompt: str,
                negative_prompt: str, seed: int, progress: bool = False, video: Path | None = None) -> Synthesis:
     """Frames (F, 3, H, W) in [-1, 1] through the plan: encode, the plan's ops with the video's own noise, decode.
     `video` is the input file, if any (for the plugins' plan_ready and the progress bar)."""
+    started = time.perf_counter()
     chunk, placement, catalogue = spec.output.decode_chunk, context.placement, context.plugins.catalogue
     label = video.name if video else ""
     encoder = backends[plan.source_model].codec
@@ -224,21 +227,27 @@ def synthesize(spec: Spec, plan: Plan, backends: dict, context: LoadContext, fra
         raise NumericalError(f"the VAE decoded NaN or infinite pixels for {label or 'the clip'}; "
                              f"decode in float32 (--vae-dtype float32)")
     return Synthesis(decoded, plan, records, {role: d.calls for role, d in denoisers.items()}, prepare_seconds,
-                     run.report)
+                     run.report, time.perf_counter() - started)
 
 
-def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, item: InputVideo, stem: str,
-                  progress: bool, identity: RunIdentity) -> VideoResult:
-    started = time.perf_counter()
-    clip = video_io.read_video(item.video, max_frames=spec.video.max_frames, stride=spec.video.stride, fit=spec.video.fit,
-                               size=spec.video.size)
+def read_clip(spec: Spec, item: InputVideo) -> video_io.Clip:
+    """The input video as the spec reads it (stride, frame cap, size, fit)."""
+    return video_io.read_video(item.video, max_frames=spec.video.max_frames, stride=spec.video.stride,
+                               fit=spec.video.fit, size=spec.video.size)
+
+
+def compose_clip(spec: Spec, plan: Plan, backends: dict, context: LoadContext, item: InputVideo, clip,
+                 progress: bool) -> Synthesis:
+    """One input's clip through the plan, with the video's prompts and its own seed."""
     negative_prompt = spec.negative_prompt if item.negative_prompt is None else item.negative_prompt
-    seed = video_seed(spec.seed, item)
-    made = synthesize(spec, plan, backends, context, clip.frames, item.prompt, negative_prompt, seed, progress,
-                      item.video)
-    plan = made.plan
-    frames, records, calls = made.frames, made.records, made.unet_calls
+    return synthesize(spec, plan, backends, context, clip.frames, item.prompt, negative_prompt,
+                      video_seed(spec.seed, item), progress, item.video)
 
+
+def write_outputs(spec: Spec, context: LoadContext, item: InputVideo, stem: str, clip, made: Synthesis,
+                  identity: RunIdentity, started: float) -> VideoResult:
+    """The video's mp4 (and side by side), then its sidecar, each atomically; `started` is when its reading began."""
+    plan, frames, records, calls = made.plan, made.frames, made.records, made.unet_calls
     folder = spec.output.dir
     output = video_io.write_video(folder / f"{stem}.mp4", frames, clip.fps)
     if spec.output.side_by_side:
@@ -252,7 +261,7 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
         "source": str(item.video),
         "prompt": item.prompt,
         "seed": spec.seed,
-        "video_seed": seed,  # what this video's noise was drawn with (identity.video_seed)
+        "video_seed": video_seed(spec.seed, item),  # what this video's noise was drawn with
         "composition": plan.composition,
         "models": {role: m.entry.name for role, m in plan.models.items()},
         "frames": int(frames.shape[0]),
@@ -260,7 +269,9 @@ def process_video(spec: Spec, plan: Plan, backends: dict, context: LoadContext, 
         "fps": clip.fps,
         "input_notes": list(clip.notes),
         "plan_notes": list(plan.notes),
-        "seconds": round(seconds, 3),
+        "seconds": round(seconds, 3),  # from reading the input to writing the outputs (the next video's reading and
+                                       # the previous one's writing overlap them)
+        "compose_seconds": round(made.seconds, 3),  # encode, the plan's ops, decode
         "unet_calls": calls,
         "unplanned_calls": unplanned,  # ops whose calls differ from the plan's count (a plugin's miscount)
         "prepare_seconds": round(made.prepare_seconds, 3),  # plugins' video_start (a feature capture pass, say)
@@ -335,37 +346,66 @@ def run_job(spec: Spec, plan: Plan, context: LoadContext, progress: bool = True,
 def _run_share(spec: Spec, plan: Plan, context: LoadContext, share: list, identity, overwrite: bool, process: int,
                progress_bar: JobProgress) -> tuple[list[tuple[int, VideoResult]], float]:
     """The videos of process `process` ((input index, item, stem) each): ([(input index, result)], seconds spent
-    loading). Its step bars show where the job's bar does."""
+    loading). Its step bars show where the job's bar does. While a video composes, the next one is read and the
+    previous one written, each on a thread of its own; at most one video waits to be written."""
     if not share:
         return [], 0.0
     plans = video_plans(spec, plan, context.registry, context.plugins, context)  # before any weight loads
     loading = time.perf_counter()
     backends = load_backends(plan, context)
     load_seconds = time.perf_counter() - loading
-    hook, results = context.plugins.hook, []
-    for index, item, stem in share:
-        claim = output_guard.claim_stem(spec.output.dir, stem)
-        # checked again under the lock: another process may have finished the video since the run began
-        if claim.busy_reason or (not overwrite and _already_done(spec, stem, identity(item))):
-            claim.release()
-            results.append((index, attrs.evolve(_skipped(spec, item, stem, claim.busy_reason), process=process)))
-            progress_bar.advance()
-            continue
-        own_plan = plans[item.settings]
-        own_spec = spec if item.settings is None else attrs.evolve(spec, settings=item.settings)
-        try:
-            result = process_video(own_spec, own_plan, backends, context, item, stem,
-                                   progress_bar.shown, identity(item))
-        except (EVSError, torch.OutOfMemoryError) as exc:
-            result = VideoResult(item.video, item.prompt, None, None, 0.0, error=str(exc))
-            log.error("video_failed", source=str(item.video), error=str(exc))
-        else:
-            log.info("video_done", source=str(item.video), output=str(result.output), seconds=round(result.seconds, 2),
-                     unet_calls=result.unet_calls)
-        finally:
-            claim.release()
+    results, writing = [], []  # writing: (input index, item, claim, future) of videos whose outputs are being written
+
+    def finish(index: int, item: InputVideo, claim, result: VideoResult) -> None:
+        claim.release()
         result = attrs.evolve(result, process=process)
-        hook.video_done(result=result)
+        if result.error:
+            log.error("video_failed", source=str(item.video), error=result.error)
+        else:
+            log.info("video_done", source=str(item.video), output=str(result.output),
+                     seconds=round(result.seconds, 2), unet_calls=result.unet_calls)
+        context.plugins.hook.video_done(result=result)
         results.append((index, result))
         progress_bar.advance()
+
+    def written(index, item, claim, future) -> None:
+        try:
+            result = future.result()
+        except EVSError as exc:
+            result = VideoResult(item.video, item.prompt, None, None, 0.0, error=str(exc))
+        finish(index, item, claim, result)
+
+    with ThreadPoolExecutor(1, "evs-read") as reader, ThreadPoolExecutor(1, "evs-write") as writer:
+        reads = [reader.submit(read_clip, spec, item) for _, item, _ in share[:1]]
+        try:
+            for position, (index, item, stem) in enumerate(share):
+                read = reads.pop()
+                if position + 1 < len(share):
+                    reads.append(reader.submit(read_clip, spec, share[position + 1][1]))
+                claim = output_guard.claim_stem(spec.output.dir, stem)
+                # checked again under the lock: another process may have finished the video since the run began
+                if claim.busy_reason or (not overwrite and _already_done(spec, stem, identity(item))):
+                    claim.release()
+                    results.append((index, attrs.evolve(_skipped(spec, item, stem, claim.busy_reason), process=process)))
+                    progress_bar.advance()
+                    continue
+                own_spec = spec if item.settings is None else attrs.evolve(spec, settings=item.settings)
+                started = time.perf_counter()
+                try:
+                    clip = read.result()
+                    made = compose_clip(own_spec, plans[item.settings], backends, context, item, clip, progress_bar.shown)
+                except (EVSError, torch.OutOfMemoryError) as exc:
+                    finish(index, item, claim, VideoResult(item.video, item.prompt, None, None, 0.0, error=str(exc)))
+                    continue
+                if writing:
+                    written(*writing.pop())
+                writing.append((index, item, claim, writer.submit(write_outputs, own_spec, context, item, stem, clip,
+                                                                  made, identity(item), started)))
+            while writing:
+                written(*writing.pop())
+        finally:
+            for _, _, claim, future in writing:  # interrupted: the write ends (or never starts), then its lock goes back
+                if not future.cancel():
+                    wait([future])
+                claim.release()
     return results, load_seconds

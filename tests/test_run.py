@@ -1,6 +1,8 @@
 """Running whole jobs on the tiny model zoo: outputs, sidecars, and failures that lose nothing."""
 
 import json
+import threading
+import time
 
 import attrs
 import imageio.v2 as imageio
@@ -13,7 +15,7 @@ from evs_framework.errors import EVSError, VideoError
 from evs_framework.io.vae import FrameCodec
 from evs_framework.planner import make_plan
 from evs_framework.runner import run_job
-from evs_framework.spec import load_spec
+from evs_framework.spec import InputVideo, load_spec
 from evs_plugins.animatediff import AnimateDiffBackend
 
 
@@ -70,20 +72,49 @@ def test_missing_and_corrupt_videos_are_refused_before_loading(seed_config, tmp_
     assert not context._shared  # no model was loaded
 
 
-def test_a_failing_video_does_not_lose_the_others(seed_config, tmp_path, plugins, registry, context, clip_file, monkeypatch):
+@pytest.mark.parametrize("stage", ["compose_clip", "write_outputs"])
+def test_a_failing_video_does_not_lose_the_others(seed_config, tmp_path, plugins, registry, context, clip_file,
+                                                  monkeypatch, stage):
     spec, plan = prepared(seed_config, tmp_path, plugins, registry, videos=[clip_file] * 3, prompts=["a", "b", "c"])
-    real = runner.process_video
+    real = getattr(runner, stage)
 
-    def fail_second(spec, plan, backends, context, item, *rest):
-        if item.prompt == "b":
+    def fail_second(*args):
+        if next(a for a in args if isinstance(a, InputVideo)).prompt == "b":
             raise EVSError("simulated failure")
-        return real(spec, plan, backends, context, item, *rest)
+        return real(*args)
 
-    monkeypatch.setattr(runner, "process_video", fail_second)
+    monkeypatch.setattr(runner, stage, fail_second)
     results = run_job(spec, plan, context, progress=False)
     assert [r.error for r in results] == [None, "simulated failure", None]
     assert results[0].output.is_file() and results[2].output.is_file()
     assert results[0].output != results[2].output  # same video twice gets distinct names
+    assert not list(spec.output.dir.glob(".*"))  # every lock given back, no partial file left
+
+
+def test_the_next_video_is_read_and_the_last_written_while_one_composes(seed_config, tmp_path, plugins, registry,
+                                                                       context, clip_file, monkeypatch):
+    spec, plan = prepared(seed_config, tmp_path, plugins, registry, videos=[clip_file] * 3, prompts=["a", "b", "c"])
+    events, lock = [], threading.Lock()
+
+    def recorded(name, function, slow=0.0):
+        def run(*args):
+            item = next(a for a in args if isinstance(a, InputVideo))
+            with lock:
+                events.append(f"{name} {item.prompt} starts")
+            time.sleep(slow)
+            result = function(*args)
+            with lock:
+                events.append(f"{name} {item.prompt} ends")
+            return result
+        return run
+
+    monkeypatch.setattr(runner, "read_clip", recorded("read", runner.read_clip))
+    monkeypatch.setattr(runner, "compose_clip", recorded("compose", runner.compose_clip, slow=0.5))
+    monkeypatch.setattr(runner, "write_outputs", recorded("write", runner.write_outputs))
+    assert [r.error for r in run_job(spec, plan, context, progress=False)] == [None] * 3
+    assert events.index("read b ends") < events.index("compose a ends")  # read ahead
+    assert events.index("write a starts") < events.index("compose b ends")  # written behind
+    assert events.index("write a ends") < events.index("write b starts")  # one write at a time
 
 
 def test_nan_latents_name_the_op_and_sigma(seed_config, tmp_path, plugins, registry, context, monkeypatch):

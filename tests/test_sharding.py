@@ -103,14 +103,14 @@ def test_a_lone_run_reports_what_it_wrote_skipped_and_failed(job, monkeypatch):
 
     spec, zoo = job
     path, out = spec("report")
-    real = runner.process_video
+    real = runner.compose_clip
 
     def failing_on_c03(spec_, plan, backends, context, item, *rest):
         if item.video.name == "c03.mp4":
             raise VideoError("c03 could not be decoded")
         return real(spec_, plan, backends, context, item, *rest)
 
-    monkeypatch.setattr(runner, "process_video", failing_on_c03)
+    monkeypatch.setattr(runner, "compose_clip", failing_on_c03)
     lines = [json.dumps({"video": f"clips/c{i:02d}.mp4", "prompt": f"ball {i}"}) for i in range(4)]
     path.write_text(path.read_text().replace('"list.jsonl"', '"four.jsonl"'))
     (path.parent / "four.jsonl").write_text("\n".join(lines[:2]))
