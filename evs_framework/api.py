@@ -9,6 +9,9 @@
 
 Settings overrides (`composer(frames, prompt, settings={"idm_inverse_strength": 0.5})`) re-plan without reloading
 a weight. The spec's inputs are not read (a mapping needs none): the frames given are the video.
+
+For files, as `evs run` does it: `job = prepare_job("job.yaml")`, then `runner.run_job(job.spec, job.plan,
+job.context)`. The CLI is these functions behind its flags.
 """
 
 from __future__ import annotations
@@ -21,23 +24,85 @@ import attrs
 import numpy as np
 import torch
 
-from evs_framework.errors import SpecError, VideoError
+from evs_framework.errors import EVSError, PlanError, SpecError, VideoError
 from evs_framework.identity import derived_seed
 from evs_framework.io.video_io import fit_frames
-from evs_framework.loading import LoadContext, WeightSettings, default_weight_folders
+from evs_framework.loading import DTYPES, LoadContext, WeightSettings, default_weight_folders
+from evs_framework.plan import Plan
 from evs_framework.plan_text import format_plan
-from evs_framework.planner import make_plan
+from evs_framework.planner import make_plan, video_plans
 from evs_framework.plugins import load_plugins
-from evs_framework.preflight import clip_problems
+from evs_framework.preflight import clip_problems, input_problems, parse_device, weight_problems
 from evs_framework.registry import load_registry
 from evs_framework.runner import load_backends, synthesize
-from evs_framework.spec import Spec, load_spec, overridden_settings, parse_spec, settings_problems
+from evs_framework.sharding import process_device_name
+from evs_framework.spec import (ParsedSpec, Spec, load_spec, overridden_settings, parse_spec, read_spec,
+                                settings_problems)
 
 
 @attrs.frozen
 class Result:
     frames: np.ndarray | torch.Tensor  # (T, H, W, 3), of the kind and value range given
     record: dict  # composition, plan (as `evs plan` prints it), seed, seconds, unet_calls, ops
+
+
+def load_context(plugins=None, registry=None, *, device: str | torch.device | None = None, dtype=None, vae_dtype=None,
+                 compile: tuple[str, ...] = (), weights_dirs=(), allow_pickle: bool = False,
+                 offload: bool = False) -> LoadContext:
+    """Where and how models load. `device` defaults to cuda when there is one (in a launched job, this process's
+    GPU), else cpu; `dtype` and `vae_dtype` (torch dtypes or their names) to float16 on a GPU, float32 elsewhere;
+    `weights_dirs` are searched before $EVS_WEIGHTS_DIR and ./pretrained_models."""
+    plugins = plugins or load_plugins()
+    registry = registry or load_registry([], plugins)
+    if not isinstance(device, torch.device):
+        device = parse_device(process_device_name(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    half = torch.float16 if device.type == "cuda" else torch.float32
+    dtype, vae_dtype = (DTYPES[d] if isinstance(d, str) else d or half for d in (dtype, vae_dtype))
+    return LoadContext(plugins, registry, WeightSettings(default_weight_folders(list(weights_dirs))), device, dtype,
+                       vae_dtype, allow_pickle, offload, tuple(compile))
+
+
+@attrs.frozen
+class Job:
+    spec: Spec
+    plan: Plan
+    context: LoadContext
+    missing: tuple[str, ...]  # missing input videos and weight files (only when they were allowed)
+
+
+def prepare_job(spec: str | Path | ParsedSpec, *, plugins=None, registry=None, output_dir: Path | None = None,
+                allow_missing: bool = False, source: str | None = None, **context_options) -> Job:
+    """A spec file (or a parsed spec), its plan and the machine checked in one round, before any weight loads: every
+    problem in one SpecError named after `source` (default: the file). `context_options` are load_context's."""
+    plugins = plugins or load_plugins()
+    registry = registry or load_registry([], plugins)
+    parsed = spec if isinstance(spec, ParsedSpec) else read_spec(Path(spec))
+    source = source or str(spec)
+    spec = parsed.spec
+    if output_dir:
+        spec = attrs.evolve(spec, output=attrs.evolve(spec.output, dir=Path(output_dir).resolve()))
+    problems = list(parsed.problems)
+    try:
+        context = load_context(plugins, registry, **context_options)
+    except EVSError as exc:
+        problems.append(str(exc))
+        context = load_context(plugins, registry, **{**context_options, "device": "cpu"})  # weights are looked for
+    plan = None
+    try:
+        plan = make_plan(spec, registry, plugins, context, parsed.broken_roles)
+        video_plans(spec, plan, registry, plugins, context)
+    except PlanError as exc:
+        problems += exc.problems
+    except EVSError as exc:
+        problems.append(str(exc))
+    entries = [m.entry for m in plan.models.values()] if plan else \
+        [registry.entries[c.name] for c in spec.models.values() if c.name in registry.entries]
+    missing = input_problems(spec, plan) + weight_problems(entries, context)
+    if missing and not allow_missing:
+        problems += missing
+    if problems:
+        raise SpecError(problems, source)
+    return Job(spec, plan, context, tuple(missing))
 
 
 class Composer:
@@ -52,11 +117,8 @@ class Composer:
         self.spec = spec if isinstance(spec, Spec) else load_spec(spec)
         self.plugins = load_plugins()
         self.registry = load_registry(list(registry_files), self.plugins)
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        half = device.type == "cuda"
-        self.context = LoadContext(self.plugins, self.registry, WeightSettings(default_weight_folders(weights_dirs)),
-                                   device, dtype or (torch.float16 if half else torch.float32),
-                                   vae_dtype or (torch.float16 if half else torch.float32), compile=tuple(compile))
+        self.context = load_context(self.plugins, self.registry, device=device, dtype=dtype, vae_dtype=vae_dtype,
+                                    compile=compile, weights_dirs=weights_dirs)
         self.plan = make_plan(self.spec, self.registry, self.plugins, self.context)
         self.backends = load_backends(self.plan, self.context)
 

@@ -11,10 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-import attrs
 import structlog
 
-from evs_framework.errors import EVSError, PlanError, SpecError
+from evs_framework.errors import EVSError
 from evs_framework.logs import configure_logging
 from evs_framework.plugins import describe, load_plugins
 from evs_framework.registry import load_registry
@@ -156,71 +155,32 @@ def _handed_over(args) -> list[str]:
     return kept
 
 
-def _context(args, plugins, registry, extra_folders=(), device=None):
-    """The LoadContext the arguments describe; `device`, when given, replaces --device (already checked)."""
+def _context_options(args) -> dict:
+    """api.load_context's options as the flags give them; sets torch's thread count (`--threads`)."""
     import torch
 
     from evs_framework.acceleration import parse_compile_parts
-    from evs_framework.loading import DTYPES, LoadContext, WeightSettings, default_weight_folders
-    from evs_framework.preflight import parse_device
-    from evs_framework.sharding import process_device_name
 
     if args.threads is not None and args.threads < 1:
         raise EVSError(f"--threads {args.threads}: give at least 1")
     torch.set_num_threads(_threads(args))
-    device = device or parse_device(process_device_name(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
-    vae_dtype = DTYPES[args.vae_dtype] if args.vae_dtype else (torch.float16 if device.type == "cuda" else torch.float32)
-    folders = default_weight_folders([*extra_folders, *args.weights_dir])
-    return LoadContext(plugins, registry, WeightSettings(folders), device, dtype, vae_dtype, args.allow_pickle,
-                       args.offload, parse_compile_parts(args.compile))
+    return {"device": args.device, "dtype": args.dtype, "vae_dtype": args.vae_dtype, "weights_dirs": args.weights_dir,
+            "allow_pickle": args.allow_pickle, "offload": args.offload, "compile": parse_compile_parts(args.compile)}
 
 
-@attrs.frozen
-class Job:
-    spec: object  # Spec
-    plan: object  # Plan
-    context: object  # LoadContext
-    missing: tuple[str, ...]  # missing input videos and weight files (only when they were allowed)
+def _context(args, plugins, registry):
+    from evs_framework.api import load_context
+
+    return load_context(plugins, registry, **_context_options(args))
 
 
-def prepare_job(args, plugins, registry, parsed=None, source: str | None = None, allow_missing: bool = False,
-                extra_folders=()) -> Job:
-    """Spec (`args.config` unless `parsed` is given), plan and machine checked in one round: every problem is in
-    one error, before any weight loads."""
-    import torch
+def prepare_job(args, plugins, registry, parsed=None, source: str | None = None, allow_missing: bool = False):
+    """api.prepare_job for `args.config` (or `parsed`) with the flags' options."""
+    from evs_framework.api import prepare_job as prepare
 
-    from evs_framework.planner import make_plan, video_plans
-    from evs_framework.preflight import input_problems, weight_problems
-    from evs_framework.spec import read_spec
-
-    parsed = parsed or read_spec(args.config)
-    spec = parsed.spec
-    if getattr(args, "output_dir", None):
-        spec = attrs.evolve(spec, output=attrs.evolve(spec.output, dir=args.output_dir.resolve()))
-    problems = list(parsed.problems)
-    try:
-        context = _context(args, plugins, registry, extra_folders)
-    except EVSError as exc:
-        problems.append(str(exc))
-        # weights are looked for all the same
-        context = _context(args, plugins, registry, extra_folders, device=torch.device("cpu"))
-    plan = None
-    try:
-        plan = make_plan(spec, registry, plugins, context, parsed.broken_roles)
-        video_plans(spec, plan, registry, plugins, context)
-    except PlanError as exc:
-        problems += exc.problems
-    except EVSError as exc:
-        problems.append(str(exc))
-    entries = [m.entry for m in plan.models.values()] if plan else \
-        [registry.entries[c.name] for c in spec.models.values() if c.name in registry.entries]
-    missing = input_problems(spec, plan) + weight_problems(entries, context)
-    if missing and not allow_missing:
-        problems += missing
-    if problems:
-        raise SpecError(problems, source or str(args.config))
-    return Job(spec, plan, context, tuple(missing))
+    return prepare(parsed or args.config, plugins=plugins, registry=registry, allow_missing=allow_missing,
+                   output_dir=getattr(args, "output_dir", None), source=source or str(args.config),
+                   **_context_options(args))
 
 
 def _report(results, started: float) -> int:
