@@ -397,6 +397,9 @@ def _run_share(spec: Spec, plan: Plan, context: LoadContext, share: list, identi
                 except (EVSError, torch.OutOfMemoryError) as exc:
                     finish(index, item, claim, VideoResult(item.video, item.prompt, None, None, 0.0, error=str(exc)))
                     continue
+                except BaseException:  # interrupted while composing: the lock goes back
+                    claim.release()
+                    raise
                 if writing:
                     written(*writing.pop())
                 writing.append((index, item, claim, writer.submit(write_outputs, own_spec, context, item, stem, clip,

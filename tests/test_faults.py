@@ -214,8 +214,8 @@ def test_files_a_sigkilled_writer_leaves_are_cleaned_by_the_next_run(seed_config
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
 def test_a_stopped_run_says_so_in_one_line_and_leaves_no_partial_files(seed_config, zoo, tmp_path, stop):
-    # 32 frames: long enough that a loaded machine does not finish the video before the signal comes
-    clip = write_video(tmp_path / "long.mp4", make_synthetic_clip(32, 64, 48), 8.0)
+    # 96x72: long enough that a loaded machine does not finish the video before a signal that is not lost comes
+    clip = write_video(tmp_path / "long.mp4", make_synthetic_clip(16, 96, 72), 8.0)
     folder = tmp_path / "out"
     command = [sys.executable, "-m", "evs_framework.cli", "run", str(seed_config(videos=(clip,))), "--weights-dir",
                str(zoo), "--output-dir", str(folder), "-q"]
@@ -225,10 +225,10 @@ def test_a_stopped_run_says_so_in_one_line_and_leaves_no_partial_files(seed_conf
         time.sleep(0.5)
         # a signal that lands while Python forks ffmpeg (imageio's preexec_fn makes subprocess run the at-fork hooks)
         # is lost in CPython; a user presses Ctrl-C again, and so does this test
-        for _ in range(5):
+        for _ in range(10):
             run.send_signal(stop)
             try:
-                out, err = run.communicate(timeout=5)
+                out, err = run.communicate(timeout=2)
                 break
             except subprocess.TimeoutExpired:
                 continue
