@@ -269,8 +269,7 @@ def write_outputs(spec: Spec, context: LoadContext, item: InputVideo, stem: str,
         "fps": clip.fps,
         "input_notes": list(clip.notes),
         "plan_notes": list(plan.notes),
-        "seconds": round(seconds, 3),  # from reading the input to writing the outputs (the next video's reading and
-                                       # the previous one's writing overlap them)
+        "seconds": round(seconds, 3),  # from taking the clip up (read ahead, or waited for) to its outputs written
         "compose_seconds": round(made.seconds, 3),  # encode, the plan's ops, decode
         "unet_calls": calls,
         "unplanned_calls": unplanned,  # ops whose calls differ from the plan's count (a plugin's miscount)

@@ -7,6 +7,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -70,6 +71,16 @@ def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.02)
     return result
+
+
+def wait_until(condition, seconds: float) -> bool:
+    """Whether `condition` holds within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def hidden_files(folder: Path) -> list[str]:
@@ -219,21 +230,23 @@ def test_a_stopped_run_says_so_in_one_line_and_leaves_no_partial_files(seed_conf
     folder = tmp_path / "out"
     command = [sys.executable, "-m", "evs_framework.cli", "run", str(seed_config(videos=(clip,))), "--weights-dir",
                str(zoo), "--output-dir", str(folder), "-q"]
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = []
+    threading.Thread(target=lambda: lines.extend(run.stderr), daemon=True).start()
     try:
         wait_for(lambda: folder.is_dir() and any(folder.glob(".*.lock")), what="the run to start its video")
         time.sleep(0.5)
         # a signal that lands while Python forks ffmpeg (imageio's preexec_fn makes subprocess run the at-fork hooks)
-        # is lost in CPython; a user presses Ctrl-C again, and so does this test
+        # is lost in CPython; a user presses Ctrl-C again, and so does this test, until the run says it stops (its
+        # interpreter may then take seconds to free the models, and a signal then would kill it)
         for _ in range(10):
             run.send_signal(stop)
-            try:
-                out, err = run.communicate(timeout=2)
+            if wait_until(lambda: INTERRUPTED + "\n" in lines or run.poll() is not None, seconds=3):
                 break
-            except subprocess.TimeoutExpired:
-                continue
+        run.wait(timeout=60)
     finally:
         run.kill()
+    err = "".join(lines)
     assert run.returncode == 130, err
     assert err.strip().splitlines()[-1] == INTERRUPTED
     assert "Traceback" not in err and err.count(INTERRUPTED) == 1
