@@ -230,7 +230,9 @@ def test_a_stopped_run_says_so_in_one_line_and_leaves_no_partial_files(seed_conf
     folder = tmp_path / "out"
     command = [sys.executable, "-m", "evs_framework.cli", "run", str(seed_config(videos=(clip,))), "--weights-dir",
                str(zoo), "--output-dir", str(folder), "-q"]
-    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # a shell that starts the tests in the background hands SIGINT down ignored; a user's terminal does not
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     threading.Thread(target=lambda: lines.extend(run.stderr), daemon=True).start()
     try:
