@@ -1,7 +1,7 @@
 """Do context windows leave seams? The toy world's answer on clips four times longer than toyV's 16-frame context.
 
 Held-out toy clips of 64 frames are degraded (flicker, jitter, blur) and repaired with the VDM composition (toyV,
-strength 0.5), its windows blended (the default: 16 frames, overlap 4; or 32 frames, overlap 8) or cut apart
+strength 0.5), its windows blended (the default: 16 frames, overlap 4; overlap 8; or 32 frames, overlap 8) or cut apart
 (overlap 0, as the measure's own check). Per transition t -> t+1, the temporal error is how far the output's
 frame-to-frame change is from the ground truth's; a seam is a transition where a window begins or ends. Reported per
 variant: the mean seam error over the mean error inside windows (1 means no seam), the whole clip's temporal error
@@ -27,6 +27,7 @@ from evs_framework.toyworld.world import degrade, render, sample_spec
 
 FRAMES = 64
 VARIANTS = {"windows of 16, overlap 4 (default)": {"frames": 16, "overlap": 4},
+            "windows of 16, overlap 8": {"frames": 16, "overlap": 8},
             "windows of 32, overlap 8": {"frames": 32, "overlap": 8},
             "windows of 16, cut apart (overlap 0)": {"frames": 16, "overlap": 0}}
 
