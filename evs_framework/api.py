@@ -68,6 +68,7 @@ class Job:
     plan: Plan
     context: LoadContext
     missing: tuple[str, ...]  # missing input videos and weight files (only when they were allowed)
+    plans: dict = attrs.Factory(dict)  # the plan each video runs, by its settings (planner.video_plans)
 
 
 def prepare_job(spec: str | Path | ParsedSpec, *, plugins=None, registry=None, output_dir: Path | None = None,
@@ -87,10 +88,10 @@ def prepare_job(spec: str | Path | ParsedSpec, *, plugins=None, registry=None, o
     except EVSError as exc:
         problems.append(str(exc))
         context = load_context(plugins, registry, **{**context_options, "device": "cpu"})  # weights are looked for
-    plan = None
+    plan, plans = None, {}
     try:
         plan = make_plan(spec, registry, plugins, context, parsed.broken_roles)
-        video_plans(spec, plan, registry, plugins, context)
+        plans = video_plans(spec, plan, registry, plugins, context)
     except PlanError as exc:
         problems += exc.problems
     except EVSError as exc:
@@ -102,7 +103,7 @@ def prepare_job(spec: str | Path | ParsedSpec, *, plugins=None, registry=None, o
         problems += missing
     if problems:
         raise SpecError(problems, source)
-    return Job(spec, plan, context, tuple(missing))
+    return Job(spec, plan, context, tuple(missing), plans)
 
 
 class Composer:

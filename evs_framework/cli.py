@@ -201,19 +201,17 @@ def _report(results, started: float) -> int:
 def cmd_plan(args, plugins, registry) -> int:
     from evs_framework.context_windows import framed
     from evs_framework.plan_text import format_plan
-    from evs_framework.planner import video_plans
     from evs_framework.preflight import input_lengths
 
     job = prepare_job(args, plugins, registry, allow_missing=args.allow_missing)
     print(format_plan(job.plan, str(args.config)))
-    plans = video_plans(job.spec, job.plan, registry, plugins, job.context)
-    own = {settings: plan for settings, plan in plans.items() if settings is not None}
+    own = {settings: plan for settings, plan in job.plans.items() if settings is not None}
     for settings, plan in own.items():  # videos whose manifest row changes their settings run plans of their own
         names = ", ".join(item.video.name for item in job.spec.inputs if item.settings == settings)
         print(f"\nvideos with their own settings ({names}):\n{format_plan(plan)}")
     windowed = {}  # videos longer than a motion model's context: their calls counted for their length
     for item, frames in input_lengths(job.spec).items():
-        plan = framed(plans[item.settings], frames)
+        plan = framed(job.plans[item.settings], frames)
         if plan.frames:
             windowed.setdefault((item.settings, frames), (plan, []))[1].append(item.video.name)
     for plan, names in windowed.values():

@@ -39,9 +39,9 @@ class Context:
         return len(self.starts(total))
 
 
-def frame_weights(length: int) -> torch.Tensor:
+def frame_weights(length: int, device=None) -> torch.Tensor:
     """A window's blending weight per frame: 1, 2, ... up to the middle and back down; never zero."""
-    position = torch.arange(length, dtype=torch.float32)
+    position = torch.arange(length, dtype=torch.float32, device=device)
     return torch.minimum(position + 1, length - position)
 
 
@@ -54,13 +54,14 @@ def blended(context: Context, x: torch.Tensor, predict) -> tuple[torch.Tensor, t
         return predict(x)
     x0, eps = torch.zeros_like(x), torch.zeros_like(x)
     weight_sum = torch.zeros(total, device=x.device, dtype=torch.float32)
-    weights = frame_weights(context.frames).to(x.device)
+    weights = frame_weights(context.frames, x.device)  # made on the device: no host copy in the sampling loop
     shape = (-1,) + (1,) * (x.dim() - 1)
+    latent_weights = weights.view(shape).to(x.dtype)
     for start in starts:
         frames = slice(start, start + context.frames)
         window_x0, window_eps = predict(x[frames])
-        x0[frames] += weights.view(shape).to(x.dtype) * window_x0
-        eps[frames] += weights.view(shape).to(x.dtype) * window_eps
+        x0[frames] += latent_weights * window_x0
+        eps[frames] += latent_weights * window_eps
         weight_sum[frames] += weights
     norm = weight_sum.view(shape).to(x.dtype)
     return x0 / norm, eps / norm

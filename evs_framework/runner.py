@@ -246,7 +246,8 @@ def compose_clip(spec: Spec, plan: Plan, backends: dict, context: LoadContext, i
 
 def write_outputs(spec: Spec, context: LoadContext, item: InputVideo, stem: str, clip, made: Synthesis,
                   identity: RunIdentity, started: float) -> VideoResult:
-    """The video's mp4 (and side by side), then its sidecar, each atomically; `started` is when its reading began."""
+    """The video's mp4 (and side by side), then its sidecar, each atomically; `started` is when the video was taken up
+    (its clip read ahead, or waited for)."""
     plan, frames, records, calls = made.plan, made.frames, made.records, made.unet_calls
     folder = spec.output.dir
     output = video_io.write_video(folder / f"{stem}.mp4", frames, clip.fps)
