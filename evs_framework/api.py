@@ -30,7 +30,7 @@ from evs_framework.io.video_io import fit_frames
 from evs_framework.loading import DTYPES, LoadContext, WeightSettings, default_weight_folders
 from evs_framework.plan import Plan
 from evs_framework.plan_text import format_plan
-from evs_framework.planner import make_plan, video_plans
+from evs_framework.planner import make_plan, model_problems, video_plans
 from evs_framework.plugins import load_plugins
 from evs_framework.preflight import clip_problems, input_problems, parse_device, weight_problems
 from evs_framework.registry import load_registry
@@ -62,6 +62,10 @@ def load_context(plugins=None, registry=None, *, device: str | torch.device | No
                        vae_dtype, allow_pickle, offload, tuple(compile))
 
 
+# the parts of a spec that planning the stages reads; a problem in one of them leaves the stages unplanned
+STAGE_SECTIONS = frozenset({"settings", "composition", "plugin_settings"})
+
+
 @attrs.frozen
 class Job:
     spec: Spec
@@ -88,22 +92,32 @@ def prepare_job(spec: str | Path | ParsedSpec, *, plugins=None, registry=None, o
     except EVSError as exc:
         problems.append(str(exc))
         context = load_context(plugins, registry, **{**context_options, "device": "cpu"})  # weights are looked for
-    plan, plans = None, {}
+    plan, plans, tainted = None, {}, parsed.tainted
     try:
-        plan = make_plan(spec, registry, plugins, context, parsed.broken_roles)
-        plans = video_plans(spec, plan, registry, plugins, context)
+        if tainted & STAGE_SECTIONS:  # the stages would compute with a bad value: only the models are checked
+            problems += model_problems(spec, registry, plugins, parsed.unplannable_roles)
+        else:
+            plan = make_plan(spec, registry, plugins, context, parsed.unplannable_roles, extras=not problems)
+            plans = video_plans(_without_bad_settings(spec, tainted), plan, registry, plugins, context)
     except PlanError as exc:
         problems += exc.problems
     except EVSError as exc:
         problems.append(str(exc))
     entries = [m.entry for m in plan.models.values()] if plan else \
         [registry.entries[c.name] for c in spec.models.values() if c.name in registry.entries]
-    missing = input_problems(spec, plan) + weight_problems(entries, context)
+    missing = input_problems(spec, plan, sized="video" not in tainted) + weight_problems(entries, context)
     if missing and not allow_missing:
         problems += missing
     if problems:
         raise SpecError(problems, source)
     return Job(spec, plan, context, tuple(missing), plans)
+
+
+def _without_bad_settings(spec: Spec, tainted: frozenset[str]) -> Spec:
+    """`spec` without the own settings of the inputs that had a problem (they are reported, not planned)."""
+    inputs = tuple(attrs.evolve(item, settings=None) if f"inputs[{i}]" in tainted else item
+                   for i, item in enumerate(spec.inputs))
+    return attrs.evolve(spec, inputs=inputs)
 
 
 class Composer:

@@ -38,6 +38,12 @@ def resolve_composition(spec: Spec, catalogue: Catalogue) -> Composition:
     return composition
 
 
+def setting_path(reference: str) -> str:
+    """Where a composition's `$name` reference is set in a spec: `$.settings.name`, `$.plugin_settings.ns.name`."""
+    name = reference.removeprefix("$")
+    return f"$.plugin_settings.{name}" if "." in name else f"$.settings.{name}"
+
+
 class _Planner:
     """Walks the stages once, collecting ops and every problem found."""
 
@@ -246,9 +252,15 @@ class _Planner:
             self.notes.append(f"{where}: skipped: {model.entry.name} has no level at or below sigma {self.sigma:.4g}")
             return
         if first == total:
-            self.problem(f"{where}: start {start!r} leaves none of the model's {total} steps to run; "
-                         + (f"raise it to at least {1 / total:.3g}" if isinstance(start, (int, float))
-                            else "the model has already run to its end"))
+            if isinstance(start, (int, float)):
+                fix = f"raise it to at least {1 / total:.3g}"
+            elif start == "resume" and self.used_windows:
+                fix = (f"the model has already run to its end: $.settings.stable_steps[{self.used_windows - 1}]="
+                       f"{self.spec.settings.stable_steps[self.used_windows - 1]} leaves it no step after the window; "
+                       f"give at least 1")
+            else:
+                fix = "the model has already run to its end"
+            self.problem(f"{where}: start {start!r} leaves none of the model's {total} steps to run; {fix}")
             return
 
         windows = self.spec.settings.stable_steps
@@ -261,7 +273,7 @@ class _Planner:
             if fit and stop > total:
                 stop = total
             if stop <= first or stop > total:
-                asked = f"{stage.steps}={steps}" if isinstance(stage.steps, str) else str(steps)
+                asked = f"{setting_path(stage.steps)}={steps}" if isinstance(stage.steps, str) else str(steps)
                 self.problem(f"{where}: {asked} steps, but only {total - first} of the model's {total} "
                              f"steps remain from level {first} (t={schedule.timesteps[first]}); lower it or raise the strength")
                 return
@@ -271,11 +283,11 @@ class _Planner:
             stop = total - windows[k]
             if stop <= first:
                 if start == "resume":
-                    self.problem(f"{where}: windows overlap: stable_steps[{k}]={windows[k]} leaves no step after the "
-                                 f"previous window (stable_steps[{k - 1}]={windows[k - 1]}); list stable_steps in strictly "
+                    self.problem(f"{where}: windows overlap: $.settings.stable_steps[{k}]={windows[k]} leaves no step "
+                                 f"after the previous window (stable_steps[{k - 1}]={windows[k - 1]}); list stable_steps in strictly "
                                  f"decreasing order")
                 else:
-                    self.problem(f"{where}: stable_steps[{k}]={windows[k]} must be smaller than the {total - first} "
+                    self.problem(f"{where}: $.settings.stable_steps[{k}]={windows[k]} must be smaller than the {total - first} "
                                  f"steps the model runs ({total} steps x strength {start}); lower it")
                 return
         else:
@@ -503,14 +515,30 @@ def _same_kind(value, default) -> bool:
     return isinstance(value, type(default))
 
 
-def make_plan(spec: Spec, registry: Registry, plugins: Plugins, context=None, broken_roles=frozenset()) -> Plan:
+def make_plan(spec: Spec, registry: Registry, plugins: Plugins, context=None, broken_roles=frozenset(),
+              extras: bool = True) -> Plan:
     """The checked plan of `spec`, with what plugins add to it (`context`, a LoadContext, lets them read configs).
 
-    `broken_roles` are roles whose model key the spec could not read (already reported): they are not planned.
+    `broken_roles` are roles whose model the spec could not name (already reported): they are not planned, and the
+    plan, missing their stages, gets no extras. `extras=False` leaves the plugins' extras out (for a spec with
+    problems, whose values they would compute with).
     """
-    plan = _Planner(spec, registry, plugins.catalogue, broken_roles).plan(resolve_composition(spec, plugins.catalogue))
-    extras = [extra for extra in plugins.hook.plan_extras(spec=spec, plan=plan, context=context) if extra is not None]
-    return attrs.evolve(plan, extras=tuple(extras))
+    planner = _Planner(spec, registry, plugins.catalogue, broken_roles)
+    plan = planner.plan(resolve_composition(spec, plugins.catalogue))
+    if not extras or planner.failed:
+        return plan
+    found = [extra for extra in plugins.hook.plan_extras(spec=spec, plan=plan, context=context) if extra is not None]
+    return attrs.evolve(plan, extras=tuple(found))
+
+
+def model_problems(spec: Spec, registry: Registry, plugins: Plugins, broken_roles=frozenset()) -> list[str]:
+    """The problems of each role's model on its own (registry name, type, backend, sampler, steps), for a spec whose
+    stages cannot be planned because a setting they read is bad."""
+    planner = _Planner(spec, registry, plugins.catalogue, broken_roles)
+    for role in spec.models:
+        if role in ROLE_TYPES:
+            planner.model(role, f"$.models.{role}")
+    return planner.problems
 
 
 def video_plans(spec: Spec, plan: Plan, registry: Registry, plugins: Plugins, context=None) -> dict:

@@ -59,15 +59,18 @@ def input_lengths(spec: Spec) -> dict:
     return lengths
 
 
-def input_problems(spec: Spec, plan: Plan | None) -> list[str]:
+def input_problems(spec: Spec, plan: Plan | None, sized: bool = True) -> list[str]:
     """Each input video exists and decodes, leaves a picture after fitting, and has the frame count and size every
-    model's latent space takes."""
+    model's latent space takes. `sized=False` (the spec's video options had a problem) checks only that each
+    decodes."""
     problems = []
     for item in spec.inputs:
         try:
             info = video_io.probe_video(item.video)
         except VideoError as exc:
             problems.append(str(exc))
+            continue
+        if not sized:
             continue
         frames, height, width = working_size(spec, info)
         if min(height, width) < MULTIPLE:

@@ -179,14 +179,49 @@ def parse_idm_type(idm_type: str) -> ModelChoice:
 SEED_ROLE_KEYS = {"idm": "idm_type", "vdm": "vdm_type"}
 
 
+# where the original config's keys live in a Spec
+SEED_SECTIONS = {"mp4_files": "inputs", "prompts": "inputs", "idm_type": "models.idm", "vdm_type": "models.vdm",
+                 "pipeline_mode": "composition", **{name: "settings" for name in attrs.fields_dict(Settings)}}
+_PROBLEM_PLACE = re.compile(r"^\$\.(?P<key>\w+)(?:\.(?P<sub>\w+)|\[(?P<index>\d+)\])?")
+
+
+def problem_section(problem: str) -> str:
+    """The part of a Spec a problem was found in, from its path: `settings`, `models.idm`, `inputs[2]`, `video`...
+    A problem without a `$.key` path is about which videos there are (a manifest's line, videos against prompts)."""
+    match = _PROBLEM_PLACE.match(problem)
+    if match is None:
+        return "inputs"
+    key = SEED_SECTIONS.get(match["key"], match["key"])
+    if key == "models" and match["sub"]:
+        return f"models.{match['sub']}"
+    if key == "inputs" and match["index"]:
+        return f"inputs[{match['index']}]"
+    return key
+
+
 @attrs.frozen
 class ParsedSpec:
     """A spec read as far as it could be, every problem found on the way, and the model roles whose key could not
-    be read (the planner leaves those alone instead of reporting them a second time)."""
+    be read (the planner leaves those alone instead of reporting them a second time).
+
+    A value found bad is kept out of every later computation: `tainted` names the parts of the spec that had a
+    problem, and the preparation (api.prepare_job) skips whatever reads them."""
 
     spec: Spec
     problems: tuple[str, ...]
     broken_roles: frozenset[str] = frozenset()
+
+    @property
+    def tainted(self) -> frozenset[str]:
+        return frozenset(problem_section(p) for p in self.problems)
+
+    @property
+    def unplannable_roles(self) -> frozenset[str]:
+        """Roles whose model cannot be planned: unreadable, or with a bad value (`models` as a whole: every role)."""
+        tainted = self.tainted
+        if "models" in tainted:
+            return frozenset(ROLES) | frozenset(self.spec.models)
+        return self.broken_roles | {section.split(".", 1)[1] for section in tainted if section.startswith("models.")}
 
 
 def _seed_spec(data: dict) -> ParsedSpec:

@@ -167,9 +167,9 @@ def plan_extras(spec, plan, context):
                         f"using_attn off")
     captured = capture_plan(spec, plan)
     if not captured.inject_at:
-        chooser = f"steps {list(spec.injection.steps)}" if spec.injection.steps is not None else \
-            f"window {list(spec.injection.window)}"
-        raise PlanError(f"$.injection: {chooser} selects none of the denoising steps of {', '.join(spec.injection.models)}; "
+        chooser = f"steps: {list(spec.injection.steps)}" if spec.injection.steps is not None else \
+            f"window: {list(spec.injection.window)}"
+        raise PlanError(f"$.injection.{chooser} selects none of the denoising steps of {', '.join(spec.injection.models)}; "
                         f"widen it, or turn using_attn off")
     calls = (len(captured.inversion_levels) - 1) * calls_per_evaluation(plan.inversion_guidance)
     settings = spec.injection

@@ -67,8 +67,8 @@ def test_attention_maps_work_too(source, plugins, registry, context):
 
 
 @pytest.mark.parametrize("injection, named", [({"layers": ["no.such.layer"]}, "match no self-attention layer"),
-                                              ({"window": [0.5, 0.5]}, "window [0.5, 0.5] selects none"),
-                                              ({"steps": [40]}, "steps [40] selects none")],
+                                              ({"window": [0.5, 0.5]}, "window: [0.5, 0.5] selects none"),
+                                              ({"steps": [40]}, "steps: [40] selects none")],
                          ids=["no_layers", "empty_window", "steps_beyond_the_run"])
 def test_injection_that_selects_nothing_is_refused(source, plugins, registry, context, injection, named):
     with pytest.raises(PlanError, match=re.escape(named)):
