@@ -28,6 +28,7 @@ from evs_framework.errors import EVSError, PlanError, SpecError, VideoError
 from evs_framework.identity import derived_seed
 from evs_framework.io.video_io import fit_frames
 from evs_framework.loading import DTYPES, LoadContext, WeightSettings, default_weight_folders
+from evs_framework.paths import resolved
 from evs_framework.plan import Plan
 from evs_framework.plan_text import format_plan
 from evs_framework.planner import make_plan, model_problems, video_plans
@@ -85,7 +86,7 @@ def prepare_job(spec: str | Path | ParsedSpec, *, plugins=None, registry=None, o
     source = source or str(spec)
     spec = parsed.spec
     if output_dir:
-        spec = attrs.evolve(spec, output=attrs.evolve(spec.output, dir=Path(output_dir).resolve()))
+        spec = attrs.evolve(spec, output=attrs.evolve(spec.output, dir=resolved(output_dir)))
     problems = list(parsed.problems)
     try:
         context = load_context(plugins, registry, **context_options)

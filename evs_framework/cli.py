@@ -15,6 +15,7 @@ import structlog
 
 from evs_framework.errors import EVSError
 from evs_framework.logs import configure_logging
+from evs_framework.paths import resolved
 from evs_framework.plugins import describe, load_plugins
 from evs_framework.registry import load_registry
 
@@ -249,7 +250,7 @@ def cmd_demo(args, plugins, registry) -> int:
     from evs_framework.demo import run_demo
 
     started = time.perf_counter()
-    out_dir = (args.output_dir or Path("outputs/demo")).resolve()
+    out_dir = resolved(args.output_dir or Path("outputs/demo"))
     shown = run_demo(out_dir, registry, plugins, _context(args, plugins, registry), progress=not args.quiet)
     print(f"input: {shown['input']} (a held-out toy-world clip, degraded)\nprompt: {shown['prompt']}\n\n"
           f"measured against the clean ground truth (one clip and seed; `evs toyworld eval` gives intervals):\n"
@@ -351,7 +352,7 @@ def cmd_toyworld(args, plugins, registry) -> int:
 
     context = _context(args, plugins, registry)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    out_dir = args.out.resolve()
+    out_dir = resolved(args.out)
     if args.toy_command == "edit":
         from evs_framework.toyworld import edits
 

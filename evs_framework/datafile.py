@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from evs_framework.errors import SpecError, short_repr
+from evs_framework.paths import unreadable_reason
 
 MAX_BYTES = 1 << 20
 MAX_DEPTH = 32
@@ -23,8 +24,9 @@ def read_data_file(path, what: str = "spec"):
     """The parsed JSON (a `.json` file) or YAML (anything else) in `path`, checked for size and depth."""
     path = Path(path)
     source = str(path)
-    if not path.is_file():
-        raise SpecError([f"{path}: no such file; check the path to the {what}"], source)
+    reason = unreadable_reason(path)
+    if reason:
+        raise SpecError([f"{path} {reason}; check the path to the {what}"], source)
     raw = path.read_bytes()
     if len(raw) > MAX_BYTES:
         raise SpecError([f"$: the file is {len(raw)} bytes; a {what} is at most {MAX_BYTES} bytes"], source)

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from evs_framework.errors import short_repr
+from evs_framework.paths import resolved, unreadable_reason
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".webm", ".avi", ".mkv", ".gif")
 MANIFEST_COLUMNS = ("video", "prompt", "seed", "negative_prompt", "settings")
@@ -61,7 +62,7 @@ def listed_videos(inputs: dict, source: str, folder: Path) -> tuple[list[dict], 
         base, relative = (Path(pattern.anchor), pattern.relative_to(pattern.anchor)) if pattern.is_absolute() else \
             (folder, pattern)
         videos = [p for p in base.glob(str(relative)) if p.is_file()]
-    videos = sorted(p.resolve() for p in videos if p.suffix.lower() in VIDEO_SUFFIXES)
+    videos = sorted(resolved(p) for p in videos if p.suffix.lower() in VIDEO_SUFFIXES)
     if not videos:
         problems.append(f"$.inputs.{source}: {where} holds no videos ({', '.join(VIDEO_SUFFIXES)})")
     extra = {"negative_prompt": inputs["negative_prompt"]} if "negative_prompt" in inputs else {}
@@ -71,8 +72,9 @@ def listed_videos(inputs: dict, source: str, folder: Path) -> tuple[list[dict], 
 def read_manifest(path: Path) -> tuple[list[dict], list[str], list[str]]:
     """The rows of a CSV or JSONL manifest as input mappings (videos resolved from the manifest's folder), every
     problem with its line, and each row's line."""
-    if not path.is_file():
-        return [], [f"$.inputs.manifest: {path} does not exist; give the path of a .csv or .jsonl manifest"], []
+    reason = unreadable_reason(path)
+    if reason:
+        return [], [f"$.inputs.manifest: {path} {reason}; give the path of a .csv or .jsonl manifest"], []
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
         return [], [f"$.inputs.manifest: {path.name} is neither .csv nor .jsonl; write the manifest in one of them"], []
@@ -138,7 +140,7 @@ def _manifest_row(values: dict, where: str, folder: Path) -> tuple[dict, list[st
     for key in REQUIRED_COLUMNS:
         if not isinstance(values.get(key), str) or not values[key].strip():
             problems.append(f"{where}: {key} {short_repr(values.get(key))}; give the {key} as text")
-    row = {"video": str((folder / str(values.get("video", ""))).resolve()), "prompt": values.get("prompt")}
+    row = {"video": str(resolved(folder / str(values.get("video", "")))), "prompt": values.get("prompt")}
     if "seed" in values:
         seed = _seed(values["seed"])
         if seed is None:

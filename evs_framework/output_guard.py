@@ -22,6 +22,7 @@ import attrs
 import structlog
 
 from evs_framework.errors import VideoError
+from evs_framework.paths import unreadable_reason
 
 log = structlog.get_logger(__name__)
 
@@ -166,6 +167,8 @@ def check_output_folder(folder: Path) -> None:
     any model loads."""
     if folder.exists() and not folder.is_dir():
         raise VideoError(f"the output folder {folder} is a file; {FOLDER_FIX}")
+    if folder.is_symlink() and not folder.exists():
+        raise VideoError(f"the output folder {folder} {unreadable_reason(folder)}; {FOLDER_FIX}")
     probe = folder / f".evs-write-check.{os.getpid()}.partial"
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ import structlog
 from evs_framework.convert import structure
 from evs_framework.datafile import read_data_file
 from evs_framework.errors import RegistryError, SpecError, did_you_mean
+from evs_framework.paths import unreadable_reason
 from evs_framework.schedules import BETA_SCHEDULES, SPACINGS, ModelSchedule, NoiseSchedule
 
 # registry.yaml and compositions/ sit at the repository's top level; the package reaches them through
@@ -149,8 +150,9 @@ class Registry:
 
 def _entries_of(file: Path, known_presets: dict[str, Preset]) -> tuple[dict[str, ModelEntry], dict[str, Preset]]:
     """The file's entries, and the presets it defines; a preset name may refer to one of an earlier file."""
-    if not file.is_file():
-        raise RegistryError(f"registry file {file} does not exist; check {REGISTRY_ENV} or --registry")
+    reason = unreadable_reason(file)
+    if reason:
+        raise RegistryError(f"registry file {file} {reason}; check {REGISTRY_ENV} or --registry")
     data = structure(read_data_file(file, "registry file"), RegistryFile, str(file))
     presets = {**known_presets, **data.presets}
     problems, entries = [], {}

@@ -18,6 +18,7 @@ from evs_framework.convert import CONVERTER, structure_fields
 from evs_framework.datafile import read_data_file
 from evs_framework.errors import SpecError, short_repr
 from evs_framework.inputs import expand_inputs
+from evs_framework.paths import resolved
 
 DEFAULT_NEGATIVE_PROMPT = "worst quality, low quality, blurry, distorted, deformed, watermark, text"
 FITS = ("crop", "pad")
@@ -384,12 +385,12 @@ def check_injection(settings: InjectionSettings, path: str = "$.injection") -> l
 def _resolve_paths(spec: Spec, folder: Path, stem: str | None) -> Spec:
     """Inputs and an explicit output folder are read from the spec's folder; without one, outputs go to
     ./outputs/<spec file name> (the current folder), so the task configs do not overwrite each other."""
-    inputs = tuple(attrs.evolve(i, video=(folder / i.video).resolve()) for i in spec.inputs)
+    inputs = tuple(attrs.evolve(i, video=resolved(folder / i.video)) for i in spec.inputs)
     if spec.output.dir is None:
         out_dir = Path.cwd() / "outputs" / stem if stem else Path.cwd() / "outputs"
     else:
         out_dir = folder / spec.output.dir
-    return attrs.evolve(spec, inputs=inputs, output=attrs.evolve(spec.output, dir=out_dir.resolve()))
+    return attrs.evolve(spec, inputs=inputs, output=attrs.evolve(spec.output, dir=resolved(out_dir)))
 
 
 def parse_spec(data, source: str = "spec", folder: Path | None = None, stem: str | None = None) -> ParsedSpec:
@@ -419,7 +420,7 @@ def spec_from_data(data, source: str = "spec", folder: Path | None = None, stem:
 def read_spec(path) -> ParsedSpec:
     """Read an original EVS JSON config or a native YAML/JSON spec, collecting its problems."""
     path = Path(path)
-    return parse_spec(read_data_file(path, "config"), str(path), path.parent.resolve(), path.stem)
+    return parse_spec(read_data_file(path, "config"), str(path), resolved(path.parent), path.stem)
 
 
 def load_spec(path) -> Spec:

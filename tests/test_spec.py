@@ -92,7 +92,7 @@ def test_inline_composition_shape_is_checked():
 
 
 def test_missing_or_malformed_file(tmp_path):
-    with pytest.raises(SpecError, match="no such file"):
+    with pytest.raises(SpecError, match="does not exist"):
         load_spec(tmp_path / "nope.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from evs_framework.errors import VideoError
+from evs_framework.paths import unreadable_reason
 
 log = structlog.get_logger(__name__)
 
@@ -80,8 +81,9 @@ def _unreadable(path: Path, reason: str) -> VideoError:
 
 def _existing(path) -> Path:
     path = Path(path)
-    if not path.is_file():
-        raise VideoError(f"video {path} does not exist; check the path in mp4_files/videos")
+    reason = unreadable_reason(path)
+    if reason:
+        raise VideoError(f"video {path} {reason}; check the path in mp4_files/videos")
     return path
 
 
