@@ -81,6 +81,26 @@ def weight_fingerprints(plan, context) -> dict[str, dict]:
     return dict(sorted(fingerprints.items()))
 
 
+def changed_parts(before: dict, now: dict, limit: int = 4) -> list[str]:
+    """What differs between two runs' identity parts, as `path: old -> new` (at most `limit`, then how many more)."""
+    changes = []
+
+    def walk(old, new, path: str) -> None:
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key in sorted(set(old) | set(new), key=str):
+                walk(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+        elif old != new:
+            changes.append(f"{path}: {_brief(old)} -> {_brief(new)}")
+
+    walk(before, json.loads(json.dumps(now, default=str)), "")  # as the sidecar holds them (lists, not tuples)
+    return changes[:limit] + ([f"{len(changes) - limit} more"] if len(changes) > limit else [])
+
+
+def _brief(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else f"{text[:30]}..."
+
+
 @attrs.frozen
 class RunIdentity:
     key: str

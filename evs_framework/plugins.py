@@ -22,6 +22,7 @@ import structlog
 
 from evs_framework import hookspecs
 from evs_framework.errors import PluginError, did_you_mean
+from evs_framework.failures import contained
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +89,7 @@ class Catalogue:
     qualified: dict[str, dict[str, Provided]] = attrs.field(factory=lambda: {s: {} for s in CATALOGUE_HOOKS})
     ambiguous: dict[str, dict[str, list[str]]] = attrs.field(factory=lambda: {s: {} for s in CATALOGUE_HOOKS})
     builtin: frozenset[str] = frozenset()  # names of the built-in plugins
+    modules: dict[str, str] = attrs.field(factory=dict)  # plugin name -> its module's name (where its code is)
 
     def add(self, section: str, name: str, value: object, plugin: str) -> None:
         expected = _section_types().get(section)
@@ -128,6 +130,11 @@ class Catalogue:
             raise PluginError(f"no plugin provides {section[:-1]} {name!r}{did_you_mean(name, entries)}; "
                               f"install the plugin that provides it (`evs plugins` lists what is loaded)")
         return entries[name].value
+
+    def provider(self, section: str, name: str) -> str | None:
+        """The plugin that provides `name` (bare or `plugin:name`) in `section`; None when none or several do."""
+        provided = self.qualified[section].get(name) or self.sections[section].get(name)
+        return provided.plugin if provided else None
 
     def has(self, section: str, name: str) -> bool:
         return name in self.sections[section] or name in self.qualified[section]
@@ -171,9 +178,22 @@ def _register_entry_points(manager: pluggy.PluginManager) -> None:
         manager.register(module, name=ep.name)
 
 
+def _contain_hooks(manager: pluggy.PluginManager) -> None:
+    """Each plugin's hook implementations raise a PluginError naming the plugin and the hook in place of an
+    exception of their own (wrappers, which pluggy drives as generators, are left as they are)."""
+    for name in dir(manager.hook):
+        caller = getattr(manager.hook, name)
+        if name.startswith("_") or not isinstance(caller, pluggy.HookCaller):
+            continue
+        for impl in caller.get_hookimpls():
+            if not (impl.hookwrapper or impl.wrapper):
+                impl.function = contained(impl.function, impl.plugin_name, name)
+
+
 def _fill_catalogue(manager: pluggy.PluginManager) -> Catalogue:
     builtin = frozenset(name.rsplit(".", 1)[-1] for name in BUILTIN_PLUGINS)
-    catalogue = Catalogue(builtin=builtin)
+    modules = {name: getattr(module, "__name__", "") for name, module in manager.list_name_plugin()}
+    catalogue = Catalogue(builtin=builtin, modules=modules)
     for section, hook_name in CATALOGUE_HOOKS.items():
         impls = getattr(manager.hook, hook_name).get_hookimpls()
         for impl in sorted(impls, key=lambda impl: impl.plugin_name not in builtin):  # built-ins first
@@ -194,6 +214,7 @@ def load_plugins(extra=()) -> Plugins:
     for module in extra:
         manager.register(module)
     manager.check_pending()
+    _contain_hooks(manager)
     return Plugins(manager, _fill_catalogue(manager))
 
 

@@ -24,7 +24,9 @@ from evs_framework.context_windows import framed
 from evs_framework.denoiser import Denoiser
 from evs_framework.errors import EVSError, NumericalError, VideoError, WeightsError
 from evs_framework.executor import OpRecord, execute, unplanned_calls
-from evs_framework.identity import RunIdentity, package_versions, run_identity, video_seed, weight_fingerprints
+from evs_framework.failures import failure, out_of_memory
+from evs_framework.identity import (RunIdentity, changed_parts, package_versions, run_identity, video_seed,
+                                   weight_fingerprints)
 from evs_framework.io import video_io
 from evs_framework.io.vae import frames_per_call
 from evs_framework.job_report import JobProgress, ProcessSummary, job_report, write_job_report
@@ -289,14 +291,35 @@ def write_outputs(spec: Spec, context: LoadContext, item: InputVideo, stem: str,
     return VideoResult(item.video, item.prompt, output, sidecar, seconds, unet_calls=calls)
 
 
-def _already_done(spec: Spec, stem: str, identity: RunIdentity) -> bool:
+def _finished_record(spec: Spec, stem: str) -> dict | None:
+    """The sidecar of the video's finished outputs (an mp4 and, written last, its sidecar); {} for a finished output
+    whose sidecar cannot be read; None when there is none (an mp4 alone is the unfinished work of a killed run)."""
     sidecar = spec.output.dir / f"{stem}.json"
     if not (sidecar.is_file() and (spec.output.dir / f"{stem}.mp4").is_file()):
-        return False
+        return None
     try:
-        return json.loads(sidecar.read_text()).get("job_key") == identity.key
-    except (OSError, json.JSONDecodeError):
-        return False
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _already_done(spec: Spec, stem: str, identity: RunIdentity) -> bool:
+    record = _finished_record(spec, stem)
+    return record is not None and record.get("job_key") == identity.key
+
+
+def _kept_output(spec: Spec, stem: str, identity: RunIdentity) -> str | None:
+    """Why the video is not made again: its finished outputs came from another run (other settings, input, weights
+    or versions), and only `--overwrite` replaces them; None when there are none, or they match."""
+    record = _finished_record(spec, stem)
+    if record is None or record.get("job_key") == identity.key:
+        return None
+    earlier = record.get("identity")
+    changes = changed_parts(earlier, identity.parts) if isinstance(earlier, dict) else []
+    why = f"made by another run ({'; '.join(changes)})" if changes else f"of unknown origin ({stem}.json cannot be read)"
+    return (f"{spec.output.dir / stem}.mp4 exists, {why}, and is kept; pass --overwrite to replace it, or give another "
+            f"output folder (output.dir, or --output-dir) to keep both")
 
 
 def _skipped(spec: Spec, item: InputVideo, stem: str, busy_reason: str | None = None) -> VideoResult:
@@ -320,10 +343,14 @@ def run_job(spec: Spec, plan: Plan, context: LoadContext, progress: bool = True,
     weights = weight_fingerprints(plan, context)
     work = list(zip(spec.inputs, output_stems(spec)))
     identity = functools.cache(lambda item: video_identity(spec, item, weights, context))
-    pending = shard.from_main([i for i, (item, stem) in enumerate(work)
-                               if overwrite or not _already_done(spec, stem, identity(item))] if shard.is_main else None)
+    undone = [i for i, (item, stem) in enumerate(work) if overwrite or not _already_done(spec, stem, identity(item))] \
+        if shard.is_main else []
+    # outputs of another run are kept before any weight loads (and checked again under each video's lock)
+    kept = {} if overwrite else {i: why for i in undone if (why := _kept_output(spec, work[i][1], identity(work[i][0])))}
+    pending = shard.from_main([i for i in undone if i not in kept] if shard.is_main else None)
     to_do = frozenset(pending)
-    skipped = [(i, _skipped(spec, item, stem)) for i, (item, stem) in enumerate(work) if i not in to_do]
+    skipped = [(i, VideoResult(item.video, item.prompt, None, None, 0.0, error=kept[i]) if i in kept else
+                _skipped(spec, item, stem)) for i, (item, stem) in enumerate(work) if i not in to_do]
     progress_bar = JobProgress([spec.output.dir / f"{stem}.json" for _, stem in (work[i] for i in pending)],
                                progress and shard.is_main, count_peers=shard.count > 1)
     try:
@@ -351,8 +378,15 @@ def _run_share(spec: Spec, plan: Plan, context: LoadContext, share: list, identi
     if not share:
         return [], 0.0
     plans = video_plans(spec, plan, context.registry, context.plugins, context)  # before any weight loads
+    modules = context.plugins.catalogue.modules
     loading = time.perf_counter()
-    backends = load_backends(plan, context)
+    try:
+        backends = load_backends(plan, context)
+    except Exception as exc:  # noqa: BLE001 - every video of the share fails with it, and the report is written
+        error = exc if isinstance(exc, EVSError) else failure(exc, modules, "loading the models")
+        log.debug("load_failed", exc_info=exc)
+        return [(index, VideoResult(item.video, item.prompt, None, None, 0.0, error=str(error), process=process))
+                for index, item, _ in share], time.perf_counter() - loading
     load_seconds = time.perf_counter() - loading
     results, writing = [], []  # writing: (input index, item, claim, future) of videos whose outputs are being written
 
@@ -368,11 +402,17 @@ def _run_share(spec: Spec, plan: Plan, context: LoadContext, share: list, identi
         results.append((index, result))
         progress_bar.advance()
 
+    def failed(item: InputVideo, exc: Exception, doing: str) -> VideoResult:
+        if not isinstance(exc, EVSError) and not out_of_memory(exc):
+            log.debug("video_failed_traceback", source=str(item.video), exc_info=exc)
+            exc = failure(exc, modules, f"{doing} {item.video.name}")
+        return VideoResult(item.video, item.prompt, None, None, 0.0, error=str(exc))
+
     def written(index, item, claim, future) -> None:
         try:
             result = future.result()
-        except EVSError as exc:
-            result = VideoResult(item.video, item.prompt, None, None, 0.0, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - that video fails, the others go on
+            result = failed(item, exc, "writing the outputs of")
         finish(index, item, claim, result)
 
     with ThreadPoolExecutor(1, "evs-read") as reader, ThreadPoolExecutor(1, "evs-write") as writer:
@@ -389,13 +429,17 @@ def _run_share(spec: Spec, plan: Plan, context: LoadContext, share: list, identi
                     results.append((index, attrs.evolve(_skipped(spec, item, stem, claim.busy_reason), process=process)))
                     progress_bar.advance()
                     continue
+                kept = None if overwrite else _kept_output(spec, stem, identity(item))
+                if kept:
+                    finish(index, item, claim, VideoResult(item.video, item.prompt, None, None, 0.0, error=kept))
+                    continue
                 own_spec = spec if item.settings is None else attrs.evolve(spec, settings=item.settings)
                 started = time.perf_counter()
                 try:
                     clip = read.result()
                     made = compose_clip(own_spec, plans[item.settings], backends, context, item, clip, progress_bar.shown)
-                except (EVSError, torch.OutOfMemoryError) as exc:
-                    finish(index, item, claim, VideoResult(item.video, item.prompt, None, None, 0.0, error=str(exc)))
+                except Exception as exc:  # noqa: BLE001 - that video fails, the others go on
+                    finish(index, item, claim, failed(item, exc, "composing"))
                     continue
                 except BaseException:  # interrupted while composing: the lock goes back
                     claim.release()

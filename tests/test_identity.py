@@ -56,7 +56,9 @@ def test_a_changed_input_at_the_same_path_is_redone(seed_config, tmp_path, plugi
     [again] = run_job(spec, plan, context, progress=False)
     assert not first.skipped and again.skipped
     video_io.write_video(clip, make_synthetic_clip(4, 32, 24, seed=3), 8.0)
-    [redone] = run_job(spec, plan, context, progress=False)
+    [kept] = run_job(spec, plan, context, progress=False)  # the earlier output is not replaced without a word
+    assert "input_sha256" in kept.error and "--overwrite" in kept.error
+    [redone] = run_job(spec, plan, context, progress=False, overwrite=True)
     assert not redone.skipped and redone.error is None
 
     sidecar = json.loads(redone.sidecar.read_text())
@@ -68,3 +70,33 @@ def test_a_changed_input_at_the_same_path_is_redone(seed_config, tmp_path, plugi
     assert ["unet/diffusion_pytorch_model.safetensors"] == [f[0] for f in sd["files"] if f[0].startswith("unet/diff")]
     assert [op["index"] for op in sidecar["ops"]] == list(range(1, len(sidecar["ops"]) + 1))
     assert sidecar["ops"][0]["stage"] == sidecar["stages"][0]["stage"] == 1
+
+
+def test_a_finished_output_of_other_settings_is_kept_unless_overwritten(seed_config, tmp_path, plugins, registry,
+                                                                         context):
+    first_clip = video_io.write_video(tmp_path / "first.mp4", make_synthetic_clip(4, 32, 24), 8.0)
+    spec, plan = idm_only(seed_config, tmp_path, plugins, registry, first_clip)
+    [made] = run_job(spec, plan, context, progress=False)
+    before = made.output.read_bytes(), made.sidecar.read_bytes()
+
+    second_clip = video_io.write_video(tmp_path / "second.mp4", make_synthetic_clip(4, 32, 24, seed=5), 8.0)
+    reseeded = attrs.evolve(spec, seed=spec.seed + 1, inputs=(*spec.inputs, attrs.evolve(spec.inputs[0], video=second_clip)))
+    kept, second = run_job(reseeded, plan, context, progress=False)
+    assert f"spec.seed: {spec.seed} -> {spec.seed + 1}" in kept.error and "--overwrite" in kept.error
+    assert (made.output.read_bytes(), made.sidecar.read_bytes()) == before  # untouched
+    assert second.error is None and second.output.is_file()  # the rest of the batch runs
+    report = json.loads((spec.output.dir / "job-report.json").read_text())
+    assert [video["status"] for video in report["videos"]] == ["failed", "written"]
+
+    replaced, again = run_job(reseeded, plan, context, progress=False, overwrite=True)
+    assert replaced.error is None and made.output.read_bytes() != before[0]
+    assert json.loads(made.sidecar.read_text())["seed"] == spec.seed + 1
+
+
+def test_a_finished_output_with_an_unreadable_record_is_kept(seed_config, tmp_path, plugins, registry, context):
+    clip = video_io.write_video(tmp_path / "clip.mp4", make_synthetic_clip(4, 32, 24), 8.0)
+    spec, plan = idm_only(seed_config, tmp_path, plugins, registry, clip)
+    [made] = run_job(spec, plan, context, progress=False)
+    made.sidecar.write_text("{not json")
+    [kept] = run_job(spec, plan, context, progress=False)
+    assert "cannot be read" in kept.error and made.output.is_file()
