@@ -352,7 +352,12 @@ def _run_share(spec: Spec, plan: Plan, context: LoadContext, share: list, identi
         return [], 0.0
     plans = video_plans(spec, plan, context.registry, context.plugins, context)  # before any weight loads
     loading = time.perf_counter()
-    backends = load_backends(plan, context)
+    try:
+        backends = load_backends(plan, context)
+    except WeightsError as exc:  # every video of the share fails with it, so the job report still tells
+        log.error("models_not_loaded", error=str(exc))
+        return [(index, VideoResult(item.video, item.prompt, None, None, 0.0, error=str(exc), process=process))
+                for index, item, _ in share], time.perf_counter() - loading
     load_seconds = time.perf_counter() - loading
     results, writing = [], []  # writing: (input index, item, claim, future) of videos whose outputs are being written
 

@@ -199,10 +199,11 @@ def required_models(entry, context):
     try:
         path = context.weights_path(entry)
     except WeightsError:
-        return []  # its own files are reported; which configs a checkpoint needs shows once it is there
-    if path.is_dir() and (path / "unet").is_dir():
+        path = None  # until its files are there, they are taken for a single checkpoint, so both show in one round
+    if path is not None and path.is_dir() and (path / "unet").is_dir():
         return []
-    return [context.registry.get(entry.options.get("config_from", DEFAULT_CONFIG_ENTRY))]
+    name = entry.options.get("config_from", DEFAULT_CONFIG_ENTRY)
+    return [context.registry.get(name)] if name in context.registry.entries else []
 
 
 @hookimpl
