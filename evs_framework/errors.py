@@ -34,6 +34,10 @@ class RegistryError(EVSError):
     """A model name or registry entry is unknown or malformed."""
 
 
+class RegistryFileError(SpecError, RegistryError):
+    """Registry files hold values of the wrong type or range; every problem with its file, line and path."""
+
+
 class PluginError(EVSError):
     """Plugins conflict (duplicate names) or a plugin is missing something it must provide."""
 
