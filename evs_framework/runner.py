@@ -224,8 +224,11 @@ def synthesize(spec: Spec, plan: Plan, backends: dict, context: LoadContext, fra
     placement.use(decoder.module)
     decoded = decode(decoder, latents, chunk)
     if not torch.isfinite(decoded).all():
-        raise NumericalError(f"the VAE decoded NaN or infinite pixels for {label or 'the clip'}; "
-                             f"decode in float32 (--vae-dtype float32)")
+        dtype = getattr(decoder.module, "dtype", context.vae_dtype)
+        precision = str(dtype).removeprefix("torch.")
+        fix = "decode in float32 (--vae-dtype float32)" if dtype in (torch.float16, torch.bfloat16) else \
+            "the VAE's weights may be damaged: download them again"
+        raise NumericalError(f"the VAE decoded NaN or infinite pixels for {label or 'the clip'} in {precision}; {fix}")
     return Synthesis(decoded, plan, records, {role: d.calls for role, d in denoisers.items()}, prepare_seconds,
                      run.report, time.perf_counter() - started)
 
