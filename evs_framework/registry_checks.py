@@ -73,8 +73,10 @@ def option_problems(options: dict, options_class, numbers: dict[str, tuple[float
         structure(options, options_class, "registry", "options")
     except SpecError as exc:
         return exc.problems
+    # NaN and infinity are refused for every kind's options already (non_finite)
     return [f"options.{name}: {short_repr(options[name])} is out of range; give a number from {low:g} to {high:g}"
-            for name, (low, high) in dict(numbers).items() if name in options and not low <= options[name] <= high]
+            for name, (low, high) in dict(numbers).items()
+            if name in options and math.isfinite(options[name]) and not low <= options[name] <= high]
 
 
 def key_lines(file: Path) -> yaml.Node | None:
