@@ -329,9 +329,13 @@ def run_job(spec: Spec, plan: Plan, context: LoadContext, progress: bool = True,
     skipped = [(i, _skipped(spec, item, stem)) for i, (item, stem) in enumerate(work) if i not in to_do]
     progress_bar = JobProgress([spec.output.dir / f"{stem}.json" for _, stem in (work[i] for i in pending)],
                                progress and shard.is_main, count_peers=shard.count > 1)
+    share, not_loaded = [(i, *work[i]) for i in shard.take(pending)], None
     try:
-        mine, load_seconds = _run_share(spec, plan, context, [(i, *work[i]) for i in shard.take(pending)], identity,
-                                        overwrite, shard.index, progress_bar)
+        mine, load_seconds = _run_share(spec, plan, context, share, identity, overwrite, shard.index, progress_bar)
+    except WeightsError as exc:  # the models did not load: the share's videos fail with it, in the job report too
+        not_loaded, load_seconds = exc, 0.0
+        mine = [(index, VideoResult(item.video, item.prompt, None, None, 0.0, error=str(exc), process=shard.index))
+                for index, item, _ in share]
     finally:
         progress_bar.close()
     summary = ProcessSummary.this_process(shard.index, context.device, len(mine), load_seconds,
@@ -343,6 +347,8 @@ def run_job(spec: Spec, plan: Plan, context: LoadContext, progress: bool = True,
         report = job_report(config, spec.composition_name, results, [s for s, _ in gathered], started_at,
                             time.perf_counter() - started)
         write_job_report(spec.output.dir, report)
+    if not_loaded is not None:
+        raise not_loaded
     return results
 
 
@@ -355,12 +361,7 @@ def _run_share(spec: Spec, plan: Plan, context: LoadContext, share: list, identi
         return [], 0.0
     plans = video_plans(spec, plan, context.registry, context.plugins, context)  # before any weight loads
     loading = time.perf_counter()
-    try:
-        backends = load_backends(plan, context)
-    except WeightsError as exc:  # every video of the share fails with it, so the job report still tells
-        log.error("models_not_loaded", error=str(exc))
-        return [(index, VideoResult(item.video, item.prompt, None, None, 0.0, error=str(exc), process=process))
-                for index, item, _ in share], time.perf_counter() - loading
+    backends = load_backends(plan, context)
     load_seconds = time.perf_counter() - loading
     results, writing = [], []  # writing: (input index, item, claim, future) of videos whose outputs are being written
 
