@@ -34,12 +34,20 @@ class RegistryError(EVSError):
     """A model name or registry entry is unknown or malformed."""
 
 
+class RegistryFileError(SpecError, RegistryError):
+    """Registry files hold values of the wrong type or range; every problem with its file, line and path."""
+
+
 class PluginError(EVSError):
     """Plugins conflict (duplicate names) or a plugin is missing something it must provide."""
 
 
 class WeightsError(EVSError):
     """Weights for a model could not be found or loaded."""
+
+
+class LoadError(EVSError):
+    """A job's models did not load (damaged weights, a backend's failure): every video of the process fails with it."""
 
 
 class VideoError(EVSError):

@@ -10,6 +10,7 @@ each op's peak memory is recorded too, which resets torch's peak-memory counter 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import Callable, Protocol
 
@@ -55,23 +56,49 @@ def describe_op(op) -> str:
     return f"denoise {op.model}"
 
 
-def _numerical_error(index: int, op, sigma: float) -> NumericalError:
-    return NumericalError(f"op {index + 1} ({describe_op(op)}) produced NaN or infinite latents at sigma {sigma:.4g}; "
-                          f"half precision overflows in some models: try --dtype float32, or a lower guidance")
+def _nan_settings(op, denoiser: Denoiser | None) -> list[str]:
+    """The op's settings that are NaN or infinite (a value given in the spec, not the model's arithmetic)."""
+    settings = dict(getattr(op, "params", {}))
+    settings.update(getattr(op, "sampler_params", {}))
+    if isinstance(op, DenoiseOp):
+        settings["guidance"] = denoiser.guidance if op.guidance is None and denoiser is not None else op.guidance
+    return [name for name, value in settings.items()
+            if isinstance(value, float) and not math.isfinite(value)]
 
 
-def _check_finite(x: torch.Tensor, index: int, op, sigma: float) -> None:
+def _precision(denoiser: Denoiser | None) -> str:
+    """The dtype of the weights the op's model runs with, in words."""
+    unet = getattr(getattr(denoiser, "backend", None), "unet", None)
+    weights = next(iter(unet.parameters()), None) if isinstance(unet, torch.nn.Module) else None
+    return str(weights.dtype).removeprefix("torch.") if weights is not None else "an unknown precision"
+
+
+def _numerical_error(index: int, op, sigma: float, denoiser: Denoiser | None) -> NumericalError:
+    where = f"op {index + 1} ({describe_op(op)}) produced NaN or infinite latents at sigma {sigma:.4g}"
+    bad = _nan_settings(op, denoiser)
+    if bad:
+        return NumericalError(f"{where}: its {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} NaN or infinite; "
+                              f"give finite numbers in the spec")
+    precision = _precision(denoiser)
+    if precision in ("float16", "bfloat16"):
+        return NumericalError(f"{where}, running in {precision}; half precision overflows in some models: try --dtype "
+                              f"float32, or a lower guidance")
+    return NumericalError(f"{where}, running in {precision} with finite settings; the weights may be damaged or not "
+                          f"this model's: download them again, or lower the guidance")
+
+
+def _check_finite(x: torch.Tensor, index: int, op, sigma: float, denoiser: Denoiser | None) -> None:
     if not torch.isfinite(x).all():
-        raise _numerical_error(index, op, sigma)
+        raise _numerical_error(index, op, sigma, denoiser)
 
 
-def _check_steps(finite: list[torch.Tensor], index: int, op: DenoiseOp) -> None:
+def _check_steps(finite: list[torch.Tensor], index: int, op: DenoiseOp, denoiser: Denoiser) -> None:
     """The steps' finiteness flags, kept on the device while the op ran, read once: the first bad step is named."""
     if not finite:
         return
     flags = torch.stack(finite)
     if not bool(flags.all()):
-        raise _numerical_error(index, op, op.sigmas[int((~flags).nonzero()[0])])
+        raise _numerical_error(index, op, op.sigmas[int((~flags).nonzero()[0])], denoiser)
 
 
 class StepObserver(Protocol):
@@ -143,9 +170,9 @@ def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, ca
                     finite.append(torch.isfinite(state.x).all())
                     if observer is not None:
                         observer.step_end(op, step, sigma_next, state.x)
-            _check_steps(finite, index, op)
+            _check_steps(finite, index, op, denoiser)
         if not isinstance(op, DenoiseOp):
-            _check_finite(state.x, index, op, state.sigma)
+            _check_finite(state.x, index, op, state.sigma, denoisers.get(op.model))
         if cuda is not None:
             torch.cuda.synchronize(cuda)
         planned = op.unet_calls if isinstance(op, (TransferOp, DenoiseOp)) else 0

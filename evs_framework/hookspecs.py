@@ -192,6 +192,16 @@ def required_models(entry, context):
 
 
 @hookspec
+def entry_problems(entry, names):
+    """Check a registry entry of a backend kind you provide when the registry loads: return a list of problems, each
+    beginning with the entry's field it is about (`options.scale: expected a number...`; the host adds the file, line
+    and entry), an empty list when it is fine, or None for kinds you do not provide. `names` are every model name of
+    the registry, for options that name another entry. `evs_framework.registry_checks.option_problems` checks options
+    against an attrs class.
+    """
+
+
+@hookspec
 def plan_extras(spec, plan, context):
     """Add work to a plan that its ops do not show (a pass over the source, say): return an
     `evs_framework.plan.PlanExtra` (its UNet calls count in the totals, its memory is shown), or None.

@@ -10,7 +10,9 @@ from typing import Callable, Protocol
 import attrs
 import torch
 
-from evs_framework.errors import WeightsError
+from evs_framework.errors import EVSError, WeightsError, short_repr
+from evs_framework.failures import LEAVE_OUT, raised_in
+from evs_framework.loaders.integrity import weight_file_problems
 from evs_framework.placement import Placement
 from evs_framework.plugins import Plugins
 from evs_framework.registry import ModelEntry, Registry
@@ -93,4 +95,42 @@ class LoadContext:
 
     def load(self, entry: ModelEntry) -> Backend:
         loader = self.plugins.catalogue.get("backends", entry.kind)
-        return self.shared(("backend", entry.name), lambda: loader(entry, self))
+        return self.shared(("backend", entry.name), lambda: self._loaded(loader, entry))
+
+    def _loaded(self, loader, entry: ModelEntry) -> Backend:
+        try:
+            return loader(entry, self)
+        except (EVSError, torch.OutOfMemoryError, MemoryError):
+            raise
+        except Exception as exc:  # the libraries' own errors on files whose headers passed the preflight
+            raise WeightsError(load_failure(entry, self, exc)) from exc
+
+
+def download_again(entry: ModelEntry, what: str = "it") -> str:
+    """How to replace `what` (a damaged file of `entry`, or its files)."""
+    if entry.weights.hub:
+        return f"download {what} again (`evs fetch {entry.name}`)"
+    if entry.weights.url:
+        return f"download {what} again from {entry.weights.url}"
+    return f"download or save {what} again"
+
+
+def load_failure(entry: ModelEntry, context: LoadContext, error: Exception) -> str:
+    """Why `entry` did not load, naming a damaged file where one is found now, and how to replace it."""
+    try:
+        path = context.weights_path(entry)
+    except WeightsError as exc:
+        return str(exc)
+    damaged = weight_file_problems(path)
+    if damaged:
+        return f"model {entry.name!r} could not be loaded: {damaged[0]}; {download_again(entry)}"
+    reason = short_repr(" ".join(f"{type(error).__name__}: {error}".split()), 300, quote=False)
+    catalogue = context.plugins.catalogue
+    provider = catalogue.provider("backends", entry.kind)
+    if provider is not None and provider not in catalogue.builtin:  # another's loader: its code may be at fault
+        _, where = raised_in(error, catalogue.modules)
+        return (f"model {entry.name!r} could not be loaded from {path}: plugin {provider!r}, which provides kind "
+                f"{entry.kind!r}, failed with {reason} ({where}); {LEAVE_OUT}, or {download_again(entry, 'the files')} "
+                f"if they may be damaged")
+    return (f"model {entry.name!r} could not be loaded from {path} ({reason}); its files are damaged or are not those "
+            f"of a model of kind {entry.kind!r}: {download_again(entry, 'them')}")

@@ -11,6 +11,8 @@ import torch
 
 from evs_framework.io import video_io
 from evs_framework.errors import EVSError, VideoError, WeightsError
+from evs_framework.loaders.integrity import weight_file_problems
+from evs_framework.loading import download_again
 from evs_framework.plan import Plan
 from evs_framework.spec import Spec
 
@@ -102,14 +104,19 @@ def has_files(entry) -> bool:
 def entries_read(entries, context) -> list:
     """These registry entries and every entry they build on (through the backends' `required_models`), once each,
     in the order they are met."""
-    pending, found = list(entries), {}
+    return [entry for entry, _ in _entries_and_users(entries, context)]
+
+
+def _entries_and_users(entries, context) -> list[tuple]:
+    """entries_read's entries, each with the name of the entry that first needed it (None for those given)."""
+    pending, found = [(entry, None) for entry in entries], {}
     while pending:
-        entry = pending.pop(0)
+        entry, user = pending.pop(0)
         if entry.name in found:
             continue
-        found[entry.name] = entry
+        found[entry.name] = entry, user
         for needed in context.plugins.hook.required_models(entry=entry, context=context):
-            pending.extend(needed or [])
+            pending.extend((other, entry.name) for other in needed or [])
     return list(found.values())
 
 
@@ -119,11 +126,17 @@ def weight_path(entry, context):
 
 
 def weight_problems(entries, context) -> list[str]:
-    """Every missing weight file of these registry entries and of those they build on, without loading any."""
+    """Every missing or damaged weight file of these registry entries and of those they build on, without loading
+    any (a damaged file shows in its header, its length or its JSON; loaders.integrity)."""
     problems = []
-    for entry in entries_read(entries, context):
+    for entry, user in _entries_and_users(entries, context):
         try:
-            weight_path(entry, context)
+            path = weight_path(entry, context)
         except WeightsError as exc:
-            problems.append(str(exc))
+            problems.append(f"{exc}\n  (model {user!r} builds on {entry.name!r})" if user else str(exc))
+            continue
+        if path is not None:
+            used = f" (which {user!r} builds on)" if user else ""
+            problems += [f"model {entry.name!r}{used}: {problem}; {download_again(entry)}"
+                         for problem in weight_file_problems(path)]
     return problems

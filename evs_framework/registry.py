@@ -16,11 +16,12 @@ from pathlib import Path
 import attrs
 import structlog
 
-from evs_framework.convert import structure
+from evs_framework.convert import structure_fields
 from evs_framework.datafile import read_data_file
-from evs_framework.errors import RegistryError, SpecError, did_you_mean
+from evs_framework.errors import RegistryError, RegistryFileError, SpecError, did_you_mean
 from evs_framework.paths import unreadable_reason
-from evs_framework.schedules import BETA_SCHEDULES, SPACINGS, ModelSchedule, NoiseSchedule
+from evs_framework.registry_checks import located, non_finite, preset_problems
+from evs_framework.schedules import ModelSchedule, NoiseSchedule
 
 # registry.yaml and compositions/ sit at the repository's top level; the package reaches them through
 # evs_framework/data (links in a checkout, copies in a wheel), so an installed EVS finds them too.
@@ -114,12 +115,6 @@ class EntryData:
 
 
 @attrs.frozen
-class RegistryFile:
-    models: dict[str, EntryData]
-    presets: dict[str, Preset] = attrs.Factory(dict)
-
-
-@attrs.frozen
 class ModelEntry:
     name: str
     kind: str
@@ -148,15 +143,58 @@ class Registry:
         return self.entries[name]
 
 
-def _entries_of(file: Path, known_presets: dict[str, Preset]) -> tuple[dict[str, ModelEntry], dict[str, Preset]]:
-    """The file's entries, and the presets it defines; a preset name may refer to one of an earlier file."""
+def _record(value, cls, path: str, problems: list[str]):
+    """`value` as a `cls`, each field structured on its own so one bad field does not hide another's range problems
+    (a field that fails keeps its default); None when a required field is missing or malformed."""
+    inline = value.get("preset") if cls is EntryData and isinstance(value, dict) else None
+    if isinstance(inline, dict):  # an entry's own preset, field by field too
+        preset = _record(inline, Preset, f"{path}.preset", problems)
+        if preset is None:
+            return None
+        value = {**value, "preset": "(inline)"}
+    values, found = structure_fields(value, cls, path)
+    problems += found
+    try:
+        record = cls(**values)
+    except TypeError:  # a required field is missing or malformed: its problem is listed
+        return None
+    return attrs.evolve(record, preset=preset) if isinstance(inline, dict) else record
+
+
+def _structured(data: dict, key: str, cls, problems: list[str]) -> dict:
+    """Each item of the mapping `data[key]` as a `cls` (items that fail are left out; their problems added)."""
+    found = data.get(key, {})
+    if not isinstance(found, dict):
+        problems.append(f"$.{key}: expected a mapping of names to entries, got {type(found).__name__}")
+        return {}
+    items = {}
+    for name, value in found.items():
+        if not isinstance(name, str):
+            problems.append(f"$.{key}.{name}: the name {name!r} is not text; quote it")
+        elif (item := _record(value, cls, f"$.{key}.{name}", problems)) is not None:
+            items[name] = item
+    return items
+
+
+def _entries_of(file: Path, known_presets: dict[str, Preset]) -> tuple[dict[str, ModelEntry], dict[str, Preset], list[str]]:
+    """The file's entries, the presets known after it (a preset name may refer to one of an earlier file) and every
+    problem of the file, each with its line."""
     reason = unreadable_reason(file)
     if reason:
         raise RegistryError(f"registry file {file} {reason}; check {REGISTRY_ENV} or --registry")
-    data = structure(read_data_file(file, "registry file"), RegistryFile, str(file))
-    presets = {**known_presets, **data.presets}
-    problems, entries = [], {}
-    for name, entry in data.models.items():
+    data = read_data_file(file, "registry file")
+    if not isinstance(data, dict):
+        return {}, known_presets, located([f"$: expected a mapping with `models` (and `presets`)"], file)
+    problems = [f"$: unknown key(s) {', '.join(map(repr, sorted(set(map(str, data)) - {'models', 'presets'})))}; "
+                f"known keys: models, presets"] if set(data) - {"models", "presets"} else []
+    if "models" not in data:
+        problems.append("$.models: required key is missing")
+    own_presets = _structured(data, "presets", Preset, problems)
+    for name, preset in own_presets.items():
+        problems += preset_problems(preset, f"$.presets.{name}")
+    presets = {**known_presets, **own_presets}
+    entries = {}
+    for name, entry in _structured(data, "models", EntryData, problems).items():
         where = f"$.models.{name}"
         preset = entry.preset
         if isinstance(preset, str):
@@ -165,17 +203,31 @@ def _entries_of(file: Path, known_presets: dict[str, Preset]) -> tuple[dict[str,
                                 f"{did_you_mean(preset, presets)}")
                 continue
             preset = presets[preset]
-        if preset.schedule == "betas" and preset.beta_schedule not in BETA_SCHEDULES:
-            problems.append(f"{where}.preset.beta_schedule: {preset.beta_schedule!r}; use one of {', '.join(BETA_SCHEDULES)}")
-        if preset.spacing not in SPACINGS:
-            problems.append(f"{where}.preset.spacing: {preset.spacing!r}; use one of {', '.join(SPACINGS)}")
+        else:
+            problems += preset_problems(preset, f"{where}.preset")
         if entry.type not in MODEL_TYPES:
             problems.append(f"{where}.type: {entry.type!r}; use t2i (text-to-image) or t2v (text-to-video)")
+        problems += non_finite(entry.options, f"{where}.options")
         entries[name] = ModelEntry(name, entry.kind, entry.type, entry.weights, preset, entry.base, entry.description,
                                    str(file), dict(entry.options))
-    if problems:
-        raise SpecError(problems, str(file))
-    return entries, presets
+    return entries, presets, located(problems, file)
+
+
+def _entry_problems(entries: dict[str, ModelEntry], plugins) -> list[str]:
+    """Each entry's unknown base, and what the plugin of its kind finds wrong with it (`entry_problems`), once per
+    entry (a plugin's entries are there under two names), with file and line."""
+    problems = []
+    for name, entry in entries.items():
+        if name != entry.name:
+            continue
+        found = [] if entry.base is None or entry.base in entries else \
+            [f"base: builds on unknown model {entry.base!r}{did_you_mean(entry.base, entries)}; fix its `base`"]
+        if plugins is not None:
+            for answer in plugins.hook.entry_problems(entry=entry, names=frozenset(entries)):
+                found += answer or []
+        name_in_file = entry.name.split(":", 1)[-1]  # a plugin's entries are named `<plugin>:<name>` here
+        problems += located([f"$.models.{name_in_file}.{problem}" for problem in found], Path(entry.source))
+    return problems
 
 
 def registry_files(extra=()) -> list[Path]:
@@ -198,11 +250,12 @@ def _namespaced(entry: ModelEntry, plugin: str, own_names) -> ModelEntry:
 
 def load_registry(extra=(), plugins=None) -> Registry:
     """EVS's registry, the files of `plugins` (an evs_framework.plugins.Plugins) and the user's files."""
-    entries, presets = _entries_of(DEFAULT_REGISTRY, {})
+    entries, presets, problems = _entries_of(DEFAULT_REGISTRY, {})
     core = set(entries)
     givers: dict[str, list[str]] = {}  # bare names plugins give -> the plugins giving them
     for plugin, file in plugin_registry_files(plugins) if plugins is not None else ():
-        file_entries, presets = _entries_of(file, presets)
+        file_entries, presets, file_problems = _entries_of(file, presets)
+        problems += file_problems
         for name, entry in file_entries.items():
             entry = _namespaced(entry, plugin, file_entries)
             entries[entry.name] = entry
@@ -215,14 +268,14 @@ def load_registry(extra=(), plugins=None) -> Registry:
     for name in ambiguous:
         del entries[name]
     for file in registry_files(extra):
-        file_entries, presets = _entries_of(file, presets)
+        file_entries, presets, file_problems = _entries_of(file, presets)
+        problems += file_problems
         for name, entry in file_entries.items():
             if name in entries:
                 log.info("registry_override", name=name, was=entries[name].source, now=entry.source)
             entries[name] = entry
             ambiguous.pop(name, None)
-    for entry in entries.values():
-        if entry.base is not None and entry.base not in entries:
-            raise RegistryError(f"model {entry.name!r} ({entry.source}) builds on unknown base {entry.base!r}"
-                                f"{did_you_mean(entry.base, entries)}; fix its `base`")
+    problems += _entry_problems(entries, plugins)
+    if problems:
+        raise RegistryFileError(problems, "the registry")
     return Registry(entries, ambiguous)

@@ -22,7 +22,7 @@ from evs_framework import output_guard
 from evs_framework.acceleration import compile_backends
 from evs_framework.context_windows import framed
 from evs_framework.denoiser import Denoiser
-from evs_framework.errors import EVSError, NumericalError, VideoError, WeightsError
+from evs_framework.errors import EVSError, LoadError, NumericalError, VideoError, WeightsError
 from evs_framework.executor import OpRecord, execute, unplanned_calls
 from evs_framework.failures import failure, out_of_memory
 from evs_framework.identity import (RunIdentity, changed_parts, package_versions, run_identity, video_seed,
@@ -226,8 +226,11 @@ def synthesize(spec: Spec, plan: Plan, backends: dict, context: LoadContext, fra
     placement.use(decoder.module)
     decoded = decode(decoder, latents, chunk)
     if not torch.isfinite(decoded).all():
-        raise NumericalError(f"the VAE decoded NaN or infinite pixels for {label or 'the clip'}; "
-                             f"decode in float32 (--vae-dtype float32)")
+        dtype = getattr(decoder.module, "dtype", context.vae_dtype)
+        precision = str(dtype).removeprefix("torch.")
+        fix = "decode in float32 (--vae-dtype float32)" if dtype in (torch.float16, torch.bfloat16) else \
+            "the VAE's weights may be damaged: download them again"
+        raise NumericalError(f"the VAE decoded NaN or infinite pixels for {label or 'the clip'} in {precision}; {fix}")
     return Synthesis(decoded, plan, records, {role: d.calls for role, d in denoisers.items()}, prepare_seconds,
                      run.report, time.perf_counter() - started)
 
@@ -353,9 +356,13 @@ def run_job(spec: Spec, plan: Plan, context: LoadContext, progress: bool = True,
                 _skipped(spec, item, stem)) for i, (item, stem) in enumerate(work) if i not in to_do]
     progress_bar = JobProgress([spec.output.dir / f"{stem}.json" for _, stem in (work[i] for i in pending)],
                                progress and shard.is_main, count_peers=shard.count > 1)
+    share, not_loaded = [(i, *work[i]) for i in shard.take(pending)], None
     try:
-        mine, load_seconds = _run_share(spec, plan, context, [(i, *work[i]) for i in shard.take(pending)], identity,
-                                        overwrite, shard.index, progress_bar)
+        mine, load_seconds = _run_share(spec, plan, context, share, identity, overwrite, shard.index, progress_bar)
+    except LoadError as exc:  # the models did not load: the share's videos fail with it, in the job report too
+        not_loaded, load_seconds = exc, 0.0
+        mine = [(index, VideoResult(item.video, item.prompt, None, None, 0.0, error=str(exc), process=shard.index))
+                for index, item, _ in share]
     finally:
         progress_bar.close()
     summary = ProcessSummary.this_process(shard.index, context.device, len(mine), load_seconds,
@@ -367,6 +374,8 @@ def run_job(spec: Spec, plan: Plan, context: LoadContext, progress: bool = True,
         report = job_report(config, spec.composition_name, results, [s for s, _ in gathered], started_at,
                             time.perf_counter() - started)
         write_job_report(spec.output.dir, report)
+    if not_loaded is not None:
+        raise not_loaded
     return results
 
 
@@ -382,11 +391,11 @@ def _run_share(spec: Spec, plan: Plan, context: LoadContext, share: list, identi
     loading = time.perf_counter()
     try:
         backends = load_backends(plan, context)
-    except Exception as exc:  # noqa: BLE001 - every video of the share fails with it, and the report is written
-        error = exc if isinstance(exc, EVSError) else failure(exc, modules, "loading the models")
+    except Exception as exc:  # noqa: BLE001 - run_job fails the share's videos with it and writes the report
+        if out_of_memory(exc):
+            raise
         log.debug("load_failed", exc_info=exc)
-        return [(index, VideoResult(item.video, item.prompt, None, None, 0.0, error=str(error), process=process))
-                for index, item, _ in share], time.perf_counter() - loading
+        raise LoadError(str(exc if isinstance(exc, EVSError) else failure(exc, modules, "loading the models"))) from exc
     load_seconds = time.perf_counter() - loading
     results, writing = [], []  # writing: (input index, item, claim, future) of videos whose outputs are being written
 

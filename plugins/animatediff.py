@@ -18,7 +18,8 @@ import torch
 from evs_framework.errors import WeightsError
 from evs_framework.hookspecs import hookimpl
 from evs_framework.loaders.motion_adapter import load_motion_adapter
-from evs_plugins.sd15 import OverSD15Parts, device_timestep, frame_codec, parts_with_lora
+from evs_framework.registry_checks import option_problems
+from evs_plugins.sd15 import LORA_SCALES, OverSD15Parts, device_timestep, frame_codec, parts_with_lora
 
 if TYPE_CHECKING:  # annotations only; diffusers is imported where a model loads
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
@@ -87,6 +88,20 @@ def load_animatediff(entry, context) -> AnimateDiffBackend:
     adapter = load_motion_adapter(path, context.dtype, allow_pickle=context.allow_pickle)
     adapter.to(context.placement.load_device).eval().requires_grad_(False)
     return AnimateDiffBackend(parts, frame_codec(entry, parts), motion_unet_over(parts.unet, adapter))
+
+
+@attrs.frozen
+class AnimateDiffOptions:
+    spatial_lora: str | None = None  # a file beside the adapter
+    spatial_lora_scale: float = 1.0
+
+
+@hookimpl
+def entry_problems(entry, names):
+    if entry.kind != "animatediff":
+        return None
+    problems = option_problems(entry.options, AnimateDiffOptions, {"spatial_lora_scale": LORA_SCALES})
+    return problems + ([] if entry.base else ["base: required; name the SD1.5 model whose spatial weights it runs over"])
 
 
 @hookimpl

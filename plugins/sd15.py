@@ -24,6 +24,7 @@ from evs_framework.io.vae import FrameCodec, frame_vae_space
 from evs_framework.loaders.checkpoints import CHECKPOINT_SUFFIXES, check_diffusers_folder
 from evs_framework.loaders.lora import fuse_lora, read_lora
 from evs_framework.loaders.single_file import load_sd15_single_file
+from evs_framework.registry_checks import option_problems
 
 if TYPE_CHECKING:  # annotations only; the modules are imported where a model loads
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -31,6 +32,17 @@ if TYPE_CHECKING:  # annotations only; the modules are imported where a model lo
 
 REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer")
 DEFAULT_CONFIG_ENTRY = "SD"
+LORA_SCALES = (-100.0, 100.0)  # far beyond any useful strength; the fused weights stay finite
+
+
+@attrs.frozen
+class SD15Options:
+    config_from: str = DEFAULT_CONFIG_ENTRY
+
+
+@attrs.frozen
+class LoraOptions:
+    scale: float = 1.0
 
 
 @attrs.frozen
@@ -199,10 +211,26 @@ def required_models(entry, context):
     try:
         path = context.weights_path(entry)
     except WeightsError:
-        return []  # its own files are reported; which configs a checkpoint needs shows once it is there
-    if path.is_dir() and (path / "unet").is_dir():
+        path = None  # until its files are there, they are taken for a single checkpoint, so both show in one round
+    if path is not None and path.is_dir() and (path / "unet").is_dir():
         return []
-    return [context.registry.get(entry.options.get("config_from", DEFAULT_CONFIG_ENTRY))]
+    name = entry.options.get("config_from", DEFAULT_CONFIG_ENTRY)
+    return [context.registry.get(name)] if name in context.registry.entries else []
+
+
+@hookimpl
+def entry_problems(entry, names):
+    if entry.kind == "sd15":
+        problems = option_problems(entry.options, SD15Options)
+        config = entry.options.get("config_from", DEFAULT_CONFIG_ENTRY)
+        if not problems and config not in names:
+            problems.append(f"options.config_from: no model {config!r} in the registry; name the SD1.5 diffusers "
+                            f"model whose configs a single checkpoint is read with")
+        return problems
+    if entry.kind == "sd15_lora":
+        problems = option_problems(entry.options, LoraOptions, {"scale": LORA_SCALES})
+        return problems + ([] if entry.base else ["base: required; name the SD1.5 model the LoRA is fused into"])
+    return None
 
 
 @hookimpl

@@ -19,12 +19,14 @@ from evs_framework.hookspecs import hookimpl
 from evs_framework.io.vae import finite_or_float32
 from evs_framework.latent_space import LatentSpace
 from evs_framework.loaders.checkpoints import check_diffusers_folder
+from evs_framework.registry_checks import option_problems
 
 if TYPE_CHECKING:  # annotations only; the modules are imported where a model loads
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 REQUIRED_SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer")
 DEFAULT_MAX_SEQUENCE_LENGTH = 512
+MAX_SEQUENCE_LENGTH = 4096  # the tokenizer pads every prompt to the length asked: beyond this, only memory goes
 
 
 @attrs.frozen
@@ -128,6 +130,18 @@ def load_wan(entry, context) -> WanBackend:
     parts = context.shared(("wan", path.resolve()), lambda: read_wan_parts(path, context))
     length = int(entry.options.get("max_sequence_length", DEFAULT_MAX_SEQUENCE_LENGTH))
     return WanBackend(parts, VideoVAECodec(parts.vae, wan_space(entry.preset.latent_space.name, parts.vae)), length)
+
+
+@attrs.frozen
+class WanOptions:
+    max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH
+
+
+@hookimpl
+def entry_problems(entry, names):
+    if entry.kind != "wan":
+        return None
+    return option_problems(entry.options, WanOptions, {"max_sequence_length": (1, MAX_SEQUENCE_LENGTH)})
 
 
 @hookimpl

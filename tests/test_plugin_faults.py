@@ -119,10 +119,10 @@ def test_a_backend_that_fails_to_load_fails_every_video_and_the_report_is_writte
         "models": {"idm": {"name": "flakyEP"}}, "composition": "IDM", "settings": {"idm_inverse_strength": 0.1},
         "output": {"dir": "out", "side_by_side": False}}))
     monkeypatch.setattr("evs_framework.cli.load_plugins", lambda: load_plugins(extra=[module]))
-    assert main(["run", str(spec), "--device", "cpu", "--weights-dir", str(zoo), "--registry", str(registry_file)]) == 1
-    err = capsys.readouterr()
-    assert "Traceback" not in err.err and err.out.count("the flaky backend broke") == 2, err
-    assert f"plugin '{PLUGIN}' failed while loading the models" in err.out
+    assert main(["run", str(spec), "--device", "cpu", "--weights-dir", str(zoo), "--registry", str(registry_file)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"plugin '{PLUGIN}', which provides kind 'flaky_sd15'" in err, err
+    assert "ValueError: the flaky backend broke" in err and f"({PLUGIN}.py:" in err
     report = json.loads((tmp_path / "out" / "job-report.json").read_text())
     assert [video["status"] for video in report["videos"]] == ["failed", "failed"]
 
