@@ -8,7 +8,7 @@ import torch
 
 from evs_framework.denoiser import Prediction
 from evs_framework.errors import PlanError
-from evs_framework.plan import DenoiseOp
+from evs_framework.plan import DenoiseOp, TransferOp
 from evs_framework.planner import make_plan
 from evs_framework.transfer import TransferContext
 from evs_plugins.latent_ops import lowpass
@@ -134,3 +134,13 @@ def test_the_correction_steps_from_the_nearest_kept_level_above_when_several_are
     step_from_1 = 0.5 * 2.0 + 0.5 * (0.25 * 2.0)  # the kept latent at 1.0: x0 + sigma_to * eps
     torch.testing.assert_close(pnp_correct(ctx), present + 1.5 - torch.full((1, 1, 2, 2), step_from_1))
     assert seen == [1.0]
+
+
+def test_the_inversion_runs_on_the_negative_prompt_alone_and_the_correction_on_the_prompt_alone(clip_file, plugins,
+                                                                                                registry):
+    """Its code inverts at guidance 0 (the negative prompt's embeddings) and evaluates the kept latents at guidance 1
+    (docs/videoelevator.md, the inversion prompt)."""
+    plan = make_plan(elevator_spec(clip_file, 10, [7, 4], 2), registry, plugins)
+    guidance = {(op.strategy, op.params["guidance"]) for op in plan.ops if isinstance(op, TransferOp)
+                and op.strategy in ("invert_and_keep", "pnp_correct")}
+    assert guidance == {("invert_and_keep", 0.0), ("pnp_correct", 1.0)}
