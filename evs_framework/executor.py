@@ -2,7 +2,7 @@
 
 The trajectory carries the current latent and its level, plus the latest clean estimate and noise
 prediction (the source latent and no prediction at the start). Transfers and latent ops start from
-those; denoise ops call the role's sampler with the role's denoiser. Each op's model calls are counted and
+those; a latent op or a conversion replaces the latent by its new clean estimate, at sigma 0; denoise ops call the role's sampler with the role's denoiser. Each op's model calls are counted and
 recorded beside the plan's count for it, so a sampler or transfer that did not do what it declared shows. On CUDA
 each op's peak memory is recorded too, which resets torch's peak-memory counter at the start of every op.
 """
@@ -146,10 +146,10 @@ def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, ca
             if convert is None:
                 raise ValueError("the plan converts between latent spaces; pass `convert` to execute it")
             state.clean = convert(op, state.clean)
-            state.x, state.eps = state.clean, None
+            state.x, state.sigma, state.eps = state.clean, 0.0, None
         elif isinstance(op, LatentOp):
             state.clean = catalogue.get("latent_ops", op.name)(state.clean, **op.params)
-            state.x, state.eps = state.clean, None
+            state.x, state.sigma, state.eps = state.clean, 0.0, None
         elif isinstance(op, TransferOp):
             transfer = catalogue.get("transfers", op.strategy)
             context = TransferContext(state.clean, state.eps, state.sigma, op.sigma_to, op.levels, denoisers[op.model],

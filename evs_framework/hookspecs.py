@@ -81,7 +81,8 @@ def register_samplers(register):
     """Provide per-step samplers: `register(name, sampler)` with an `evs_framework.sampler.Sampler`.
 
     `sampler.step(denoise, x, ctx) -> (x_next, prediction)` takes one step from `ctx.sigma` to `ctx.sigma_next`,
-    calling `denoise(x, sigma)` (which returns a `Prediction`) as often as it needs. `ctx` is a `StepContext`:
+    calling `denoise(x, sigma)` (which returns a `Prediction`) as often as it needs; the prediction it returns must
+    agree with x_next, x_next = x0 + sigma_next * eps, as the trajectory carries both on. `ctx` is a `StepContext`:
     the step's index and the op's levels, the op, the sampler's parameters, `state` (new for each op: a multistep
     history) and `video_state` (for the whole video). `sampler.evaluations(sigma, sigma_next, params)` must say
     how many times the step calls `denoise`: plans count with it, and runs report any step that differs.

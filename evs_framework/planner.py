@@ -353,8 +353,9 @@ class _Planner:
         levels = tuple(reversed(schedule.levels[first:]))
         params = {**transfer.parameters, **given}
         guidance = self.spec.settings.inversion_guidance if params.get("guidance") is None else params["guidance"]
-        evaluations = transfer.evaluations(levels, self.sigma, params)
-        self.ops.append(TransferOp(index, model.role, mode, first, self.sigma, schedule.levels[first], levels,
+        sigma_from = 0.0 if changed else self.sigma  # the executor hands a changed latent over as clean
+        evaluations = transfer.evaluations(levels, sigma_from, params)
+        self.ops.append(TransferOp(index, model.role, mode, first, sigma_from, schedule.levels[first], levels,
                                    evaluations * calls_per_evaluation(guidance), params, evaluations))
 
     def resize_for(self, index: int, model: PlannedModel, where: str) -> bool:

@@ -2,9 +2,11 @@
 
 A sampler's `step(denoise, x, ctx)` moves the latent `x` from `ctx.sigma` to `ctx.sigma_next`, calling
 `denoise(x, sigma)` (an `evs_framework.denoiser.Denoiser`) as often as it needs, and returns the new latent with
-the prediction the trajectory should carry on with (its clean estimate and noise). `evaluations(sigma,
-sigma_next, params)` says how many calls that step makes, before guidance doubles them: the planner sums it over
-the schedule, so `evs plan` shows what a run will do, and the runner reports any step that did otherwise.
+the prediction the trajectory should carry on with: its clean estimate x0 and the noise eps that the new latent
+holds over it, x_next = x0 + sigma_next * eps (so re-noising with eps to sigma_next gives x_next back).
+`evaluations(sigma, sigma_next, params)` says how many calls that step makes, before guidance doubles them: the
+planner sums it over the schedule, so `evs plan` shows what a run will do, and the runner reports any step that did
+otherwise.
 """
 
 from __future__ import annotations

@@ -172,6 +172,13 @@ def lcm_timesteps(steps: int, train_steps: int = 1000, original_steps: int = 50)
     return [origin[math.floor(i * (original_steps / steps))] for i in range(steps)]
 
 
+def start_level(steps: int, strength: float) -> int:
+    """The level an img2img run of `steps` steps at this strength starts at: int(steps * strength) steps run, the
+    float product truncated as diffusers' img2img and AnimateDiff video-to-video pipelines truncate it (50 steps at
+    0.58 run 28, not 29)."""
+    return steps - min(int(steps * strength), steps)
+
+
 @attrs.frozen
 class ModelSchedule:
     """A model's sampling schedule: its `steps` timesteps and their sigmas, plus a final level at sigma 0.
@@ -194,10 +201,7 @@ class ModelSchedule:
         return tuple(self.train.sigma_at(t) for t in self.timesteps) + (0.0,)
 
     def start_level(self, strength: float) -> int:
-        """The level an img2img run of this strength starts at (diffusers: int(steps * strength) steps run)."""
-        # The epsilon guards against 0.7 * 10 == 6.999...; diffusers truncates the same product.
-        run = min(int(self.steps * strength + 1e-9), self.steps)
-        return self.steps - run
+        return start_level(self.steps, strength)
 
     def level_at_or_below(self, sigma: float) -> int:
         """The first level whose sigma is at most `sigma` (the clean level, `steps`, when none is)."""

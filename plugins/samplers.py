@@ -2,7 +2,8 @@
 
 `euler` is DDIM with eta 0; `ddim` adds eta's fresh noise (Euler ancestral in k-diffusion's terms); `heun` is
 k-diffusion's second-order Heun; `dpmpp_2m` is DPM-Solver++(2M), multistep, with its history kept per op;
-`lcm` is the Latent Consistency Model step.
+`lcm` is the Latent Consistency Model step. Each returns a prediction that agrees with its new latent (see
+evs_framework.sampler).
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from evs_framework.transfer import fresh_noise
 # LCMScheduler's defaults (diffusers): the boundary-condition scalings' timestep_scaling and sigma_data
 LCM_TIMESTEP_SCALING = 10.0
 LCM_SIGMA_DATA = 0.5
+
+
+def landed(x_next, x0, sigma_next: float, eps) -> tuple:
+    """`x_next` with the prediction that agrees with it: the clean estimate `x0` and the noise x_next holds over it;
+    at sigma 0, where none is left, the model's `eps`."""
+    return x_next, Prediction(x0, (x_next - x0) / sigma_next if sigma_next > 0 else eps)
 
 
 def euler(denoise, x, ctx):
@@ -35,7 +42,7 @@ def ddim(denoise, x, ctx):
     x_next = prediction.x0 + math.sqrt(sigma_next**2 - fresh**2) * prediction.eps
     if fresh > 0:
         x_next = x_next + fresh * fresh_noise(x, ctx.generator)
-    return x_next, prediction
+    return landed(x_next, prediction.x0, sigma_next, prediction.eps)
 
 
 def heun(denoise, x, ctx):
@@ -70,15 +77,15 @@ def dpmpp_2m(denoise, x, ctx):
             x0 = (1 + 1 / (2 * r)) * prediction.x0 - (1 / (2 * r)) * previous["x0"]
         x_next = (sigma_next / sigma) * x - math.expm1(-h) * x0
     ctx.state["dpmpp_2m"] = {"x0": prediction.x0, "sigma": sigma}
-    return x_next, prediction
+    return landed(x_next, prediction.x0, sigma_next, prediction.eps)
 
 
 def lcm(denoise, x, ctx):
     """Latent Consistency Model step (diffusers' LCMScheduler.step): the boundary-conditioned clean estimate
     plus fresh noise at sigma_next (none when sigma_next is 0).
 
-    Returns x0 = the consistency-corrected estimate and eps = (x - x0) / sigma, so that x = x0 + sigma * eps
-    holds and a later ddim_renoise re-noises from the same estimate the trajectory carries.
+    Returns x0 = the consistency-corrected estimate, and as eps the fresh noise it added (into sigma 0, the noise
+    (x - x0) / sigma the step removed).
     """
     sigma, sigma_next = ctx.sigma, ctx.sigma_next
     prediction = denoise(x, sigma)
@@ -89,7 +96,7 @@ def lcm(denoise, x, ctx):
     denoised = c_out * prediction.x0 + c_skip * (x / math.sqrt(1.0 + sigma**2))
     eps = (x - denoised) / sigma if sigma > 0 else prediction.eps
     x_next = denoised if sigma_next == 0 else denoised + sigma_next * fresh_noise(x, ctx.generator)
-    return x_next, Prediction(denoised, eps)
+    return landed(x_next, denoised, sigma_next, eps)
 
 
 EULER = Sampler("euler", euler, description=euler.__doc__)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from evs_framework.composition import Composition, Stage, StageOp
 from evs_framework.hookspecs import hookimpl
+from evs_framework.schedules import start_level
 from evs_framework.transfer import Transfer, TransferContext
 from evs_plugins.transfers import invert, levels_above_clean
 
@@ -61,7 +62,7 @@ def videoelevator(builder) -> None:
         return  # the builder has said why
     total, vdm_total = len(idm) - 1, len(vdm) - 1
     strength = builder.setting("idm_inverse_strength")
-    first = total - min(int(total * strength + 1e-9), total)
+    first = start_level(total, strength)
     windows = [total - left for left in builder.windows() if first <= total - left < total - 1]
     if not windows or len(windows) < len(builder.settings.stable_steps):
         builder.problem(f"stable_steps {list(builder.settings.stable_steps)}: each window opens after one of the T2I's "

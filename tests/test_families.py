@@ -104,7 +104,11 @@ def test_flow_matching_steps_are_flow_match_euler_steps():
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     schedule = ModelSchedule(FlowMatchingSchedule(shift=3.0), 6, "trailing")
-    ts = [s / (1 + s) for s in schedule.levels[:-1]]
+    # the grid worked out here: t = 1, 5/6, ..., 1/6 bent by shift 3 (3t / (1 + 2t)); t = 1 stops at the betas'
+    # terminal sigma 2^12 (alpha_cumprod 2^-24), t = 1 / (1 + 2^-12)
+    grid = [3 * t / (1 + 2 * t) for t in (1, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6)]
+    ts = [1 / (1 + 2**-12)] + grid[1:]
+    assert [s / (1 + s) for s in schedule.levels[:-1]] == pytest.approx(ts, rel=1e-9)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)  # the grid is already shifted
     scheduler.set_timesteps(sigmas=ts)
 

@@ -46,8 +46,8 @@ def _compare_step(scheduler, sigma, sigma_next, t, x_vp, seed=7):
     x_next, prediction = single_step(LCM, _denoiser(), x, sigma, sigma_next, torch.Generator().manual_seed(seed))
     torch.testing.assert_close(x_next / (1 + sigma_next**2) ** 0.5, expected.prev_sample, atol=1e-5, rtol=0)
     torch.testing.assert_close(prediction.x0, expected.denoised, atol=1e-5, rtol=0)
-    # the pair is consistent: ddim_renoise back to this level gives x again
-    torch.testing.assert_close(prediction.x0 + sigma * prediction.eps, x, atol=1e-4, rtol=1e-5)
+    # the pair agrees with the latent the step returns: ddim_renoise to sigma_next gives it back
+    torch.testing.assert_close(prediction.x0 + sigma_next * prediction.eps, x_next, atol=1e-4, rtol=1e-5)
     return expected
 
 

@@ -8,6 +8,7 @@ import torch
 
 from evs_framework.denoiser import Prediction
 from evs_framework.errors import PlanError
+from evs_framework.plan import DenoiseOp, TransferOp
 from evs_framework.planner import make_plan
 from evs_framework.transfer import TransferContext
 from evs_plugins.latent_ops import lowpass
@@ -95,3 +96,51 @@ def test_the_inversion_keeps_every_level_it_passes_on_the_negative_prompt():
     kept = state["videoelevator"]["kept"]
     assert sorted(kept) == [0.0, 0.3, 0.9]
     torch.testing.assert_close(kept[0.3], first)
+
+
+def test_the_t2v_window_opens_at_the_same_fraction_of_its_schedule_when_step_counts_differ(clip_file, plugins,
+                                                                                         registry):
+    """T2I 25 steps, T2V 8: the window at 20 steps left opens after T2I step 5, a fifth of the way, where the T2V
+    has taken 8 / 5 = 1.6 steps: its level 2; at 12 left, 13 / 25 of the way, 4.16: level 4."""
+    spec = native(clip_file, "videoelevator", idm={"steps": 25}, vdm={"name": "animatelcm", "steps": 8},
+                  stable_steps=[20, 12], stable_num=2, idm_inverse_strength=1.0)
+    plan = make_plan(spec, registry, plugins)
+    windows = [op for op in plan.ops if isinstance(op, DenoiseOp) and op.model == "vdm"]
+    assert [op.first_level for op in windows] == [2, 4]
+
+
+def test_lowpass_at_d_s_2_damps_a_mixed_frequency_by_its_gaussian_weight():
+    """A wave of 1 cycle over 4 frames and 1 over 8 columns sits at normalised frequencies f_t = 1 / (4 / 2) = 0.5 and
+    f_w = 1 / (8 / 2) = 0.25; with d_s = 2, d_t = 0.8 its weight is exp(-((2 / 0.8 * 0.5)^2 + 0.25^2) / (2 * 2^2))
+    = exp(-(1.5625 + 0.0625) / 8)."""
+    t = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1)
+    w = torch.arange(8, dtype=torch.float32).view(1, 1, 1, 8)
+    wave = (torch.cos(2 * math.pi * t / 4) * torch.cos(2 * math.pi * w / 8)).expand(4, 3, 6, 8).clone()
+    torch.testing.assert_close(lowpass(wave, d_s=2.0, d_t=0.8), math.exp(-1.625 / 8) * wave, rtol=1e-5, atol=1e-5)
+
+
+def test_the_correction_steps_from_the_nearest_kept_level_above_when_several_are():
+    seen = []
+
+    def denoise(x, sigma, guidance=None):
+        seen.append(sigma)
+        return Prediction(0.5 * x, 0.25 * x)
+
+    kept = {sigma: torch.full((1, 1, 2, 2), value) for sigma, value in ((0.0, 0.0), (0.5, 1.5), (1.0, 2.0),
+                                                                         (2.0, 3.0), (4.0, 5.0))}
+    present = torch.ones(1, 1, 2, 2)
+    ctx = TransferContext(None, None, 0.5, 0.5, (0.0, 0.5), denoise, 7.5, None, params={"guidance": 1.0},
+                          video_state={"videoelevator": {"kept": kept}}, x=present)
+    step_from_1 = 0.5 * 2.0 + 0.5 * (0.25 * 2.0)  # the kept latent at 1.0: x0 + sigma_to * eps
+    torch.testing.assert_close(pnp_correct(ctx), present + 1.5 - torch.full((1, 1, 2, 2), step_from_1))
+    assert seen == [1.0]
+
+
+def test_the_inversion_runs_on_the_negative_prompt_alone_and_the_correction_on_the_prompt_alone(clip_file, plugins,
+                                                                                                registry):
+    """Its code inverts at guidance 0 (the negative prompt's embeddings) and evaluates the kept latents at guidance 1
+    (docs/videoelevator.md, the inversion prompt)."""
+    plan = make_plan(elevator_spec(clip_file, 10, [7, 4], 2), registry, plugins)
+    guidance = {(op.strategy, op.params["guidance"]) for op in plan.ops if isinstance(op, TransferOp)
+                and op.strategy in ("invert_and_keep", "pnp_correct")}
+    assert guidance == {("invert_and_keep", 0.0), ("pnp_correct", 1.0)}
