@@ -30,13 +30,13 @@ from evs_framework.io.video_io import fit_frames
 from evs_framework.loading import DTYPES, LoadContext, WeightSettings, default_weight_folders
 from evs_framework.plan import Plan
 from evs_framework.plan_text import format_plan
-from evs_framework.planner import make_plan, video_plans
+from evs_framework.planner import make_plan, model_problems, video_plans
 from evs_framework.plugins import load_plugins
 from evs_framework.preflight import clip_problems, input_problems, parse_device, weight_problems
 from evs_framework.registry import load_registry
 from evs_framework.runner import load_backends, synthesize
 from evs_framework.sharding import process_device_name
-from evs_framework.spec import (ParsedSpec, Spec, load_spec, overridden_settings, parse_spec, read_spec,
+from evs_framework.spec import (SCHEDULE_PARTS, ParsedSpec, Spec, load_spec, overridden_settings, parse_spec, read_spec,
                                 settings_problems)
 
 
@@ -88,22 +88,31 @@ def prepare_job(spec: str | Path | ParsedSpec, *, plugins=None, registry=None, o
     except EVSError as exc:
         problems.append(str(exc))
         context = load_context(plugins, registry, **{**context_options, "device": "cpu"})  # weights are looked for
-    plan, plans = None, {}
+    plan, plans, found = None, {}, []
     try:
-        plan = make_plan(spec, registry, plugins, context, parsed.broken_roles)
-        plans = video_plans(spec, plan, registry, plugins, context)
+        if parsed.unread & SCHEDULE_PARTS:  # planned from defaults the spec never set: only its models are checked
+            found += model_problems(spec, registry, plugins, parsed.broken_roles)
+        else:
+            plan = make_plan(spec, registry, plugins, context, parsed.broken_roles)
+            plans = video_plans(spec, plan, registry, plugins, context)
     except PlanError as exc:
-        problems += exc.problems
+        found += exc.problems
     except EVSError as exc:
-        problems.append(str(exc))
+        found.append(str(exc))
     entries = [m.entry for m in plan.models.values()] if plan else \
         [registry.entries[c.name] for c in spec.models.values() if c.name in registry.entries]
     missing = input_problems(spec, plan) + weight_problems(entries, context)
     if missing and not allow_missing:
-        problems += missing
+        found += missing
+    problems += parsed.as_written(found)
     if problems:
-        raise SpecError(problems, source)
+        raise SpecError(problems, source, _missing_hint(missing) if missing and not allow_missing else "")
     return Job(spec, plan, context, tuple(missing), plans)
+
+
+def _missing_hint(missing: list[str]) -> str:
+    return (f"{len(missing)} of them: input videos or weight files missing; `evs plan --allow-missing` shows the plan "
+            f"without them (`allow_missing=True` from Python)")
 
 
 class Composer:

@@ -90,7 +90,7 @@ def test_an_input_too_small_to_crop_is_refused_before_loading(seed_config, tmp_p
 
 @pytest.mark.parametrize("changes, named", [
     ({"seed": 2**64}, "$.seed: 18446744073709551616 is outside"),
-    ({"mp4_files": "ab"}, "$.mp4_files: expected a list, got str 'ab'"),
+    ({"mp4_files": "ab"}, "$.mp4_files: expected a list, got string 'ab'"),
     ({"stable_steps": ""}, "$.stable_steps: expected a list"),
     ({"pipeline_mode": "x/../../escaped"}, "unknown composition"),
 ])

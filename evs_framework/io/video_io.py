@@ -81,7 +81,7 @@ def _unreadable(path: Path, reason: str) -> VideoError:
 def _existing(path) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise VideoError(f"video {path} does not exist; check the path in mp4_files/videos")
+        raise VideoError(f"video {path} does not exist; check its path (relative paths start at the spec's folder)")
     return path
 
 
