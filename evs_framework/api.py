@@ -31,7 +31,7 @@ from evs_framework.loading import DTYPES, LoadContext, WeightSettings, default_w
 from evs_framework.paths import resolved
 from evs_framework.plan import Plan
 from evs_framework.plan_text import format_plan
-from evs_framework.planner import make_plan, model_problems, video_plans
+from evs_framework.planner import make_plan, model_problems, resolve_composition, video_plans
 from evs_framework.plugins import load_plugins
 from evs_framework.preflight import clip_problems, input_problems, parse_device, weight_problems
 from evs_framework.registry import load_registry
@@ -93,24 +93,27 @@ def prepare_job(spec: str | Path | ParsedSpec, *, plugins=None, registry=None, o
     except EVSError as exc:
         problems.append(str(exc))
         context = load_context(plugins, registry, **{**context_options, "device": "cpu"})  # weights are looked for
-    plan, plans, tainted = None, {}, parsed.tainted
+    plan, plans, found, tainted = None, {}, [], parsed.tainted
     try:
-        if tainted & STAGE_SECTIONS:  # the stages would compute with a bad value: only the models are checked
-            problems += model_problems(spec, registry, plugins, parsed.unplannable_roles)
+        if tainted & STAGE_SECTIONS:  # the stages would compute with a bad value: the composition and models alone
+            found += model_problems(spec, registry, plugins, parsed.unplannable_roles)
+            if "composition" not in tainted:
+                resolve_composition(spec, plugins.catalogue)
         else:
             plan = make_plan(spec, registry, plugins, context, parsed.unplannable_roles, extras=not problems)
             plans = video_plans(_without_bad_settings(spec, tainted), plan, registry, plugins, context)
     except PlanError as exc:
-        problems += exc.problems
+        found += exc.problems
     except EVSError as exc:
-        problems.append(str(exc))
+        found.append(str(exc))
     entries = [m.entry for m in plan.models.values()] if plan else \
         [registry.entries[c.name] for c in spec.models.values() if c.name in registry.entries]
     missing = input_problems(spec, plan, sized="video" not in tainted) + weight_problems(entries, context)
     if missing and not allow_missing:
-        problems += missing
+        found += missing
+    problems += parsed.as_written(found)
     if problems:
-        raise SpecError(problems, source)
+        raise SpecError(problems, source, _missing_hint(missing) if missing and not allow_missing else "")
     return Job(spec, plan, context, tuple(missing), plans)
 
 
@@ -119,6 +122,11 @@ def _without_bad_settings(spec: Spec, tainted: frozenset[str]) -> Spec:
     inputs = tuple(attrs.evolve(item, settings=None) if f"inputs[{i}]" in tainted else item
                    for i, item in enumerate(spec.inputs))
     return attrs.evolve(spec, inputs=inputs)
+
+
+def _missing_hint(missing: list[str]) -> str:
+    return (f"{len(missing)} of them: input videos or weight files missing; `evs plan --allow-missing` shows the plan "
+            f"without them (`allow_missing=True` from Python)")
 
 
 class Composer:

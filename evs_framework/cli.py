@@ -61,6 +61,7 @@ def _running(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evs", description="Compose text-to-image and text-to-video diffusion models "
                                                              "inside one denoising trajectory (EVS).")
+    parser.add_argument("--version", action="version", version=f"evs {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     plan = commands.add_parser("plan", help="show the schedule a config runs, without loading weights")
     plan.add_argument("config", type=Path)
@@ -131,12 +132,23 @@ def build_parser() -> argparse.ArgumentParser:
         _common(sub)
         _running(sub)
     commands.add_parser("plugins", help="list loaded plugins and what each provides")
-    commands.add_parser("models", help="list the registry's model names")
+    models = commands.add_parser("models", help="list the registry's models and whether their weights are here")
+    models.add_argument("--weights-dir", action="append", default=[], metavar="DIR",
+                        help="folder holding model weights, searched before $EVS_WEIGHTS_DIR and ./pretrained_models")
     for sub in (plan, run, demo, sfi, evaluate, comparing, fetch, commands.choices["plugins"], commands.choices["models"]):
         _common(sub)
     for sub in (plan, run, demo, sfi, comparing):  # plan reads configs and sizes for the same weights, dtype and device
         _running(sub)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("evs-framework")
+    except PackageNotFoundError:  # a checkout on the path, not installed
+        return "(not installed)"
 
 
 def _threads(args) -> int:
@@ -398,12 +410,22 @@ def cmd_plugins(args, plugins, registry) -> int:
 
 
 def cmd_models(args, plugins, registry) -> int:
+    from evs_framework.api import load_context
+    from evs_framework.errors import WeightsError
+    from evs_framework.preflight import weight_path
+
+    context = load_context(plugins, registry, device="cpu", weights_dirs=args.weights_dir)
     kinds = plugins.catalogue.names("backends")
     name_width = max(len(name) for name in registry.entries)
     for entry in registry.entries.values():
         missing = "" if entry.kind in kinds else f"  (no loaded plugin provides kind {entry.kind!r} yet)"
+        try:
+            where = weight_path(entry, context)
+            weights = f"weights here: {where}" if where else "no weight files"
+        except WeightsError:
+            weights = f"weights missing: {entry.weights.local} (`evs plan` on a spec naming it says where to put them)"
         print(f"{entry.name:{name_width}} {entry.type} {entry.kind:12} base={entry.base or '-':4} "
-              f"weights={entry.weights.local}  {entry.description}{missing}")
+              f"{entry.description}{missing}\n{'':{name_width}} {weights}")
     return 0
 
 

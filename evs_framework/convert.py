@@ -16,7 +16,7 @@ import cattrs.gen
 from cattrs.errors import (AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError,
                            IterableValidationError, IterableValidationNote)
 
-from evs_framework.errors import SpecError, short_repr
+from evs_framework.errors import SpecError, did_you_mean, short_repr, written
 
 _PRIMITIVES = {
     bool: lambda v: isinstance(v, bool),
@@ -25,7 +25,7 @@ _PRIMITIVES = {
     str: lambda v: isinstance(v, str),
     type(None): lambda v: v is None,
 }
-_TYPE_WORDS = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+TYPE_WORDS = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
 
 
 def _primitive_hook(kind):
@@ -33,7 +33,7 @@ def _primitive_hook(kind):
 
     def structure(value, _):
         if not accepts(value):
-            raise TypeError(f"expected {_TYPE_WORDS[kind]}, got {type(value).__name__} {short_repr(value)}")
+            raise TypeError(f"expected {TYPE_WORDS[kind]}, got {written(value)}")
         return float(value) if kind is float else value
 
     return structure
@@ -60,8 +60,8 @@ def _union_hook(t):
         for member in members:
             if _PRIMITIVES[member](value):
                 return float(value) if member is float and not isinstance(value, float) and int not in members else value
-        words = " or ".join([_TYPE_WORDS[m] for m in members] + (["a mapping"] if record else []))
-        raise TypeError(f"expected {words}, got {type(value).__name__} {short_repr(value)}")
+        words = " or ".join([TYPE_WORDS[m] for m in members] + (["a mapping"] if record else []))
+        raise TypeError(f"expected {words}, got {written(value)}")
 
     return structure
 
@@ -84,7 +84,7 @@ def _sequence_hook(t):
 
     def structure(value, _):
         if not isinstance(value, (list, tuple)):
-            raise TypeError(f"expected a list, got {type(value).__name__} {short_repr(value)}; write it as [...]")
+            raise TypeError(f"expected a list, got {written(value)}; write it as [...]")
         if fixed and len(value) != len(args):
             raise TypeError(f"expected a list of {len(args)} values, got {len(value)}")
         items, errors = [], []
@@ -107,7 +107,7 @@ def _mapping_hook(t):
 
     def structure(value, _):
         if not isinstance(value, dict):
-            raise TypeError(f"expected a mapping of keys to values, got {type(value).__name__} {short_repr(value)}")
+            raise TypeError(f"expected a mapping of keys to values, got {written(value)}")
         items, errors = {}, []
         for key, item in value.items():
             try:
@@ -128,7 +128,7 @@ def _record_hook(cls):
 
     def structure(value, _):
         if not isinstance(value, dict):
-            raise TypeError(f"expected a mapping of keys to values, got {type(value).__name__} {short_repr(value)}")
+            raise TypeError(f"expected a mapping of keys to values, got {written(value)}")
         return fields(value, cls)
 
     return structure
@@ -152,7 +152,7 @@ CONVERTER = make_converter()
 def _problems(exc: BaseException, path: str) -> list[str]:
     """Flatten cattrs' nested errors into 'path: message' lines."""
     if isinstance(exc, ForbiddenExtraKeysError):
-        return [f"{path}: unknown key(s) {', '.join(sorted(map(repr, exc.extra_fields)))}" + _known_keys(exc.cl)]
+        return _unknown_keys(exc.extra_fields, exc.cl, path)
     if isinstance(exc, (ClassValidationError, IterableValidationError)):
         lines = []
         for inner in exc.exceptions:
@@ -171,10 +171,10 @@ def _problems(exc: BaseException, path: str) -> list[str]:
     return [f"{path}: {exc}"]
 
 
-def _known_keys(cls) -> str:
-    if attrs.has(cls):
-        return f"; known keys: {', '.join(a.alias for a in attrs.fields(cls))}"
-    return ""
+def _unknown_keys(keys, cls, path: str) -> list[str]:
+    """A problem for each key that attrs class `cls` does not have, with the known keys it is closest to."""
+    known = [a.alias for a in attrs.fields(cls)]
+    return [f"{path}: unknown key {key!r}{did_you_mean(key, known)}; fix or drop it" for key in sorted(map(str, keys))]
 
 
 def structure(data, cls, source: str, path: str = "$"):
@@ -191,13 +191,10 @@ def structure_fields(data, cls, path: str = "$") -> tuple[dict, list[str]]:
     """Structure each top-level key of `data` as the matching field of `cls` on its own: (the values that
     structured, every problem), so one bad key does not hide the problems of the others."""
     if not isinstance(data, dict):
-        return {}, [f"{path}: expected a mapping of keys to values, got {type(data).__name__}"]
+        return {}, [f"{path}: expected a mapping of keys to values, got {written(data)}"]
     attrs.resolve_types(cls)
     fields = {field.alias: field for field in attrs.fields(cls)}
-    problems = []
-    unknown = sorted(set(map(str, data)) - set(fields))
-    if unknown:
-        problems.append(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}{_known_keys(cls)}")
+    problems = _unknown_keys(set(map(str, data)) - set(fields), cls, path)
     values = {}
     for alias, field in fields.items():
         if alias not in data:

@@ -8,13 +8,14 @@ class EVSError(Exception):
 
 
 class SpecError(EVSError):
-    """A spec or config is malformed. Holds every problem found, each with its path (e.g. `$.stable_steps[0]`)."""
+    """A spec or config is malformed. Holds every problem found, each with its path (e.g. `$.stable_steps[0]`), and
+    a `hint` on what to do next, printed after them."""
 
-    def __init__(self, problems: list[str], source: str = "spec"):
+    def __init__(self, problems: list[str], source: str = "spec", hint: str = ""):
         self.problems = list(problems)
         self.source = source
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{source} has {len(self.problems)} problem(s):\n{lines}")
+        super().__init__(f"{source} has {len(self.problems)} problem(s):\n{lines}" + (f"\n{hint}" if hint else ""))
 
 
 class PlanError(EVSError):
@@ -58,15 +59,16 @@ class NumericalError(EVSError):
     """Latents became NaN or infinite; the message names the op and the noise level."""
 
 
-def did_you_mean(name: str, choices) -> str:
-    """' (did you mean X?)' for the closest choices, or the full list when nothing is close."""
+def did_you_mean(name: str, choices, list_all: bool = True) -> str:
+    """' (did you mean X?)' for the closest choices, or the full list when nothing is close (nothing without
+    `list_all`)."""
     import difflib
 
     choices = sorted(choices)
     close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
     if close:
         return f" (did you mean {' or '.join(repr(c) for c in close)}?)"
-    return f" (known: {', '.join(choices) if choices else 'none'})"
+    return f" (known: {', '.join(choices) if choices else 'none'})" if list_all else ""
 
 
 def short_repr(value, limit: int = 80, quote: bool = True) -> str:
@@ -75,7 +77,25 @@ def short_repr(value, limit: int = 80, quote: bool = True) -> str:
     return text if len(text) <= limit else f"{text[:limit - 15]}... ({len(text)} chars)"
 
 
+def written(value) -> str:
+    """`value` as a spec's author wrote it, named by its JSON/YAML type: `null`, `true`, `number 2.5`,
+    `string '0.4'`, `a list of 3 items`, `a mapping`; Python's own names (NoneType, bool, dict) mean nothing to them."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"number {short_repr(value, quote=False)}"
+    if isinstance(value, str):
+        return f"string {short_repr(value)}"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} item{'' if len(value) == 1 else 's'}"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"{short_repr(value, quote=False)} (a YAML {type(value).__name__}; quote it to make it a string)"
+
+
 def unknown_parameters(what: str, known, given, where: str) -> list[str]:
     """A problem for each key of `given` that `what` (e.g. "sampler 'ddim'") does not take."""
-    listed = ", ".join(sorted(known)) or "none"
-    return [f"{where}.{key}: {what} has no parameter {key!r} (its parameters: {listed})" for key in given if key not in known]
+    return [f"{where}.{key}: {what} has no parameter {key!r}{did_you_mean(str(key), known)}" for key in given
+            if key not in known]

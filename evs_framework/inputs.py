@@ -16,7 +16,7 @@ import csv
 import json
 from pathlib import Path
 
-from evs_framework.errors import short_repr
+from evs_framework.errors import did_you_mean, written
 from evs_framework.paths import resolved, unreadable_reason
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".webm", ".avi", ".mkv", ".gif")
@@ -34,7 +34,7 @@ def expand_inputs(data: dict, folder: Path) -> tuple[dict, list[str], list[str] 
         return data, [], None
     given = [key for key in SOURCES if key in inputs]
     allowed = {"manifest"} if given == ["manifest"] else {*given, "prompt", "negative_prompt"}
-    problems = [f"$.inputs.{key}: unknown key; use one of {', '.join(sorted(allowed))}" for key in inputs
+    problems = [f"$.inputs.{key}: unknown key{did_you_mean(str(key), allowed)}; fix or drop it" for key in inputs
                 if key not in allowed and len(given) == 1]
     if len(given) != 1:
         return data, [f"$.inputs: give one of {', '.join(SOURCES)} (got {', '.join(given) or 'none'}), or a list of "
@@ -50,7 +50,7 @@ def expand_inputs(data: dict, folder: Path) -> tuple[dict, list[str], list[str] 
 def listed_videos(inputs: dict, source: str, folder: Path) -> tuple[list[dict], list[str]]:
     prompt = inputs.get("prompt")
     problems = [] if isinstance(prompt, str) and prompt.strip() else \
-        [f"$.inputs.prompt: {short_repr(prompt)}; a {source} of videos needs the prompt they share"]
+        [f"$.inputs.prompt: got {written(prompt)}; a {source} of videos needs the prompt they share, as text"]
     where = str(inputs[source])
     if source == "folder":
         path = folder / where
@@ -104,7 +104,7 @@ def _csv_lines(text: str, name: str):
     unknown = [c for c in header if c not in MANIFEST_COLUMNS]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if unknown or missing:
-        parts = ([f"unknown column(s) {', '.join(map(repr, unknown))}"] if unknown else []) + \
+        parts = [f"unknown column {c!r}{did_you_mean(c, MANIFEST_COLUMNS, list_all=False)}" for c in unknown] + \
                 ([f"no {', '.join(missing)} column"] if missing else [])
         yield 1, f"{name} line 1: {'; '.join(parts)}; the columns are {', '.join(MANIFEST_COLUMNS)} (video and prompt needed)"
         return
@@ -125,12 +125,12 @@ def _jsonl_lines(text: str, name: str):
             yield number, f"{name} line {number}: not JSON ({exc.msg}); write one object a line"
             continue
         if not isinstance(values, dict):
-            yield number, f"{name} line {number}: {short_repr(values)} is not an object; write {{\"video\": ..., \"prompt\": ...}}"
+            yield number, f"{name} line {number}: {written(values)} is not an object; write {{\"video\": ..., \"prompt\": ...}}"
             continue
         unknown = [k for k in values if k not in MANIFEST_COLUMNS]
         if unknown:
-            yield number, (f"{name} line {number}: unknown key(s) {', '.join(map(repr, unknown))}; the keys are "
-                           f"{', '.join(MANIFEST_COLUMNS)}")
+            yield number, "; ".join(f"{name} line {number}: unknown key {key!r}{did_you_mean(key, MANIFEST_COLUMNS)}"
+                                    for key in unknown)
             continue
         yield number, values
 
@@ -139,17 +139,17 @@ def _manifest_row(values: dict, where: str, folder: Path) -> tuple[dict, list[st
     problems = []
     for key in REQUIRED_COLUMNS:
         if not isinstance(values.get(key), str) or not values[key].strip():
-            problems.append(f"{where}: {key} {short_repr(values.get(key))}; give the {key} as text")
+            problems.append(f"{where}: {key} {written(values.get(key)) if key in values else 'missing'}; give the {key} as text")
     row = {"video": str(resolved(folder / str(values.get("video", "")))), "prompt": values.get("prompt")}
     if "seed" in values:
         seed = _seed(values["seed"])
         if seed is None:
-            problems.append(f"{where}: seed {short_repr(values['seed'])}; give an integer in 0..2**64-1, or leave it "
+            problems.append(f"{where}: seed {written(values['seed'])}; give an integer in 0..2**64-1, or leave it "
                             f"out for one derived from the spec's seed and the video")
         row["seed"] = seed
     if "negative_prompt" in values:
         if not isinstance(values["negative_prompt"], str):
-            problems.append(f"{where}: negative_prompt {short_repr(values['negative_prompt'])}; give it as text")
+            problems.append(f"{where}: negative_prompt {written(values['negative_prompt'])}; give it as text")
         row["negative_prompt"] = values["negative_prompt"]
     if "settings" in values:
         settings = values["settings"]
@@ -159,7 +159,7 @@ def _manifest_row(values: dict, where: str, folder: Path) -> tuple[dict, list[st
             except json.JSONDecodeError:
                 settings = None
         if not isinstance(settings, dict):
-            problems.append(f"{where}: settings {short_repr(values['settings'])}; give an object of the settings to "
+            problems.append(f"{where}: settings {written(values['settings'])}; give an object of the settings to "
                             f"change for this video, e.g. {{\"idm_inverse_strength\": 0.6}}")
         row["settings"] = settings
     return row, problems

@@ -10,7 +10,8 @@ import attrs
 
 from evs_framework.composition import Composition, Stage, check_composition, check_stage
 from evs_framework.context_windows import Context
-from evs_framework.errors import EVSError, PlanError, unknown_parameters
+from evs_framework.convert import TYPE_WORDS
+from evs_framework.errors import EVSError, PlanError, did_you_mean, unknown_parameters, written
 from evs_framework.latent_space import VAE_ROUND_TRIP, converter_between
 from evs_framework.plan import (ConvertOp, DenoiseOp, LatentOp, Plan, PlannedModel, TransferOp, calls_per_evaluation,
                                 untrained_timesteps)
@@ -30,7 +31,7 @@ def resolve_composition(spec: Spec, catalogue: Catalogue) -> Composition:
     try:
         composition = catalogue.get("compositions", spec.composition)
     except EVSError as exc:
-        raise PlanError(f"unknown composition (pipeline_mode) {spec.composition!r}: {exc}") from None
+        raise PlanError(f"$.composition: unknown composition {spec.composition!r}: {exc}") from None
     problems = check_composition(composition, f"composition {spec.composition!r}")  # a plugin's, never checked yet
     if problems or composition.name != spec.composition.split(":", 1)[-1]:  # `plugin:name` reaches `name`
         raise PlanError(problems or [f"composition {spec.composition!r} calls itself {composition.name!r}; the plugin "
@@ -87,11 +88,11 @@ class _Planner:
                 return None
             defaults = self.catalogue.get("settings", namespace)
             if key not in defaults:
-                self.problem(f"{where}: unknown setting {value!r}; {namespace}'s settings are {', '.join(defaults)}")
+                self.problem(f"{where}: unknown setting {value!r}; {namespace} has no {key!r}{did_you_mean(key, defaults)}")
                 return None
             return self.spec.plugin_settings.get(namespace, {}).get(key, defaults[key])
         if not hasattr(self.spec.settings, name):
-            self.problem(f"{where}: unknown setting {value!r}; settings are {', '.join(attrs.fields_dict(type(self.spec.settings)))}")
+            self.problem(f"{where}: unknown setting {value!r}{did_you_mean(name, attrs.fields_dict(type(self.spec.settings)))}")
             return None
         return getattr(self.spec.settings, name)
 
@@ -106,10 +107,10 @@ class _Planner:
             defaults = self.catalogue.get("settings", namespace)
             for key, value in values.items():
                 if key not in defaults:
-                    self.problem(f"{where}.{key}: unknown; {namespace}'s settings are {', '.join(defaults)}")
+                    self.problem(f"{where}.{key}: unknown setting{did_you_mean(key, defaults)}; fix or drop it")
                 elif not _same_kind(value, defaults[key]):
-                    self.problem(f"{where}.{key}: {value!r} must have the type of its default {defaults[key]!r} "
-                                 f"({type(defaults[key]).__name__})")
+                    self.problem(f"{where}.{key}: expected {TYPE_WORDS.get(type(defaults[key]), 'its type')} as its default "
+                                 f"{written(defaults[key])} is, got {written(value)}")
 
     def model(self, role: str, where: str) -> PlannedModel | None:
         if role in self.models or role in self.failed:
@@ -117,9 +118,7 @@ class _Planner:
         self.failed.add(role)
         choice = self.spec.models.get(role)
         if choice is None:
-            key = "idm_type" if role == "idm" else "vdm_type"
-            self.problem(f"{where}: the composition uses the {role} model but the spec names none; "
-                         f"add models.{role} (or {key} in an original config)")
+            self.problem(f"{where}: the composition uses the {role} model but the spec names none; add models.{role}")
             return None
         try:
             entry = self.registry.get(choice.name)
@@ -193,8 +192,16 @@ class _Planner:
             return None
         return Context(frames, overlap)
 
+    def check_models(self) -> None:
+        for role in self.spec.models:
+            if role in ROLE_TYPES:
+                self.model(role, f"$.models.{role}")
+
     def plan(self, composition: Composition) -> Plan:
         self.check_plugin_settings()
+        if self.problems:  # the stages would be planned from settings the spec did not set: only the models are checked
+            self.check_models()
+            raise PlanError(self.problems)
         builder = PlanBuilder(self, composition.name)
         if composition.planner is not None:
             composition.planner(builder)
@@ -533,12 +540,10 @@ def make_plan(spec: Spec, registry: Registry, plugins: Plugins, context=None, br
 
 
 def model_problems(spec: Spec, registry: Registry, plugins: Plugins, broken_roles=frozenset()) -> list[str]:
-    """The problems of each role's model on its own (registry name, type, backend, sampler, steps), for a spec whose
-    stages cannot be planned because a setting they read is bad."""
+    """The problems of the spec's models alone (names, backends, samplers, steps), for a spec whose stages cannot be
+    planned because a setting they read is bad."""
     planner = _Planner(spec, registry, plugins.catalogue, broken_roles)
-    for role in spec.models:
-        if role in ROLE_TYPES:
-            planner.model(role, f"$.models.{role}")
+    planner.check_models()
     return planner.problems
 
 

@@ -16,7 +16,7 @@ import attrs
 from evs_framework.composition import Composition, check_composition
 from evs_framework.convert import CONVERTER, structure_fields
 from evs_framework.datafile import read_data_file
-from evs_framework.errors import SpecError, short_repr
+from evs_framework.errors import SpecError, written
 from evs_framework.inputs import expand_inputs
 from evs_framework.paths import resolved
 
@@ -200,10 +200,19 @@ def problem_section(problem: str) -> str:
     return key
 
 
+# The original config's key for each path of the native spec, so that a problem names the key its author wrote
+_LEGACY_PATHS = ((re.compile(r"^\$\.models\.(idm|vdm)\b(\.\w+)*"), r"$.\1_type"),
+                 (re.compile(r"^\$\.composition\b"), "$.pipeline_mode"),
+                 (re.compile(r"^\$\.inputs\[(\d+)\]\.prompt\b"), r"$.prompts[\1]"),
+                 (re.compile(r"^\$\.inputs\b(\[\d+\])?(\.video\b)?"), r"$.mp4_files\1"),
+                 (re.compile(r"^\$\.settings\."), "$."))
+
+
 @attrs.frozen
 class ParsedSpec:
-    """A spec read as far as it could be, every problem found on the way, and the model roles whose key could not
-    be read (the planner leaves those alone instead of reporting them a second time).
+    """A spec read as far as it could be, every problem found on the way, the model roles whose key could not
+    be read (the planner leaves those alone instead of reporting them a second time) and whether it is an
+    original EVS config (`legacy`: its problems name the original keys).
 
     A value found bad is kept out of every later computation: `tainted` names the parts of the spec that had a
     problem, and the preparation (api.prepare_job) skips whatever reads them."""
@@ -211,6 +220,21 @@ class ParsedSpec:
     spec: Spec
     problems: tuple[str, ...]
     broken_roles: frozenset[str] = frozenset()
+    legacy: bool = False
+
+    def as_written(self, problems) -> list[str]:
+        """`problems` with each leading native path (`$.models.idm.name`) named by the key the author wrote
+        (`$.idm_type` in an original config)."""
+        if not self.legacy:
+            return list(problems)
+        renamed = []
+        for problem in problems:
+            for pattern, key in _LEGACY_PATHS:
+                problem, found = pattern.subn(key, problem, count=1)
+                if found:
+                    break
+            renamed.append(problem)
+        return renamed
 
     @property
     def tainted(self) -> frozenset[str]:
@@ -241,7 +265,8 @@ def _seed_spec(data: dict) -> ParsedSpec:
     spec = Spec(inputs=tuple(InputVideo(v, p) for v, p in zip(videos or (), prompts or ())), models=models,
                 composition=values.get("pipeline_mode", "IDM_VDM_IDM"), settings=settings, seed=values.get("seed", 23),
                 using_attn=values.get("using_attn", False))
-    return ParsedSpec(spec, tuple(problems), frozenset(role for role, key in SEED_ROLE_KEYS.items() if key not in values))
+    return ParsedSpec(spec, tuple(problems), frozenset(role for role, key in SEED_ROLE_KEYS.items() if key not in values),
+                      legacy=True)
 
 
 def _native_data(data: dict) -> tuple[dict, list[str]]:
@@ -252,8 +277,8 @@ def _native_data(data: dict) -> tuple[dict, list[str]]:
     videos, prompts = data.pop("videos", []), data.pop("prompts", [])
     if not isinstance(videos, list) or not isinstance(prompts, list) or len(videos) != len(prompts):
         return data, [f"$: `videos` and `prompts` must be lists of equal length (got "
-                      f"{len(videos) if isinstance(videos, list) else short_repr(videos)} videos and "
-                      f"{len(prompts) if isinstance(prompts, list) else short_repr(prompts)} prompts); give one prompt per video"]
+                      f"{len(videos) if isinstance(videos, list) else written(videos)} videos and "
+                      f"{len(prompts) if isinstance(prompts, list) else written(prompts)} prompts); give one prompt per video"]
     if "inputs" in data:
         return data, ["$: give either `inputs` or `videos` + `prompts`, not both"]
     data["inputs"] = [{"video": v, "prompt": p} for v, p in zip(videos, prompts)]
@@ -282,6 +307,8 @@ def _native_spec(data: dict, origins: list[str] | None = None) -> ParsedSpec:
 def overridden_settings(base: Settings, overrides: dict, path: str) -> tuple[Settings | None, list[str]]:
     """`base` with `overrides` (raw data) applied, structured and checked as a spec's own; None when it has problems.
     Value problems are checked with the spec (check_spec) where the result is stored in an input."""
+    if not isinstance(overrides, dict):
+        return None, [f"{path}: expected a mapping of settings to values, got {written(overrides)}"]
     merged, problems = structure_fields({**CONVERTER.unstructure(base), **overrides}, Settings, path)
     return (None, problems) if problems else (Settings(**merged), [])
 
@@ -396,8 +423,8 @@ def _resolve_paths(spec: Spec, folder: Path, stem: str | None) -> Spec:
 def parse_spec(data, source: str = "spec", folder: Path | None = None, stem: str | None = None) -> ParsedSpec:
     """The spec in `data` (an original EVS config or a native spec) with every structural and value problem."""
     if not isinstance(data, dict):
-        return ParsedSpec(Spec(inputs=(), models={}), ("$: the top level must be a mapping of keys to values",),
-                          frozenset(ROLES))
+        return ParsedSpec(Spec(inputs=(), models={}), (f"$: the top level must be a mapping of keys to values, got "
+                                                       f"{written(data)}",), frozenset(ROLES))
     if "mp4_files" in data:
         parsed = _seed_spec(data)
     else:
@@ -407,7 +434,7 @@ def parse_spec(data, source: str = "spec", folder: Path | None = None, stem: str
         kept = tuple(p for p in parsed.problems if not (input_problems and p == NO_INPUTS))
         parsed = attrs.evolve(parsed, problems=tuple(input_problems) + kept)
     spec = _resolve_paths(parsed.spec, folder or Path.cwd(), stem)
-    return attrs.evolve(parsed, spec=spec, problems=parsed.problems + tuple(check_spec(spec)))
+    return attrs.evolve(parsed, spec=spec, problems=parsed.problems + tuple(parsed.as_written(check_spec(spec))))
 
 
 def spec_from_data(data, source: str = "spec", folder: Path | None = None, stem: str | None = None) -> Spec:

@@ -47,7 +47,7 @@ def test_settings_overrides_replan_without_reloading(composer, frames):
     unet = composer.backends["idm"].unet
     fewer = composer(frames, "a red ball", settings={"stable_num": 1})
     assert fewer.record["unet_calls"]["vdm"] == 1 and composer.backends["idm"].unet is unet
-    with pytest.raises(SpecError, match="settings: unknown key\\(s\\) 'stable'"):
+    with pytest.raises(SpecError, match="settings: unknown key 'stable'"):
         composer(frames, "a red ball", settings={"stable": 1})
     with pytest.raises(SpecError, match="settings.stable_num: 0; the T2V model needs at least 1 step"):
         composer(frames, "a red ball", settings={"stable_num": 0})

@@ -1,8 +1,10 @@
 """The `evs` command as a user types it."""
 
 import imageio.v2 as imageio
+import pytest
 
 from evs_framework.cli import main
+from evs_framework.toyworld import models
 
 
 def test_plan_prints_the_schedule(seed_config, zoo, capsys):
@@ -17,6 +19,7 @@ def test_plan_without_weights_or_inputs_fails_unless_allowed(seed_config, tmp_pa
     assert main(["plan", str(config)]) == 2
     err = capsys.readouterr().err
     assert "gone.mp4 does not exist" in err and "weights for model 'EP'" in err and "weights for model 'lightningEP'" in err
+    assert "`evs plan --allow-missing` shows the plan without them" in err
     assert main(["plan", str(config), "--allow-missing"]) == 0
     out = capsys.readouterr().out
     assert "all models: 62 unet calls" in out and "warning (--allow-missing): video" in out
@@ -75,3 +78,25 @@ def test_threads_option_sets_torchs_thread_count(seed_config, zoo, capsys):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_version_names_the_package_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"evs {version('evs-framework')}"
+
+
+def test_models_says_where_each_models_weights_are_or_that_they_are_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EVS_WEIGHTS_DIR", raising=False)
+    assert main(["models", "--weights-dir", str(tmp_path / "mine")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    after = {line.split()[0]: lines[i + 1].strip() for i, line in enumerate(lines) if not line.startswith(" ")}
+    assert after["toyI"] == f"weights here: {models.EXPORT_DIR / 'toy-sd'}"
+    assert after["EP"].startswith("weights missing: epiCRealism")
+    (tmp_path / "mine" / "epiCRealism").mkdir(parents=True)
+    (tmp_path / "mine" / "epiCRealism" / "model_index.json").write_text("{}")
+    assert main(["models", "--weights-dir", str(tmp_path / "mine")]) == 0
+    assert f"weights here: {tmp_path / 'mine' / 'epiCRealism'}" in capsys.readouterr().out

@@ -105,7 +105,7 @@ def test_transfer_parameters_reach_the_transfer_and_unknown_ones_are_named(clip_
     assert seen == [{"scale": 0.5}]
     wrong = Composition("x", stages=(Stage("idm", "scaled", 0.6, stop="end", transfer_params={"scael": 2}),))
     with pytest.raises(PlanError, match=r"transfer_params\.scael: transfer 'scaled' has no parameter 'scael' "
-                                        r"\(its parameters: scale\)"):
+                                        r"\(did you mean 'scale'\?\)"):
         make_plan(with_composition(clip_file, wrong), registry, plugins)
 
 
@@ -232,14 +232,17 @@ def test_a_plugins_settings_have_defaults_and_a_spec_sets_them(clip_file, regist
 @pytest.mark.parametrize("settings, message", [
     ({"every_kk": {"k": 5}}, r"\$\.plugin_settings\.every_kk: no loaded plugin registers settings 'every_kk' "
                              r"\(known: every_k, videoelevator\)"),
-    ({"every_k": {"kk": 5}}, r"\$\.plugin_settings\.every_k\.kk: unknown; every_k's settings are k, strength"),
-    ({"every_k": {"k": "five"}}, r"\$\.plugin_settings\.every_k\.k: 'five' must have the type of its default 3 \(int\)"),
+    ({"every_k": {"kk": 5}}, r"\$\.plugin_settings\.every_k\.kk: unknown setting \(did you mean 'k'\?\)"),
+    ({"every_k": {"k": "five"}}, r"\$\.plugin_settings\.every_k\.k: expected an integer as its default number 3 is, "
+                                 r"got string 'five'"),
 ])
 def test_wrong_plugin_settings_are_named(clip_file, registry, settings, message):
+    """Named alone: the stages are not planned from a value the spec did not give (or gave wrong)."""
     plugins = load_plugins(extra=[settings_plugin()])
     spec = attrs.evolve(native(clip_file, "every_k_file"), plugin_settings=settings)
-    with pytest.raises(PlanError, match=message):
+    with pytest.raises(PlanError, match=message) as caught:
         make_plan(spec, registry, plugins)
+    assert len(caught.value.problems) == 1, caught.value.problems
 
 
 @pytest.mark.parametrize("re_entry, inversion_calls", [("ddim", 5), ("random", 0)])

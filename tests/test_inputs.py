@@ -41,7 +41,7 @@ def test_a_folder_or_a_glob_lists_its_videos_in_name_order_with_one_prompt(tmp_p
     with pytest.raises(SpecError) as caught:
         load_spec(write_spec(tmp_path, {"folder": "nowhere"}))
     text = str(caught.value)
-    assert "$.inputs.prompt: None; a folder of videos needs the prompt they share" in text
+    assert "$.inputs.prompt: got null; a folder of videos needs the prompt they share" in text
     assert "nowhere is not a folder" in text
 
 
@@ -66,19 +66,19 @@ def test_every_manifest_problem_is_reported_at_once_with_its_line(tmp_path, clip
     with pytest.raises(SpecError) as caught:
         load_spec(write_spec(tmp_path, {"manifest": "list.jsonl"}))
     text = str(caught.value)
-    for expected in ("list.jsonl line 2: not JSON", "list.jsonl line 3: prompt ''", "list.jsonl line 3: seed -3",
-                     "list.jsonl line 4: unknown key(s) 'strength'", "list.jsonl line 5: ['clips/a.mp4'] is not an object"):
+    for expected in ("list.jsonl line 2: not JSON", "list.jsonl line 3: prompt string ''", "list.jsonl line 3: seed number -3",
+                     "list.jsonl line 4: unknown key 'strength'", "list.jsonl line 5: a list of 1 item is not an object"):
         assert expected in text, expected
     assert "line 1" not in text and "line 6" not in text  # a seed given as "12" is read as 12; files are checked later
     (tmp_path / "bad.csv").write_text("video,prompt\nclips/a.mp4,\n")
     with pytest.raises(SpecError) as caught:
         load_spec(write_spec(tmp_path, {"manifest": "bad.csv"}))
-    assert caught.value.problems == ["bad.csv line 2: prompt ''; give the prompt as text"]  # not also "no videos"
+    assert caught.value.problems == ["bad.csv line 2: prompt string ''; give the prompt as text"]  # not also "no videos"
 
 
 def test_a_csv_manifest_with_wrong_columns_names_them(tmp_path, clips):
     (tmp_path / "list.csv").write_text("file,text,seed\na.mp4,x,1\n")
-    with pytest.raises(SpecError, match="list.csv line 1: unknown column\\(s\\) 'file', 'text'; no video, prompt column"):
+    with pytest.raises(SpecError, match="list.csv line 1: unknown column 'file'; unknown column 'text'; no video, prompt column"):
         load_spec(write_spec(tmp_path, {"manifest": "list.csv"}))
 
 
@@ -140,8 +140,8 @@ def test_a_rows_bad_settings_are_named_with_its_line_before_anything_loads(tmp_p
         load_spec(write_spec(tmp_path, {"manifest": "list.csv"}))
     text = str(caught.value)
     assert "$.inputs[0].settings.stable_num: 0; the T2V model needs at least 1 step" in text
-    assert "list.csv line 3).settings: unknown key(s) 'strength'" in text
-    assert "list.csv line 4: settings 'not json'" in text
+    assert "list.csv line 3).settings: unknown key 'strength' (did you mean" in text
+    assert "list.csv line 4: settings string 'not json'" in text
     (tmp_path / "list.csv").write_text('video,prompt,settings\nclips/a.mp4,a ball,"{""stable_steps"": [99]}"\n')
     code = main(["plan", str(write_spec(tmp_path, {"manifest": "list.csv"})), "--weights-dir", str(zoo)])
     assert code != 0

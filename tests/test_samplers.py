@@ -85,7 +85,7 @@ def test_a_spec_chooses_the_sampler_and_its_parameters_per_model(clip_file, plug
     ({"idm": {"sampler": "hune"}}, PlanError,
      r"\$\.models\.idm\.sampler: sampler 'hune', which no loaded plugin provides; use one of"),
     ({"vdm": {"sampler": "ddim", "sampler_params": {"etta": 1}}}, PlanError,
-     r"\$\.models\.vdm\.sampler_params\.etta: sampler 'ddim' has no parameter 'etta' \(its parameters: eta\)"),
+     r"\$\.models\.vdm\.sampler_params\.etta: sampler 'ddim' has no parameter 'etta' \(did you mean 'eta'\?\)"),
     ({"vdm": {"sampler": "ddim", "sampler_params": {"eta": "high"}}}, SpecError,
      r"\$\.models\.vdm\.sampler_params\.eta: expected a number"),
 ])

@@ -75,7 +75,7 @@ def test_prompt_and_video_counts_must_match():
 @pytest.mark.parametrize("value", [0.0, -0.1, 1.5, float("nan")])
 def test_strength_outside_zero_one(value):
     [problem] = _problems(_seed(vdm_inverse_strength=value))
-    assert problem.startswith("$.settings.vdm_inverse_strength") and "(0, 1]" in problem
+    assert problem.startswith("$.vdm_inverse_strength") and "(0, 1]" in problem
 
 
 def test_native_spec_errors_carry_paths():

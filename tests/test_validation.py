@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,8 @@ from evs_framework.runner import output_stems
 from evs_framework.spec import load_spec, read_spec, spec_from_data
 from evs_framework.testing.zoo import make_synthetic_clip
 from tests.conftest import SEED_EXAMPLE
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -90,7 +93,7 @@ def test_an_input_too_small_to_crop_is_refused_before_loading(seed_config, tmp_p
 
 @pytest.mark.parametrize("changes, named", [
     ({"seed": 2**64}, "$.seed: 18446744073709551616 is outside"),
-    ({"mp4_files": "ab"}, "$.mp4_files: expected a list, got str 'ab'"),
+    ({"mp4_files": "ab"}, "$.mp4_files: expected a list, got string 'ab'"),
     ({"stable_steps": ""}, "$.stable_steps: expected a list"),
     ({"pipeline_mode": "x/../../escaped"}, "unknown composition"),
 ])
@@ -292,3 +295,81 @@ def test_a_plugins_composition_named_like_a_path_is_refused(registry):
                            "composition": "escape"})
     with pytest.raises(PlanError, match="goes into output file names"):
         make_plan(spec, registry, load_plugins(extra=[module]))
+
+
+NATIVE = {"inputs": [{"video": "a.mp4", "prompt": "a"}], "models": {"idm": {"name": "toyI"}, "vdm": {"name": "toyV"}}}
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"settings": None}, "$.settings: expected a mapping of keys to values, got null"),
+    ({"video": {"max_frames": True}}, "$.video.max_frames: expected an integer or null, got true"),
+    ({"seed": "23"}, "$.seed: expected an integer, got string '23'"),
+    ({"models": {"idm": {"name": "toyI", "guidance": [7]}}}, "$.models.idm.guidance: expected a number or null, got a list of 1 item"),
+    ({"negative_prompt": {"a": 1}}, "$.negative_prompt: expected a string, got a mapping"),
+    ({"inputs": [{"video": "a.mp4", "prompt": "a", "settings": None}]}, "$.inputs[0].settings: expected a mapping of settings to values, got null"),
+    ({"plugin_settings": {"x": {"k": None}}}, "$.plugin_settings.x.k: expected a number or an integer or true/false or a string, got null"),
+    ({"mp4_files": ["a.mp4"], "prompts": ["a"], "vdm_type": "toyV", "idm_type": "toyI", "stable_num": None},
+     "$.stable_num: expected an integer, got null"),
+    ({"injection": {"window": 0.5}}, "$.injection.window: expected a list, got number 0.5; write it as [...]"),
+])
+def test_a_wrong_value_is_named_by_the_json_yaml_type_written(tmp_path, changes, named):
+    problems = read_spec_data(tmp_path, changes).problems
+    assert named in problems, problems
+    assert not re.search(r"NoneType|\bNone\b|\bTrue\b|\bstr\b|\bdict\b|\bbool\b", "\n".join(problems)), problems
+
+
+def read_spec_data(tmp_path, changes):
+    """A native spec with `changes`, or `changes` alone when they are an original config."""
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(changes if "mp4_files" in changes else {**NATIVE, **changes}))
+    return read_spec(path)
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"settings": None}, "$.settings: expected a mapping of keys to values, got null"),
+    ({"settings": {"stable_num": None, "vdm_inverse_strength": 0.9}}, "$.settings.stable_num: expected an integer, got null"),
+    ({"composition": 5, "models": {"idm": {"name": "toyI"}, "vdm": {"name": "toyVV"}}},
+     "$.composition: expected a string or a mapping, got number 5"),
+])
+def test_a_part_that_cannot_be_read_is_not_planned_from_defaults_the_spec_never_set(tmp_path, capsys, changes, named):
+    """toyV at 3 steps cannot take the default stable_num of 2 from the default strength: that problem is not the
+    author's; a wrong model name still is."""
+    (tmp_path / "a.mp4").write_bytes((ROOT / "examples" / "toy" / "toy_clip_1.mp4").read_bytes())
+    data = {**NATIVE, "models": {"idm": {"name": "toyI"}, "vdm": {"name": "toyV", "steps": 3}}, **changes}
+    (tmp_path / "spec.json").write_text(json.dumps(data))
+    assert main(["plan", str(tmp_path / "spec.json")]) == 2
+    problems = [line[4:] for line in error_of(capsys).splitlines() if line.startswith("  - ")]
+    wrong_name = ["$.models.vdm.name: unknown model name 'toyVV'" in p for p in problems]
+    assert problems[0] == named and len(problems) == 1 + any(wrong_name), problems
+
+
+def test_problems_name_the_keys_the_author_wrote(tmp_path, capsys):
+    native = {**NATIVE, "inputs": [{"video": "gone.mp4", "prompt": "a"}], "composition": "IDM_VDMX",
+              "models": {"idm": {"name": "toyI", "upscale": 9.0}, "vdm": {"name": "toyV"}}}
+    (tmp_path / "native.json").write_text(json.dumps(native))
+    assert main(["plan", str(tmp_path / "native.json")]) == 2
+    err = error_of(capsys)
+    assert "$.composition: unknown composition 'IDM_VDMX'" in err and "$.models.idm.upscale: 9.0" in err
+    assert not re.search(r"pipeline_mode|mp4_files|idm_type|vdm_type", err), err
+    original = {"mp4_files": ["gone.mp4"], "prompts": ["a"], "idm_type": "toyI_X9.0", "vdm_type": "toyVV",
+                "pipeline_mode": "IDM_VDMX", "vdm_inverse_strength": 2}
+    (tmp_path / "original.json").write_text(json.dumps(original))
+    assert main(["plan", str(tmp_path / "original.json")]) == 2
+    err = error_of(capsys)
+    for expected in ("$.pipeline_mode: unknown composition 'IDM_VDMX'", "$.idm_type: 9.0 is outside",
+                     "$.vdm_inverse_strength: 2.0 is outside"):
+        assert expected in err, err
+    assert not re.search(r"\$\.(models|composition|settings|inputs)\b", err), err
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"setings": {}}, "$: unknown key 'setings' (did you mean 'settings'"),
+    ({"models": {"idm": {"nmae": "toyI"}}}, "$.models.idm: unknown key 'nmae' (did you mean 'name'?)"),
+    ({"video": {"max_frame": 8}}, "$.video: unknown key 'max_frame' (did you mean 'max_frames'?)"),
+    ({"settings": {"stable_step": [5]}}, "$.settings: unknown key 'stable_step' (did you mean 'stable_steps'"),
+    ({"mp4_files": ["a.mp4"], "prompts": ["a"], "vdm_type": "toyV", "idm_type": "toyI", "pipline_mode": "VDM"},
+     "$: unknown key 'pipline_mode' (did you mean 'pipeline_mode'"),
+])
+def test_an_unknown_key_is_answered_with_the_closest_known_ones(tmp_path, changes, named):
+    problems = read_spec_data(tmp_path, changes).problems
+    assert any(p.startswith(named) for p in problems), problems

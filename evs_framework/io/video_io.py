@@ -83,7 +83,7 @@ def _existing(path) -> Path:
     path = Path(path)
     reason = unreadable_reason(path)
     if reason:
-        raise VideoError(f"video {path} {reason}; check the path in mp4_files/videos")
+        raise VideoError(f"video {path} {reason}; check its path (relative paths start at the spec's folder)")
     return path
 
 
