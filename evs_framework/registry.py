@@ -84,6 +84,9 @@ class Preset:
     frame_window: int | None = None
     # the frames the model was trained to see at once; longer clips run in windows of this length (context_windows)
     context_frames: int | None = None
+    # what guidance steers the model away from, unless the spec gives a negative prompt: the words its community
+    # uses with it (the toy models were trained with none)
+    negative_prompt: str = ""
 
     def sampling(self, train: NoiseSchedule, steps: int | None = None) -> ModelSchedule:
         """A run of `steps` (default: the preset's) over the noise schedule `train` this preset's kind made."""

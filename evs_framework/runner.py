@@ -94,15 +94,28 @@ def load_backends(plan: Plan, context: LoadContext) -> dict:
     return backends
 
 
-def make_denoisers(plan: Plan, backends: dict, prompt: str, negative_prompt: str, catalogue,
+def negative_prompts(plan: Plan, negative_prompt: str | None) -> dict[str, str]:
+    """Each role's negative prompt: the one given, or (None) its model's preset's."""
+    return {role: model.entry.preset.negative_prompt if negative_prompt is None else negative_prompt
+            for role, model in plan.models.items()}
+
+
+def video_negative_prompt(spec: Spec, item: InputVideo) -> str | None:
+    """The negative prompt a video asks for: its own (a manifest's), else the spec's; None: each model's preset's."""
+    return spec.negative_prompt if item.negative_prompt is None else item.negative_prompt
+
+
+def make_denoisers(plan: Plan, backends: dict, prompt: str, negative_prompt: str | None, catalogue,
                    placement: Placement | None = None) -> dict[str, Denoiser]:
-    """One denoiser per role, conditioned on this video's prompt (and the negative prompt for guidance)."""
+    """One denoiser per role, conditioned on this video's prompt (and for guidance on the negative prompt given, or
+    when None on its model's own)."""
     placement = placement or Placement(torch.device("cpu"))
+    negatives = negative_prompts(plan, negative_prompt)
     denoisers = {}
     for role, backend in backends.items():
         model = plan.models[role]
         placement.use(backend.text_encoder)
-        conditioning = backend.encode_prompts([negative_prompt, prompt])
+        conditioning = backend.encode_prompts([negatives[role], prompt])
         denoisers[role] = Denoiser(backend, model.schedule.train, conditioning, model.guidance,
                                    catalogue.get("prediction_types", model.entry.preset.prediction),
                                    prepare=functools.partial(placement.use, backend.unet), context=model.context)
@@ -207,7 +220,7 @@ class Synthesis:
 
 
 def synthesize(spec: Spec, plan: Plan, backends: dict, context: LoadContext, frames: torch.Tensor, prompt: str,
-               negative_prompt: str, seed: int, progress: bool = False, video: Path | None = None) -> Synthesis:
+               negative_prompt: str | None, seed: int, progress: bool = False, video: Path | None = None) -> Synthesis:
     """Frames (F, 3, H, W) in [-1, 1] through the plan: encode, the plan's ops with the video's own noise, decode.
     `video` is the input file, if any (for the plugins' plan_ready and the progress bar)."""
     started = time.perf_counter()
@@ -244,8 +257,7 @@ def read_clip(spec: Spec, item: InputVideo) -> video_io.Clip:
 def compose_clip(spec: Spec, plan: Plan, backends: dict, context: LoadContext, item: InputVideo, clip,
                  progress: bool) -> Synthesis:
     """One input's clip through the plan, with the video's prompts and its own seed."""
-    negative_prompt = spec.negative_prompt if item.negative_prompt is None else item.negative_prompt
-    return synthesize(spec, plan, backends, context, clip.frames, item.prompt, negative_prompt,
+    return synthesize(spec, plan, backends, context, clip.frames, item.prompt, video_negative_prompt(spec, item),
                       video_seed(spec.seed, item), progress, item.video)
 
 
@@ -266,6 +278,7 @@ def write_outputs(spec: Spec, context: LoadContext, item: InputVideo, stem: str,
         "job_key": identity.key,
         "source": str(item.video),
         "prompt": item.prompt,
+        "negative_prompts": negative_prompts(plan, video_negative_prompt(spec, item)),  # by role, as conditioned
         "seed": spec.seed,
         "video_seed": video_seed(spec.seed, item),  # what this video's noise was drawn with
         "composition": plan.composition,

@@ -20,7 +20,6 @@ from evs_framework.errors import SpecError, written
 from evs_framework.inputs import expand_inputs
 from evs_framework.paths import resolved
 
-DEFAULT_NEGATIVE_PROMPT = "worst quality, low quality, blurry, distorted, deformed, watermark, text"
 FITS = ("crop", "pad")
 UPSCALE_MODES = ("bicubic", "bilinear", "nearest-exact")
 MIN_UPSCALE, MAX_UPSCALE = 0.25, 8.0
@@ -130,7 +129,7 @@ class Spec:
     models: dict[str, ModelChoice]
     composition: str | Composition = "IDM_VDM_IDM"
     settings: Settings = Settings()
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    negative_prompt: str | None = None  # None: each model's preset's (registry.yaml); a text: every model's
     seed: int = 23
     using_attn: bool = False
     injection: InjectionSettings = InjectionSettings()

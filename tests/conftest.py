@@ -42,6 +42,13 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
+def own_working_folder(tmp_path, monkeypatch):
+    """Each test runs in a folder of its own, so a spec's default output folder (./outputs/<spec name>) never holds
+    another test's outputs (a run keeps those of another run)."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
 def default_logging():
     """The CLI configures structlog; put it back so each test starts from the library defaults."""
     yield
