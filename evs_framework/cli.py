@@ -9,11 +9,13 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import structlog
 
 from evs_framework.errors import EVSError
+from evs_framework.failures import failure
 from evs_framework.logs import configure_logging
 from evs_framework.paths import resolved
 from evs_framework.plugins import describe, load_plugins
@@ -455,10 +457,16 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _stop_writing() -> None:
+    """Points stdout at /dev/null, so that Python's flush at exit does not fail on the closed pipe a second time."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     configure_logging(-1 if args.quiet else args.verbose)
+    plugins = None
     try:
         with _sigterm_as_interrupt():
             plugins = load_plugins()
@@ -470,6 +478,15 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         return 130
+    except BrokenPipeError:  # whatever read the output stopped reading (`evs models | head`)
+        _stop_writing()
+        return 0
+    except Exception as exc:  # a fault no check caught: one line naming where, the traceback only with -v
+        if args.verbose:
+            traceback.print_exc()
+        modules = plugins.catalogue.modules if plugins is not None else {}
+        print(f"error: {failure(exc, modules, f'running evs {args.command}')}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -100,3 +100,30 @@ def test_models_says_where_each_models_weights_are_or_that_they_are_missing(tmp_
     (tmp_path / "mine" / "epiCRealism" / "model_index.json").write_text("{}")
     assert main(["models", "--weights-dir", str(tmp_path / "mine")]) == 0
     assert f"weights here: {tmp_path / 'mine' / 'epiCRealism'}" in capsys.readouterr().out
+
+
+def test_a_fault_no_check_caught_is_one_line_and_its_traceback_only_with_verbose(monkeypatch, capsys):
+    from evs_framework import cli
+
+    def broken(args, plugins, registry):
+        raise ValueError("an unforeseen fault")
+
+    monkeypatch.setitem(cli.COMMANDS, "models", broken)
+    assert main(["models"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: EVS failed while running evs models: ValueError: an unforeseen fault")
+    assert "test_cli.py" in err and "Traceback" not in err and "-v" in err
+    assert main(["models", "-v"]) == 3
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_reader_that_stops_reading_ends_quietly(monkeypatch, capsys):
+    from evs_framework import cli
+
+    def closed_pipe(args, plugins, registry):
+        raise BrokenPipeError
+
+    monkeypatch.setitem(cli.COMMANDS, "models", closed_pipe)
+    stopped = []
+    monkeypatch.setattr(cli, "_stop_writing", lambda: stopped.append(True))  # stdout is pytest's here
+    assert main(["models"]) == 0 and capsys.readouterr().err == "" and stopped
