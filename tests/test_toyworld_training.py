@@ -97,3 +97,21 @@ def test_t2v_soften_softens_the_clips_the_t2v_learns_from(trained, tmp_path, mon
           "--device", "cpu", "--log-every", "1"])  # resumes at step 3, draws new clips for step 4
     assert seen and set(seen) == {3}
     assert json.loads((work / "t2v.json").read_text())["soften"] == 3
+
+
+def test_the_decoder_stage_trains_the_decoder_alone_and_the_record_keeps_it(trained, tmp_path):
+    import shutil
+
+    from diffusers import AutoencoderKL
+
+    work, weights = tmp_path / "work", tmp_path / "weights"
+    shutil.copytree(trained[0], work)
+    before = AutoencoderKL.from_pretrained(work / "vae").state_dict()
+    main(["--stage", "decoder", "export", "--steps", "2", "--work", str(work), "--batch", "1", "--measure", "16",
+          "--device", "cpu", "--log-every", "1", "--export", str(weights)])
+    after = AutoencoderKL.from_pretrained(work / "vae")
+    changed = {name.split(".")[0] for name, value in after.state_dict().items() if not torch.equal(value, before[name])}
+    assert changed == {"decoder", "post_quant_conv"}  # the encoder's latents, which the UNets learnt on, stay
+    stages = json.loads((weights / models.TRAINING_RECORD).read_text())["stages"]
+    assert stages["decoder"]["steps"] == 2 and "held_out_brightest_corner_error_ratio" in stages["decoder"]
+    assert after.config.scaling_factor == stages["vae"]["scaling_factor"]

@@ -1,6 +1,8 @@
 """How well the toy models learned their world, measured with the world's own ground truth.
 
-- the VAE: PSNR of reconstructed held-out frames;
+- the VAE: PSNR of reconstructed held-out frames, and how much more it gets wrong in the corner where the
+  background's gradient is brightest than in the other three (issue 21: a VAE that draws a ring there puts it into
+  every output of every composition);
 - the text-to-image model: whether samples drawn from noise with the toy_t2i preset (25 leading DDIM steps,
   guidance 3) show the colour their prompt asks for, judged by which of the world's colours most pixels lie on
   (a shape's pixels are its colour times a shade in [0.35, 1]);
@@ -29,6 +31,26 @@ def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> float:
     """PSNR in dB of frames in [-1, 1], over their [0, 1] range."""
     mse = (((reference.float() + 1) / 2 - (reconstruction.float().clamp(-1, 1) + 1) / 2) ** 2).mean()
     return float(10 * torch.log10(1 / mse.clamp(min=1e-12)))
+
+
+def brightest_corner_error_ratio(frames: torch.Tensor, reconstructions: torch.Tensor, masks: torch.Tensor,
+                                 side: int = 16) -> float | None:
+    """The reconstruction error (mean absolute, frames (N, 3, H, W) in [-1, 1]) in the `side` x `side` corner where
+    the frame is brightest, over the mean error of the other three corners, averaged over the frames whose shape
+    (`masks`, (N, H, W)) reaches no corner (None if there is none): about 1 for a VAE that treats the corners alike."""
+    corners = [(rows, columns) for rows in (slice(None, side), slice(-side, None))
+               for columns in (slice(None, side), slice(-side, None))]
+    error = (reconstructions.float() - frames.float()).abs().mean(dim=1)
+    brightness = frames.float().mean(dim=1)
+    ratios = []
+    for frame_error, frame_brightness, mask in zip(error, brightness, masks):
+        if any(mask[place].max() > 0.01 for place in corners):
+            continue
+        errors = torch.stack([frame_error[place].mean() for place in corners])
+        brightest = int(torch.stack([frame_brightness[place].mean() for place in corners]).argmax())
+        others = torch.cat([errors[:brightest], errors[brightest + 1:]])
+        ratios.append(errors[brightest] / others.mean())
+    return float(torch.stack(ratios).mean()) if ratios else None
 
 
 def dominant_colours(frames: torch.Tensor, tolerance: float = 0.08) -> list[str]:

@@ -1,0 +1,41 @@
+"""Issue 21, item 9: the toy VAE draws a faint ring in the corner where the background's gradient is brightest, and
+every composition's output, decoded by it, shows that ring."""
+
+import math
+
+import attrs
+import pytest
+import torch
+
+from evs_framework.toyworld import models
+from evs_framework.toyworld.quality import brightest_corner_error_ratio
+from evs_framework.toyworld.world import HELD_OUT_FIRST_SEED, render_with_masks, sample_spec
+
+
+def test_the_ratio_picks_out_an_error_in_the_brightest_corner_alone():
+    # a gradient rising towards the bottom right, the shape in the middle
+    spec = attrs.evolve(sample_spec(HELD_OUT_FIRST_SEED), background_angle=math.pi / 4, start=(0.5, 0.5))
+    frames, masks = render_with_masks([spec], frames=1)
+    frames, masks = frames[:, 0], masks[:, 0]
+    noisy = frames + 0.01 * torch.randn(frames.shape, generator=torch.Generator().manual_seed(0))
+    ring = torch.zeros_like(frames)
+    ring[..., 114:122, 114:122] = 0.2
+    assert brightest_corner_error_ratio(frames, noisy, masks) == pytest.approx(1.0, abs=0.1)
+    assert brightest_corner_error_ratio(frames, noisy + ring, masks) > 5
+    assert brightest_corner_error_ratio(frames, noisy + ring.flip(-1, -2), masks) < 0.5  # the darkest corner
+    assert brightest_corner_error_ratio(frames, noisy, torch.ones_like(masks)) is None  # every corner has the shape
+
+
+@pytest.mark.xfail(strict=True, reason="issue 21: the shipped VAE (training.json of 2026-11) draws the ring; the "
+                   "train.py decoder stage is meant to remove it. Drop this mark with the retrained weights.")
+def test_the_shipped_vae_reconstructs_the_brightest_corner_as_well_as_the_others():
+    """Measured on the first 8 held-out frames with the shipped VAE: 4.2 (blue backgrounds alone about 6, the others
+    1.7 to 2.5); an error spread evenly gives 1."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(models.EXPORT_DIR / models.SD_FOLDER, subfolder="vae", torch_dtype=torch.float32)
+    frames, masks = render_with_masks([sample_spec(HELD_OUT_FIRST_SEED + i) for i in range(8)], frames=1)
+    frames, masks = frames[:, 0], masks[:, 0]
+    with torch.no_grad():
+        reconstructions = vae.decode(vae.encode(frames).latent_dist.mode()).sample
+    assert brightest_corner_error_ratio(frames, reconstructions, masks) < 2.0
