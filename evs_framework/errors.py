@@ -47,7 +47,7 @@ class WeightsError(EVSError):
     """Weights for a model could not be found or loaded."""
 
 
-class LoadError(EVSError):
+class LoadError(WeightsError):
     """A job's models did not load (damaged weights, a backend's failure): every video of the process fails with it."""
 
 

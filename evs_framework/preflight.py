@@ -133,7 +133,7 @@ def weight_problems(entries, context) -> list[str]:
         try:
             path = weight_path(entry, context)
         except WeightsError as exc:
-            problems.append(f"{exc}\n  (model {user!r} builds on {entry.name!r})" if user else str(exc))
+            problems.append(f"model {user!r} builds on {entry.name!r}: {exc}" if user else str(exc))
             continue
         if path is not None:
             used = f" (which {user!r} builds on)" if user else ""

@@ -62,11 +62,14 @@ def test_commands_that_load_no_model_do_not_import_the_model_libraries():
     import subprocess
     import sys
 
-    script = ("import sys\nfrom evs_framework.cli import main\nfor command in (['models'], ['plugins']):\n"
-              "    assert main(command) == 0\n"
-              "print(sorted(m for m in ('diffusers', 'transformers', 'huggingface_hub') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    def imported(command: str) -> str:
+        script = (f"import sys\nfrom evs_framework.cli import main\nassert main([{command!r}]) == 0\n"
+                  "print(sorted(m for m in ('diffusers', 'transformers', 'huggingface_hub') if m in sys.modules))")
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        return done.stdout.strip().splitlines()[-1]
+
+    assert imported("plugins") == "[]"
+    assert imported("models") in ("[]", "['huggingface_hub']")  # it looks in the hub's cache for weights
 
 
 def test_threads_option_sets_torchs_thread_count(seed_config, zoo, capsys):

@@ -127,7 +127,7 @@ def test_every_problem_is_reported_at_once_by_the_cli(tmp_path, capsys):
     assert main(["models", "--registry", str(path)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "3 problem(s)" in err
-    for field in ("$.models.lora.options.scale: expected a number, got str 'abc'",
+    for field in ("$.models.lora.options.scale: expected a number, got string 'abc'",
                   "$.models.motion.options.spatial_lora_scale: nan", "$.presets.mine.steps: 0 is out of range"):
         assert field in err
 
@@ -137,5 +137,5 @@ def test_an_unknown_option_is_refused_with_the_known_ones(tmp_path, plugins):
     data["models"]["lora"]["options"] = {"scael": 0.5}
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    with pytest.raises(RegistryError, match=r"\$\.models\.lora\.options: unknown key\(s\) 'scael'; known keys: scale"):
+    with pytest.raises(RegistryError, match=r"\$\.models\.lora\.options: unknown key 'scael' \(did you mean 'scale'\?\)"):
         load_registry([path], plugins)

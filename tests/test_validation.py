@@ -61,7 +61,7 @@ def test_a_checkpoint_model_needs_its_config_folder_too(seed_config, zoo, tmp_pa
         (weights / name).symlink_to(zoo / name)
     assert main(["run", str(seed_config()), "--weights-dir", str(weights)]) == 2
     err = error_of(capsys)
-    assert "weights for model 'SD'" in err and "'EP'" not in err.split("weights for model 'SD'")[0]
+    assert "model 'EP' builds on 'SD': weights for model 'SD'" in err and "weights for model 'EP'" not in err
 
 
 @pytest.mark.parametrize("device, named", [("gpu", "unknown device 'gpu'"), ("cuda:7", "--device cuda:7"),
@@ -305,7 +305,7 @@ NATIVE = {"inputs": [{"video": "a.mp4", "prompt": "a"}], "models": {"idm": {"nam
     ({"video": {"max_frames": True}}, "$.video.max_frames: expected an integer or null, got true"),
     ({"seed": "23"}, "$.seed: expected an integer, got string '23'"),
     ({"models": {"idm": {"name": "toyI", "guidance": [7]}}}, "$.models.idm.guidance: expected a number or null, got a list of 1 item"),
-    ({"negative_prompt": {"a": 1}}, "$.negative_prompt: expected a string, got a mapping"),
+    ({"negative_prompt": {"a": 1}}, "$.negative_prompt: expected a string or null, got a mapping"),
     ({"inputs": [{"video": "a.mp4", "prompt": "a", "settings": None}]}, "$.inputs[0].settings: expected a mapping of settings to values, got null"),
     ({"plugin_settings": {"x": {"k": None}}}, "$.plugin_settings.x.k: expected a number or an integer or true/false or a string, got null"),
     ({"mp4_files": ["a.mp4"], "prompts": ["a"], "vdm_type": "toyV", "idm_type": "toyI", "stable_num": None},

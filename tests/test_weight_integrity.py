@@ -117,4 +117,4 @@ def test_a_missing_base_is_reported_with_the_model_that_builds_on_it(seed_config
     assert main(["plan", str(seed_config()), "--weights-dir", str(tmp_path / "empty")]) == 2
     err = error_of(capsys)
     assert "weights for model 'EP'" in err and "weights for model 'lightningEP'" in err
-    assert "weights for model 'SD'" in err and "(model 'EP' builds on 'SD')" in err
+    assert "weights for model 'SD'" in err and "model 'EP' builds on 'SD': weights for model 'SD'" in err

@@ -86,6 +86,7 @@ class Settings:
     reuse: int
     eval_prompts: int
     t2v_soften: int = 1  # t2v: train on clips softened by this down-up factor (1: as rendered)
+    shape_weight: float = SHAPE_WEIGHT  # vae, decoder: the pixel loss's weight inside the shape
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -378,13 +379,13 @@ def held_out_specs(count: int, offset: int = 0, varied_textures: bool = False) -
 
 # ---- stages ----------------------------------------------------------------------------------------------------
 
-def vae_loss(vae, data: WorldData, batch: int) -> torch.Tensor:
+def vae_loss(vae, data: WorldData, batch: int, shape_weight: float = SHAPE_WEIGHT) -> torch.Tensor:
     frames, masks, _ = data.frames_with_masks(batch)
     posterior = vae.encode(frames).latent_dist
     mean, logvar = posterior.mean.float(), posterior.logvar.float()
     latents = mean + (0.5 * logvar).exp() * data.randn(mean.shape)
     error = vae.decode(latents).sample.float() - frames
-    weight = (1 + (SHAPE_WEIGHT - 1) * masks[:, None]) / (1 + (SHAPE_WEIGHT - 1) * masks.mean())
+    weight = (1 + (shape_weight - 1) * masks[:, None]) / (1 + (shape_weight - 1) * masks.mean())
     kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).mean()
     return (weight * (error.abs() + error**2)).mean() + KL_WEIGHT * kl
 
@@ -393,7 +394,8 @@ def stage_vae(settings: Settings) -> None:
     torch.manual_seed(settings.seed + 1)
     vae = models.make_vae().to(settings.device)
     data = WorldData(settings.seed, TRAINING_STAGES["vae"], settings.device, varied_textures=True)
-    summary = train("vae", settings, vae, lambda data, batch: vae_loss(vae, data, batch), data, use_ema=False)
+    summary = train("vae", settings, vae, lambda data, batch: vae_loss(vae, data, batch, settings.shape_weight), data,
+                    use_ema=False)
     with torch.no_grad():
         # the scaling factor: 1 / std of latents of training frames (a fixed draw, apart from the training stream)
         draw = WorldData(settings.seed, 10, settings.device, varied_textures=True)
@@ -411,15 +413,18 @@ def stage_vae(settings: Settings) -> None:
 
 def stage_decoder(settings: Settings) -> None:
     vae = load_vae(settings)
+    specs = held_out_specs(max(1, settings.measure // 32), varied_textures=True)
+    before = reconstruction_measures(*reconstruct(vae, specs, settings.device))
     vae.decoder.requires_grad_(True)
     vae.post_quant_conv.requires_grad_(True)
     data = WorldData(settings.seed, TRAINING_STAGES["decoder"], settings.device, varied_textures=True)
-    summary = train("decoder", settings, vae, lambda data, batch: vae_loss(vae, data, batch), data, use_ema=False)
+    summary = train("decoder", settings, vae, lambda data, batch: vae_loss(vae, data, batch, settings.shape_weight), data,
+                    use_ema=False)
     with torch.no_grad():
-        clips, recon, masks = reconstruct(vae, held_out_specs(max(1, settings.measure // 32), varied_textures=True),
-                                          settings.device)
+        clips, recon, masks = reconstruct(vae, specs, settings.device)
     vae.save_pretrained(settings.work / "vae")
-    summary.update(**reconstruction_measures(clips, recon, masks), parameters=models.parameter_count(vae))
+    summary.update(**reconstruction_measures(clips, recon, masks), before=before, shape_weight=settings.shape_weight,
+                   parameters=models.parameter_count(vae))
     write_summary(settings, "decoder", summary)
 
 
@@ -590,6 +595,8 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("--eval-prompts", type=int, default=4, help="held-out prompts per colour in eval")
     parser.add_argument("--t2v-soften", type=int, default=1, help="t2v: train on clips down-sampled by this factor "
                         "and back, as real T2Vs learn from poorer video than T2Is (default 1: as rendered)")
+    parser.add_argument("--shape-weight", type=float, default=SHAPE_WEIGHT, help="vae, decoder: the pixel loss's "
+                        f"weight inside the shape, against 1 on the background (default {SHAPE_WEIGHT:g})")
     parser.add_argument("--export", type=Path, default=models.EXPORT_DIR, help="where export writes")
     return parser.parse_args(argv)
 
@@ -598,7 +605,7 @@ def main(argv=None) -> None:
     args = parse(argv)
     settings = Settings(args.work, args.seed, args.steps, args.batch, args.lr, torch.device(args.device),
                         args.log_every, args.save_every, args.max_minutes, args.measure, args.reuse,
-                        args.eval_prompts, args.t2v_soften)
+                        args.eval_prompts, args.t2v_soften, args.shape_weight)
     settings.work.mkdir(parents=True, exist_ok=True)
     if settings.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
