@@ -66,6 +66,11 @@ def contained(function, plugin: str, hook: str):
     return call
 
 
+def format_traceback(exc: BaseException) -> str:
+    """The traceback as plain text, for the debug log (a renderer's rich traceback takes seconds on torch's stack)."""
+    return "".join(traceback.format_exception(exc))
+
+
 def out_of_memory(exc: BaseException) -> bool:
     torch = sys.modules.get("torch")
     return isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.OutOfMemoryError))

@@ -24,7 +24,7 @@ from evs_framework.context_windows import framed
 from evs_framework.denoiser import Denoiser
 from evs_framework.errors import EVSError, LoadError, NumericalError, VideoError, WeightsError
 from evs_framework.executor import OpRecord, execute, unplanned_calls
-from evs_framework.failures import failure, out_of_memory
+from evs_framework.failures import failure, format_traceback, out_of_memory
 from evs_framework.identity import (RunIdentity, changed_parts, package_versions, run_identity, video_seed,
                                    weight_fingerprints)
 from evs_framework.io import video_io
@@ -407,7 +407,7 @@ def _run_share(spec: Spec, plan: Plan, context: LoadContext, share: list, identi
     except Exception as exc:  # noqa: BLE001 - run_job fails the share's videos with it and writes the report
         if out_of_memory(exc):
             raise
-        log.debug("load_failed", exc_info=exc)
+        log.debug("load_failed", traceback=format_traceback(exc))
         raise LoadError(str(exc if isinstance(exc, EVSError) else failure(exc, modules, "loading the models"))) from exc
     load_seconds = time.perf_counter() - loading
     results, writing = [], []  # writing: (input index, item, claim, future) of videos whose outputs are being written
@@ -426,7 +426,7 @@ def _run_share(spec: Spec, plan: Plan, context: LoadContext, share: list, identi
 
     def failed(item: InputVideo, exc: Exception, doing: str) -> VideoResult:
         if not isinstance(exc, EVSError) and not out_of_memory(exc):
-            log.debug("video_failed_traceback", source=str(item.video), exc_info=exc)
+            log.debug("video_failed_traceback", source=str(item.video), traceback=format_traceback(exc))
             exc = failure(exc, modules, f"{doing} {item.video.name}")
         return VideoResult(item.video, item.prompt, None, None, 0.0, error=str(exc))
 
