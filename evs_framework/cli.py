@@ -28,6 +28,36 @@ DTYPE_NAMES = ("bfloat16", "float16", "float32")
 DEFAULT_THREADS = 2
 
 
+def _positive(text: str) -> int:
+    """An argument that counts something: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give at least 1")
+    return value
+
+
+def _names(text: str) -> list[str]:
+    """A comma-separated list of names, at least one."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} names nothing; give comma-separated names")
+    return names
+
+
+def _seeds(text: str) -> list[int]:
+    """Comma-separated noise seeds: non-negative integers, at least one."""
+    try:
+        seeds = [int(seed) for seed in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated whole numbers, e.g. 23,24") from None
+    if any(seed < 0 for seed in seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: seeds are 0 or more")
+    return seeds
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", action="append", default=[], metavar="YAML",
                         help="extra registry file; its entries replace same-named ones (repeatable)")
@@ -113,14 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     comparing = commands.add_parser("compare", help="run several compositions on the same inputs and seed; write a "
                                                     "table, a labelled side-by-side video and a contact sheet")
     comparing.add_argument("config", type=Path)
-    comparing.add_argument("--compositions", default="IDM,VDM,IDM_VDM_IDM,basic",
+    comparing.add_argument("--compositions", type=_names, default="IDM,VDM,IDM_VDM_IDM,basic",
                            help="comma-separated composition names (default: IDM,VDM,IDM_VDM_IDM,basic)")
     comparing.add_argument("--weights", type=Path, default=None, metavar="YAML", help="as for `evs eval`")
     toyworld = commands.add_parser("toyworld", help="the toy world's evidence: compositions on held-out clips measured "
                                                     "against their clean ground truth")
     toy_commands = toyworld.add_subparsers(dest="toy_command", required=True)
     toy_eval = toy_commands.add_parser("eval", help="every composition on held-out clips; a table with 95% intervals")
-    toy_eval.add_argument("--compositions", default=None,
+    toy_eval.add_argument("--compositions", type=_names, default=None,
                           help="comma-separated (default: IDM, VDM, basic, IDM_VDM, VDM_IDM, IDM_VDM_IDM)")
     toy_sweep = toy_commands.add_parser("sweep", help="IDM_VDM_IDM with one knob changed at a time")
     toy_sweep.add_argument("--knob", action="append", default=[], metavar="NAME=V1,V2",
@@ -128,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     toy_edit = toy_commands.add_parser("edit", help="IDM_VDM_IDM with prompts that change the colour: edit, real_edit, "
                                                     "real_edit with Selective Feature Injection")
     for sub, clips in ((toy_eval, 32), (toy_sweep, 16), (toy_edit, 16)):
-        sub.add_argument("--clips", type=int, default=clips, help=f"held-out clips (default {clips})")
-        sub.add_argument("--seeds", default="23,24" if sub is toy_eval else "23", help="noise seeds, comma-separated")
+        sub.add_argument("--clips", type=_positive, default=clips, help=f"held-out clips (default {clips})")
+        sub.add_argument("--seeds", type=_seeds, default="23,24" if sub is toy_eval else "23",
+                         help="noise seeds, comma-separated")
         sub.add_argument("--out", type=Path, default=Path("outputs/toyworld"), help="where clips, outputs and results go")
         _common(sub)
         _running(sub)
@@ -325,7 +356,7 @@ def cmd_compare(args, plugins, registry) -> int:
     from evs_framework.evaluation.metrics import load_weight_paths
 
     job = prepare_job(args, plugins, registry)
-    names = [name.strip() for name in args.compositions.split(",") if name.strip()]
+    names = args.compositions
     weights = load_weight_paths(args.weights) if args.weights else None
     data = compare(job.spec, names, registry, plugins, job.context, not args.quiet, weights)
     for entry in data["inputs"]:
@@ -365,7 +396,7 @@ def cmd_toyworld(args, plugins, registry) -> int:
     from evs_framework.toyworld import experiment
 
     context = _context(args, plugins, registry)
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    seeds = args.seeds
     out_dir = resolved(args.out)
     if args.toy_command == "edit":
         from evs_framework.toyworld import edits
@@ -379,8 +410,7 @@ def cmd_toyworld(args, plugins, registry) -> int:
         record = {"settings": edits.EDIT_SETTINGS, "summary": summary, "differences": found, "rows": rows}
     elif args.toy_command == "eval":
         clips = experiment.held_out_clips(out_dir / "clips", args.clips)
-        names = [n.strip() for n in args.compositions.split(",") if n.strip()] if args.compositions else \
-            list(experiment.COMPOSITIONS)
+        names = args.compositions or list(experiment.COMPOSITIONS)
         rows = experiment.source_rows(clips) + experiment.run_compositions(
             clips, names, seeds, out_dir / "runs", registry, plugins, context, progress=not args.quiet,
             rows_file=out_dir / "rows.jsonl")

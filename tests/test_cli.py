@@ -130,3 +130,16 @@ def test_a_reader_that_stops_reading_ends_quietly(monkeypatch, capsys):
     stopped = []
     monkeypatch.setattr(cli, "_stop_writing", lambda: stopped.append(True))  # stdout is pytest's here
     assert main(["models"]) == 0 and capsys.readouterr().err == "" and stopped
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["compare", "job.yaml", "--compositions", ","], "--compositions: ',' names nothing"),
+    (["toyworld", "eval", "--clips", "0"], "--clips: 0: give at least 1"),
+    (["toyworld", "eval", "--seeds", "abc"], "--seeds: 'abc': give comma-separated whole numbers"),
+    (["toyworld", "sweep", "--seeds", "-1"], "--seeds: '-1': seeds are 0 or more"),
+])
+def test_counts_seeds_and_names_on_the_command_line_are_checked_as_they_are_read(argv, named, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and named in err and "Traceback" not in err, err
