@@ -89,6 +89,7 @@ class Settings:
     eval_prompts: int
     t2v_soften: int = 1  # t2v: train on clips softened by this down-up factor (1: as rendered)
     shape_weight: float = SHAPE_WEIGHT  # vae, decoder: the pixel loss's weight inside the shape
+    border_weight: float = 1.0  # vae, decoder: the pixel loss's weight within BORDER pixels of the frame's edges
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -381,13 +382,26 @@ def held_out_specs(count: int, offset: int = 0, varied_textures: bool = False) -
 
 # ---- stages ----------------------------------------------------------------------------------------------------
 
-def vae_loss(vae, data: WorldData, batch: int, shape_weight: float = SHAPE_WEIGHT) -> torch.Tensor:
+BORDER = 16  # pixels: two latent cells, where the zero padding of the VAE's convolutions is felt
+
+
+def _border(frames: torch.Tensor) -> torch.Tensor:
+    """1 within BORDER pixels of the frames' edges, else 0: (1, 1, H, W)."""
+    height, width = frames.shape[-2:]
+    rows, cols = torch.arange(height, device=frames.device), torch.arange(width, device=frames.device)
+    near_rows = (rows < BORDER) | (rows >= height - BORDER)
+    near_cols = (cols < BORDER) | (cols >= width - BORDER)
+    return (near_rows[:, None] | near_cols[None, :]).float()[None, None]
+
+
+def vae_loss(vae, data: WorldData, batch: int, shape_weight: float = SHAPE_WEIGHT, border_weight: float = 1.0) -> torch.Tensor:
     frames, masks, _ = data.frames_with_masks(batch)
     posterior = vae.encode(frames).latent_dist
     mean, logvar = posterior.mean.float(), posterior.logvar.float()
     latents = mean + (0.5 * logvar).exp() * data.randn(mean.shape)
     error = vae.decode(latents).sample.float() - frames
-    weight = (1 + (shape_weight - 1) * masks[:, None]) / (1 + (shape_weight - 1) * masks.mean())
+    weight = (1 + (shape_weight - 1) * masks[:, None]) * (1 + (border_weight - 1) * _border(frames))
+    weight = weight / weight.mean()
     kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).mean()
     return (weight * (error.abs() + error**2)).mean() + KL_WEIGHT * kl
 
@@ -396,7 +410,7 @@ def stage_vae(settings: Settings) -> None:
     torch.manual_seed(settings.seed + 1)
     vae = models.make_vae().to(settings.device)
     data = WorldData(settings.seed, TRAINING_STAGES["vae"], settings.device, varied_textures=True)
-    summary = train("vae", settings, vae, lambda data, batch: vae_loss(vae, data, batch, settings.shape_weight), data,
+    summary = train("vae", settings, vae, lambda data, batch: vae_loss(vae, data, batch, settings.shape_weight, settings.border_weight), data,
                     use_ema=False)
     with torch.no_grad():
         # the scaling factor: 1 / std of latents of training frames (a fixed draw, apart from the training stream)
@@ -420,12 +434,13 @@ def stage_decoder(settings: Settings) -> None:
     vae.decoder.requires_grad_(True)
     vae.post_quant_conv.requires_grad_(True)
     data = WorldData(settings.seed, TRAINING_STAGES["decoder"], settings.device, varied_textures=True)
-    summary = train("decoder", settings, vae, lambda data, batch: vae_loss(vae, data, batch, settings.shape_weight), data,
+    summary = train("decoder", settings, vae, lambda data, batch: vae_loss(vae, data, batch, settings.shape_weight, settings.border_weight), data,
                     use_ema=False)
     with torch.no_grad():
         clips, recon, masks = reconstruct(vae, specs, settings.device)
     vae.save_pretrained(settings.work / "vae")
     summary.update(**reconstruction_measures(clips, recon, masks), before=before, shape_weight=settings.shape_weight,
+                   border_weight=settings.border_weight,
                    parameters=models.parameter_count(vae))
     write_summary(settings, "decoder", summary)
 
@@ -599,6 +614,8 @@ def parse(argv) -> argparse.Namespace:
                         "and back, as real T2Vs learn from poorer video than T2Is (default 1: as rendered)")
     parser.add_argument("--shape-weight", type=float, default=SHAPE_WEIGHT, help="vae, decoder: the pixel loss's "
                         f"weight inside the shape, against 1 on the background (default {SHAPE_WEIGHT:g})")
+    parser.add_argument("--border-weight", type=float, default=1.0, help="vae, decoder: the pixel loss's weight within "
+                        f"{BORDER} pixels of the frame's edges, against 1 inside (default 1)")
     parser.add_argument("--export", type=Path, default=models.EXPORT_DIR, help="where export writes")
     return parser.parse_args(argv)
 
@@ -607,7 +624,7 @@ def main(argv=None) -> None:
     args = parse(argv)
     settings = Settings(args.work, args.seed, args.steps, args.batch, args.lr, torch.device(args.device),
                         args.log_every, args.save_every, args.max_minutes, args.measure, args.reuse,
-                        args.eval_prompts, args.t2v_soften, args.shape_weight)
+                        args.eval_prompts, args.t2v_soften, args.shape_weight, args.border_weight)
     settings.work.mkdir(parents=True, exist_ok=True)
     if settings.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
