@@ -1,8 +1,8 @@
 """An exception that is not one of EVS's own errors, told as one: where it was raised (which plugin, file, line and
 function) and what EVS was doing, so that one video fails with a message instead of the job with a traceback.
 
-Plugins' hooks are wrapped when they load (evs_framework.plugins), ops of a plan when they run (the executor), and
-the runner contains what is left per video.
+Plugins' hooks are wrapped when they load (evs_framework.plugins), a backend's loader where it loads
+(evs_framework.loading), the runner contains what is left per video, and the CLI whatever reaches it.
 """
 
 from __future__ import annotations

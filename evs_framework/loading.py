@@ -10,8 +10,8 @@ from typing import Callable, Protocol
 import attrs
 import torch
 
-from evs_framework.errors import EVSError, WeightsError, short_repr
-from evs_framework.failures import LEAVE_OUT, raised_in
+from evs_framework.errors import EVSError, WeightsError
+from evs_framework.failures import LEAVE_OUT, out_of_memory, raised_in, told
 from evs_framework.loaders.integrity import weight_file_problems
 from evs_framework.placement import Placement
 from evs_framework.plugins import Plugins
@@ -100,9 +100,11 @@ class LoadContext:
     def _loaded(self, loader, entry: ModelEntry) -> Backend:
         try:
             return loader(entry, self)
-        except (EVSError, torch.OutOfMemoryError, MemoryError):
+        except EVSError:
             raise
         except Exception as exc:  # the libraries' own errors on files whose headers passed the preflight
+            if out_of_memory(exc):
+                raise
             raise WeightsError(load_failure(entry, self, exc)) from exc
 
 
@@ -124,7 +126,7 @@ def load_failure(entry: ModelEntry, context: LoadContext, error: Exception) -> s
     damaged = weight_file_problems(path)
     if damaged:
         return f"model {entry.name!r} could not be loaded: {damaged[0]}; {download_again(entry)}"
-    reason = short_repr(" ".join(f"{type(error).__name__}: {error}".split()), 300, quote=False)
+    reason = told(error)
     catalogue = context.plugins.catalogue
     provider = catalogue.provider("backends", entry.kind)
     if provider is not None and provider not in catalogue.builtin:  # another's loader: its code may be at fault

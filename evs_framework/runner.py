@@ -320,22 +320,18 @@ def _finished_record(spec: Spec, stem: str) -> dict | None:
     return record if isinstance(record, dict) else {}
 
 
-def _already_done(spec: Spec, stem: str, identity: RunIdentity) -> bool:
-    record = _finished_record(spec, stem)
-    return record is not None and record.get("job_key") == identity.key
-
-
-def _kept_output(spec: Spec, stem: str, identity: RunIdentity) -> str | None:
-    """Why the video is not made again: its finished outputs came from another run (other settings, input, weights
-    or versions), and only `--overwrite` replaces them; None when there are none, or they match."""
+def _earlier_outputs(spec: Spec, stem: str, identity: RunIdentity) -> tuple[bool, str | None]:
+    """(whether the video's finished outputs match this run, why they are kept otherwise): outputs of another run
+    (other settings, input, weights or versions) are replaced only by `--overwrite`; (False, None) when there are
+    none."""
     record = _finished_record(spec, stem)
     if record is None or record.get("job_key") == identity.key:
-        return None
+        return record is not None, None
     earlier = record.get("identity")
     changes = changed_parts(earlier, identity.parts) if isinstance(earlier, dict) else []
     why = f"made by another run ({'; '.join(changes)})" if changes else f"of unknown origin ({stem}.json cannot be read)"
-    return (f"{spec.output.dir / stem}.mp4 exists, {why}, and is kept; pass --overwrite to replace it, or give another "
-            f"output folder (output.dir, or --output-dir) to keep both")
+    return False, (f"{spec.output.dir / stem}.mp4 exists, {why}, and is kept; pass --overwrite to replace it, or give "
+                   f"another output folder (output.dir, or --output-dir) to keep both")
 
 
 def _skipped(spec: Spec, item: InputVideo, stem: str, busy_reason: str | None = None) -> VideoResult:
@@ -359,11 +355,11 @@ def run_job(spec: Spec, plan: Plan, context: LoadContext, progress: bool = True,
     weights = weight_fingerprints(plan, context)
     work = list(zip(spec.inputs, output_stems(spec)))
     identity = functools.cache(lambda item: video_identity(spec, item, weights, context))
-    undone = [i for i, (item, stem) in enumerate(work) if overwrite or not _already_done(spec, stem, identity(item))] \
-        if shard.is_main else []
     # outputs of another run are kept before any weight loads (and checked again under each video's lock)
-    kept = {} if overwrite else {i: why for i in undone if (why := _kept_output(spec, work[i][1], identity(work[i][0])))}
-    pending = shard.from_main([i for i in undone if i not in kept] if shard.is_main else None)
+    earlier = {i: (False, None) if overwrite else _earlier_outputs(spec, stem, identity(item))
+               for i, (item, stem) in enumerate(work)} if shard.is_main else {}
+    kept = {i: why for i, (_, why) in earlier.items() if why}
+    pending = shard.from_main([i for i, (done, why) in earlier.items() if not done and not why] if shard.is_main else None)
     to_do = frozenset(pending)
     skipped = [(i, VideoResult(item.video, item.prompt, None, None, 0.0, error=kept[i]) if i in kept else
                 _skipped(spec, item, stem)) for i, (item, stem) in enumerate(work) if i not in to_do]
@@ -446,12 +442,12 @@ def _run_share(spec: Spec, plan: Plan, context: LoadContext, share: list, identi
                     reads.append(reader.submit(read_clip, spec, share[position + 1][1]))
                 claim = output_guard.claim_stem(spec.output.dir, stem)
                 # checked again under the lock: another process may have finished the video since the run began
-                if claim.busy_reason or (not overwrite and _already_done(spec, stem, identity(item))):
+                done, kept = (False, None) if overwrite else _earlier_outputs(spec, stem, identity(item))
+                if claim.busy_reason or done:
                     claim.release()
                     results.append((index, attrs.evolve(_skipped(spec, item, stem, claim.busy_reason), process=process)))
                     progress_bar.advance()
                     continue
-                kept = None if overwrite else _kept_output(spec, stem, identity(item))
                 if kept:
                     finish(index, item, claim, VideoResult(item.video, item.prompt, None, None, 0.0, error=kept))
                     continue
