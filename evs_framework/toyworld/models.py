@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from evs_framework.toyworld.world import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SIZE, TEXTURES, ClipSpec
+from evs_framework.toyworld.world import (BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SIZE, SPEEDS, STYLES, TEXTURES,
+                                          ClipSpec)
 from evs_framework.loaders.sd_layout import SD15_SCHEDULER_CONFIG, save_clip_tokenizer
 
 TEXT_DIM = 64
@@ -82,10 +83,10 @@ def make_text_encoder(tokenizer):
 def prompt_words() -> list[str]:
     """Every word of every prompt the world can write, in a fixed order."""
     words: dict[str, None] = {}
-    for shape, texture, colour, background, direction in itertools.product(SHAPES, TEXTURES, COLOURS, BACKGROUNDS,
-                                                                           DIRECTIONS):
-        spec = ClipSpec(shape, texture, colour, background, direction, speed=0.01, radius=0.2, start=(0.5, 0.5),
-                        texture_angle=0.0, texture_period=0.06, background_angle=0.0)
+    for shape, texture, colour, background, direction, speed, style in itertools.product(
+            SHAPES, TEXTURES, COLOURS, BACKGROUNDS, DIRECTIONS, SPEEDS, ("", *STYLES)):
+        spec = ClipSpec(shape, texture, colour, background, direction, speed=speed, radius=0.2, start=(0.5, 0.5),
+                        texture_angle=0.0, texture_period=0.06, background_angle=0.0, style=style)
         words.update(dict.fromkeys(spec.prompt.split()))
     return list(words)
 

@@ -68,6 +68,7 @@ DEFAULT_LR = {"vae": 1e-3, "t2i": 3e-4, "t2v": 3e-4, "finetune": 2e-4, "decoder"
 KL_WEIGHT = 1e-5  # times the KL per latent element, beside L1 + L2 per pixel
 SHAPE_WEIGHT = 8.0  # the VAE's pixel loss inside the shape, against 1 on the background: without it the
 # background, most of every frame, is learnt first and textures come back as flat colour
+VAE_WATERCOLOR_SHARE = 0.25  # of the VAE's frames drawn in the watercolor style, which the style LoRA draws
 PROMPT_DROPOUT = 0.1
 EMA_DECAY = 0.999
 BETAS = dict(beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
@@ -105,14 +106,17 @@ def emit(record: dict) -> None:
 class WorldData:
     """Training draws from the world: clip seeds and frame choices from a CPU generator, noise on the device."""
 
-    def __init__(self, seed: int, stream: int, device: torch.device, varied_textures: bool = False):
-        self.device, self.varied_textures = device, varied_textures
+    def __init__(self, seed: int, stream: int, device: torch.device, varied_textures: bool = False,
+                 watercolor_share: float = 0.0):
+        self.device, self.varied_textures, self.watercolor_share = device, varied_textures, watercolor_share
         self.cpu = torch.Generator().manual_seed(seed * 1000 + stream)
         self.noise = torch.Generator(device=device).manual_seed(seed * 1000 + stream + 500)
 
     def specs(self, count: int) -> list[ClipSpec]:
-        return [sample_spec(int(s), varied_textures=self.varied_textures)
-                for s in torch.randint(HELD_OUT_FIRST_SEED, (count,), generator=self.cpu)]
+        seeds = torch.randint(HELD_OUT_FIRST_SEED, (count,), generator=self.cpu).tolist()
+        styled = (torch.rand(count, generator=self.cpu) < self.watercolor_share).tolist()
+        return [attrs.evolve(sample_spec(seed, varied_textures=self.varied_textures), style="watercolor" if s else "")
+                for seed, s in zip(seeds, styled)]
 
     def frames(self, count: int) -> tuple[torch.Tensor, list[str]]:
         """(count, 3, H, W): one random frame of each of `count` clips, with the clips' prompts."""
@@ -409,7 +413,8 @@ def vae_loss(vae, data: WorldData, batch: int, shape_weight: float = SHAPE_WEIGH
 def stage_vae(settings: Settings) -> None:
     torch.manual_seed(settings.seed + 1)
     vae = models.make_vae().to(settings.device)
-    data = WorldData(settings.seed, TRAINING_STAGES["vae"], settings.device, varied_textures=True)
+    data = WorldData(settings.seed, TRAINING_STAGES["vae"], settings.device, varied_textures=True,
+                     watercolor_share=VAE_WATERCOLOR_SHARE)
     summary = train("vae", settings, vae, lambda data, batch: vae_loss(vae, data, batch, settings.shape_weight, settings.border_weight), data,
                     use_ema=False)
     with torch.no_grad():
@@ -433,7 +438,8 @@ def stage_decoder(settings: Settings) -> None:
     before = reconstruction_measures(*reconstruct(vae, specs, settings.device))
     vae.decoder.requires_grad_(True)
     vae.post_quant_conv.requires_grad_(True)
-    data = WorldData(settings.seed, TRAINING_STAGES["decoder"], settings.device, varied_textures=True)
+    data = WorldData(settings.seed, TRAINING_STAGES["decoder"], settings.device, varied_textures=True,
+                     watercolor_share=VAE_WATERCOLOR_SHARE)
     summary = train("decoder", settings, vae, lambda data, batch: vae_loss(vae, data, batch, settings.shape_weight, settings.border_weight), data,
                     use_ema=False)
     with torch.no_grad():

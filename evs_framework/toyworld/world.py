@@ -2,8 +2,9 @@
 
 A clip is drawn from a seed: shape (disc, square, triangle), texture (striped, checkered, dotted), colour, the
 background's colour, the direction and speed of motion. Its prompt is generated from those attributes ("a red
-striped disc drifting left over a blue gradient"), so a prompt that changes one word (an edit) has a ground truth
-too. Rendering is plain tensor arithmetic with soft edges, batched, on any device: the same code makes the
+striped disc drifting slowly left over a blue gradient"), so a prompt that changes one word (an edit) has a ground
+truth too. A clip may also be drawn in a style ("... in watercolor": pale washes with a darker rim), which only the
+style LoRA learns. Rendering is plain tensor arithmetic with soft edges, batched, on any device: the same code makes the
 training data on a GPU and the demo's clip on a CPU.
 
 `degrade` makes the VideoCrafter-2.0 analogue of a clean clip: down-and-up sampling (soft, detail lost),
@@ -24,6 +25,11 @@ COLOURS = {"red": (0.85, 0.15, 0.12), "green": (0.15, 0.7, 0.2), "blue": (0.15, 
            "purple": (0.6, 0.2, 0.75), "orange": (0.95, 0.5, 0.1)}
 BACKGROUNDS = {"blue": (0.35, 0.5, 0.8), "green": (0.4, 0.65, 0.4), "gray": (0.55, 0.55, 0.55), "brown": (0.6, 0.45, 0.3)}
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+SPEEDS = (0.008, 0.02)  # fraction of the frame per frame
+QUICK_FROM = 0.014  # a prompt says "quickly" from this speed on, "slowly" below it
+STYLES = ("watercolor",)
+PAPER = 0.96  # the watercolor style's paper: what its washes are mixed towards
+WASH, RIM_WIDTH, RIM_SHADE = 0.5, 0.1, 0.6  # its wash's share of paper, its rim's width (radii) and shade
 FRAMES, SIZE = 16, 128
 TEXTURE_PERIOD, TEXTURE_ANGLE = 0.115, math.pi / 4  # a clip's texture: 15 px period (about 2 latent cells), diagonal
 TEXTURE_PERIODS = (0.09, 0.14)  # the ranges of period and angle of the varied textures the VAE is trained on
@@ -45,6 +51,7 @@ class ClipSpec:
     texture_angle: float  # radians
     texture_period: float  # fraction of the frame
     background_angle: float
+    style: str = ""  # "" (as rendered) or one of STYLES
 
     def step(self, size: int = SIZE) -> tuple[float, float]:
         """How far the shape moves from one frame to the next, in pixels (x, y) at frame side `size`."""
@@ -52,9 +59,15 @@ class ClipSpec:
         return dx * self.speed * size, dy * self.speed * size
 
     @property
+    def speed_word(self) -> str:
+        return "quickly" if self.speed >= QUICK_FROM else "slowly"
+
+    @property
     def prompt(self) -> str:
         article = "an" if self.colour[0] in "aeiou" else "a"
-        return f"{article} {self.colour} {self.texture} {self.shape} drifting {self.direction} over a {self.background} gradient"
+        styled = f" in {self.style}" if self.style else ""
+        return (f"{article} {self.colour} {self.texture} {self.shape} drifting {self.speed_word} {self.direction} over a "
+                f"{self.background} gradient{styled}")
 
 
 def sample_spec(seed: int, frames: int = FRAMES, varied_textures: bool = False) -> ClipSpec:
@@ -71,7 +84,7 @@ def sample_spec(seed: int, frames: int = FRAMES, varied_textures: bool = False) 
     def uniform(low, high):
         return low + (high - low) * float(torch.rand((), generator=g))
 
-    direction, speed, radius = pick(DIRECTIONS), uniform(0.008, 0.02), uniform(0.14, 0.22)
+    direction, speed, radius = pick(DIRECTIONS), uniform(*SPEEDS), uniform(0.14, 0.22)
     travel = speed * (frames - 1)
     dx, dy = DIRECTIONS[direction]
     lows = [radius + max(0.0, -d * travel) for d in (dx, dy)]
@@ -105,7 +118,8 @@ def render_with_masks(specs: list[ClipSpec], frames: int = FRAMES, size: int = S
     v = (y - cy[..., None, None]) / p["radius"][:, None, None, None]
     edge = 2.0 * size * p["radius"][:, None, None, None]  # soft edges about one pixel wide
     inside = torch.stack([_disc(u, v), _square(u, v), _triangle(u, v)], dim=0)  # (shapes, B, T, H, W)
-    mask = torch.sigmoid(edge * inside.gather(0, p["shape"][None, :, None, None, None].expand_as(inside[:1]))[0])
+    inside = inside.gather(0, p["shape"][None, :, None, None, None].expand_as(inside[:1]))[0]
+    mask = torch.sigmoid(edge * inside)
 
     pattern = _pattern(u, v, p)  # in [0, 1]: 1 the colour, 0 its darker tone
     colour = p["colour"][:, None, :, None, None]  # (B, 1, 3, 1, 1)
@@ -115,8 +129,21 @@ def render_with_masks(specs: list[ClipSpec], frames: int = FRAMES, size: int = S
     along = (torch.cos(p["bg_angle"])[:, None, None] * (x - 0.5) + torch.sin(p["bg_angle"])[:, None, None] * (y - 0.5))
     ramp = 0.75 + 0.5 * along  # (B, H, W), 0.4 .. 1.1 times the background colour
     background = (p["background"][:, :, None, None] * ramp[:, None]).clamp(0, 1)[:, None]  # (B, 1, 3, H, W)
+    watercolor = p["watercolor"][:, None, None, None, None]
+    if bool(watercolor.any()):
+        foreground, background = _watercolor(foreground, background, colour, mask, edge, inside, watercolor)
     frames_01 = mask[:, :, None] * foreground + (1 - mask[:, :, None]) * background
     return frames_01 * 2 - 1, mask
+
+
+def _watercolor(foreground, background, colour, mask, edge, inside, styled):
+    """The watercolor style where `styled` (B, 1, 1, 1, 1) is 1: the shape a pale wash of its colour over the paper
+    with a pigment rim about 3 px wide darkening its edge, the background washed out towards the paper."""
+    wash = (1 - WASH) * foreground + WASH * PAPER
+    rim = (mask - torch.sigmoid(edge * (inside - RIM_WIDTH)))[:, :, None]  # (B, T, 1, H, W): 1 in the band
+    wash = wash * (1 - rim) + colour * RIM_SHADE * rim
+    pale = (1 - WASH) * background + WASH * PAPER
+    return styled * wash + (1 - styled) * foreground, styled * pale + (1 - styled) * background
 
 
 def _parameters(specs: list[ClipSpec], device) -> dict[str, torch.Tensor]:
@@ -137,6 +164,7 @@ def _parameters(specs: list[ClipSpec], device) -> dict[str, torch.Tensor]:
         "texture_angle": tensor([s.texture_angle for s in specs]),
         "texture_period": tensor([s.texture_period / s.radius for s in specs]),  # in object-local units
         "bg_angle": tensor([s.background_angle for s in specs]),
+        "watercolor": tensor([float(s.style == "watercolor") for s in specs]),
     }
 
 
