@@ -1,9 +1,10 @@
 """The toy world's models in the real formats: their architectures, a word-level CLIP tokenizer for the world's
 prompts, and the export into the layout EVS loads (a diffusers SD1.5 folder and a bare motion-adapter file).
 
-Sizes are chosen to ship inside the package (about 23 MB in float16): a VAE of 1.7M parameters with SD's factor
-of 8 (128x128 frames -> 16x16x4 latents), a 6.9M-parameter UNet, a 2.8M-parameter motion adapter and a 2-layer
-text encoder whose width is the UNet's cross-attention width.
+Sizes are chosen to ship inside the package (under 40 MB in float16): a VAE of 1.7M parameters with SD's factor
+of 8 (128x128 frames -> 16x16x4 latents), a 6.9M-parameter UNet, two 2.8M-parameter motion adapters with their
+spatial LoRAs (ranks 32 and 16), a rank-8 style LoRA and a 2-layer text encoder whose width is the UNet's
+cross-attention width.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ VAE_BLOCKS = (32, 64, 64, 64)
 LATENT_SIZE = SIZE // 8
 MAX_FRAMES = 32  # the adapter's positional table: clips of up to 32 frames
 SD_FOLDER = "toy-sd"
-ADAPTER_FILE = "toy_motion_adapter.safetensors"
+ADAPTER_FILES = {"t2v": "toy_motion_adapter.safetensors", "vc": "toy_vc_motion_adapter.safetensors"}
+LORA_FILES = {"t2v": "toy_t2v_spatial_lora.safetensors", "vc": "toy_vc_spatial_lora.safetensors",
+              "style": "toy_watercolor_lora.safetensors"}
 TRAINING_RECORD = "training.json"
 LATENT_SPACE = "toyworld"  # the name registry.yaml's toy presets declare for the toy VAE's latents
 EXPORT_DIR = Path(__file__).resolve().parent.parent / "data" / "weights" / "toyworld"
@@ -116,9 +119,11 @@ def parameter_count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def export(vae, unet, text_encoder, tokenizer_folder: Path, adapter, folder: Path, record: dict) -> dict[str, int]:
-    """Write the float16 diffusers folder `folder/toy-sd`, the bare adapter file and `training.json`; return the
-    bytes of each file written. The SD folder is built beside its place and moved in only when complete."""
+def export(vae, unet, text_encoder, tokenizer_folder: Path, adapters: dict, loras: dict[str, Path], folder: Path,
+           record: dict) -> dict[str, int]:
+    """Write the float16 diffusers folder `folder/toy-sd`, the motion adapters ({"t2v"|"vc": MotionAdapter}) as bare
+    files, the LoRA files ({"t2v"|"vc"|"style": float16 file}) and `training.json`; return the bytes of each file
+    written. The SD folder is built beside its place and moved in only when complete."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
@@ -135,13 +140,18 @@ def export(vae, unet, text_encoder, tokenizer_folder: Path, adapter, folder: Pat
     )
     pipeline.to(torch.float16)
     pipeline.save_pretrained(staging, safe_serialization=True)
-    write_motion_adapter_file(adapter.to(torch.float16), folder / ADAPTER_FILE, "diffusers")
+    for name, adapter in adapters.items():
+        write_motion_adapter_file(adapter.to(torch.float16), folder / ADAPTER_FILES[name], "diffusers")
+    for name, lora in loras.items():
+        shutil.copyfile(lora, folder / f".{LORA_FILES[name]}.partial")
+        os.replace(folder / f".{LORA_FILES[name]}.partial", folder / LORA_FILES[name])
     # the slow CLIPTokenizer of older transformers reads these two; newer ones write tokenizer.json only
     for name in ("vocab.json", "merges.txt"):
         shutil.copyfile(Path(tokenizer_folder) / name, staging / "tokenizer" / name)
     shutil.rmtree(folder / SD_FOLDER, ignore_errors=True)
     os.replace(staging, folder / SD_FOLDER)
-    paths = sorted(p for p in [*(folder / SD_FOLDER).rglob("*"), folder / ADAPTER_FILE] if p.is_file())
+    singles = [folder / ADAPTER_FILES[name] for name in adapters] + [folder / LORA_FILES[name] for name in loras]
+    paths = sorted(p for p in [*(folder / SD_FOLDER).rglob("*"), *singles] if p.is_file())
     for path in paths:
         path.chmod(0o644)  # the writers' temporary files are private
     files = {str(p.relative_to(folder)): p.stat().st_size for p in paths}

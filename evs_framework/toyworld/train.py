@@ -57,21 +57,43 @@ import attrs
 import torch
 
 from evs_framework.toyworld import models, quality
-from evs_framework.toyworld.world import (DIRECTIONS, FRAMES, HELD_OUT_FIRST_SEED, ClipSpec, render, render_with_masks,
-                                          sample_spec, soften)
+from evs_framework.toyworld.lora_training import add_lora, save_lora
+from evs_framework.toyworld.world import (DIRECTIONS, FRAMES, HELD_OUT_FIRST_SEED, ClipSpec, degrade, render,
+                                          render_with_masks, sample_spec, soften)
 
-STAGES = ("vae", "decoder", "t2i", "t2v", "finetune", "eval", "export")
-TRAINING_STAGES = {"vae": 0, "t2i": 1, "t2v": 2, "finetune": 3, "decoder": 4}  # stage -> stream of its generators
-OPTIONAL_STAGES = ("finetune", "decoder")  # export records them when they were run
-DEFAULT_BATCH = {"vae": 32, "t2i": 256, "t2v": 16, "finetune": 256, "decoder": 32}  # frames, except t2v's clips
-DEFAULT_LR = {"vae": 1e-3, "t2i": 3e-4, "t2v": 3e-4, "finetune": 2e-4, "decoder": 2e-4}
+STAGES = ("vae", "decoder", "t2i", "t2v", "vc", "style", "eval", "export")
+TRAINING_STAGES = {"vae": 0, "t2i": 1, "t2v": 2, "decoder": 4, "vc": 5, "style": 6}  # stage -> stream of its generators
+OPTIONAL_STAGES = ("decoder",)  # export records it when it was run
+DEFAULT_BATCH = {"vae": 32, "t2i": 256, "t2v": 16, "decoder": 32, "vc": 16, "style": 128}  # frames; t2v, vc: clips
+DEFAULT_LR = {"vae": 1e-3, "t2i": 3e-4, "t2v": 3e-4, "decoder": 2e-4, "vc": 3e-4, "style": 3e-4}
 KL_WEIGHT = 1e-5  # times the KL per latent element, beside L1 + L2 per pixel
 SHAPE_WEIGHT = 8.0  # the VAE's pixel loss inside the shape, against 1 on the background: without it the
 # background, most of every frame, is learnt first and textures come back as flat colour
 VAE_WATERCOLOR_SHARE = 0.25  # of the VAE's frames drawn in the watercolor style, which the style LoRA draws
 PROMPT_DROPOUT = 0.1
+STYLE_RANK = 8  # the watercolor LoRA's rank
+STYLE_LORA = "watercolor_lora.safetensors"
 EMA_DECAY = 0.999
 BETAS = dict(beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
+
+
+@attrs.frozen
+class VideoData:
+    """How a video model's training clips are made from the world's, and the rank of its own spatial LoRA."""
+
+    soften: int = 1  # down-up sampling factor (1: as rendered)
+    speed_scale: float = 1.0  # shapes move this share of the speed their prompts say
+    flicker: float = 0.0  # std of each frame's per-channel gain
+    jitter: int = 0  # each frame shifted by up to this many pixels
+    lora_rank: int = 16
+
+
+VIDEO_DATA = {
+    # the AnimateDiff / AnimateLCM analogue: consistent, but learnt from softer, slower video than the T2I
+    "t2v": VideoData(soften=4, speed_scale=0.5, lora_rank=32),
+    # the VideoCrafter-2 analogue that makes enhance inputs: full motion, but flicker, jitter and middling detail
+    "vc": VideoData(soften=2, flicker=0.08, jitter=2, lora_rank=16),
+}
 
 
 @attrs.frozen
@@ -88,9 +110,12 @@ class Settings:
     measure: int
     reuse: int
     eval_prompts: int
-    t2v_soften: int = 1  # t2v: train on clips softened by this down-up factor (1: as rendered)
+    video_overrides: dict = attrs.field(factory=dict)  # t2v, vc: VideoData fields set on the command line
     shape_weight: float = SHAPE_WEIGHT  # vae, decoder: the pixel loss's weight inside the shape
     border_weight: float = 1.0  # vae, decoder: the pixel loss's weight within BORDER pixels of the frame's edges
+
+    def video(self, stage: str) -> "VideoData":
+        return attrs.evolve(VIDEO_DATA[stage], **self.video_overrides)
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -336,13 +361,24 @@ def load_unet(settings: Settings):
     return UNet2DConditionModel.from_pretrained(folder).to(settings.device).eval().requires_grad_(False)
 
 
-def load_adapter(settings: Settings):
+def load_adapter(settings: Settings, stage: str):
     from evs_framework.loaders.motion_adapter import load_motion_adapter
 
-    file = settings.work / "motion_adapter.safetensors"
+    file = settings.work / f"{stage}_motion_adapter.safetensors"
     if not file.is_file():
-        raise SystemExit(f"{file} is missing: run --stage t2v first")
+        raise SystemExit(f"{file} is missing: run --stage {stage} first")
     return load_motion_adapter(file, torch.float32).to(settings.device).requires_grad_(False)
+
+
+def load_video_unet(settings: Settings, stage: str):
+    """The motion UNet of the video model `stage`: its adapter over a copy of the T2I with its spatial LoRA fused,
+    read through the runtime's own LoRA loader."""
+    from evs_framework.loaders.lora import fuse_lora, read_lora
+    from evs_plugins.animatediff import motion_unet_over
+
+    unet = load_unet(settings)
+    fuse_lora(read_lora(settings.work / f"{stage}_spatial_lora.safetensors", unet), unet)
+    return motion_unet_over(unet, load_adapter(settings, stage))
 
 
 def text_model(settings: Settings):
@@ -451,18 +487,14 @@ def stage_decoder(settings: Settings) -> None:
     write_summary(settings, "decoder", summary)
 
 
-def stage_t2i(settings: Settings, stage: str = "t2i") -> None:
-    """`t2i` trains the UNet from scratch; `finetune` trains DIR/unet on, after the T2V has learnt over it, as the SD1.5
-    fine-tunes that AnimateDiff's motion modules run over were trained on after the modules were."""
+def frame_denoising_loss(settings: Settings, stage: str, unet, data: WorldData):
+    """The epsilon loss of `unet` on single frames' latents drawn from `data` (a pool of them, reused), under the
+    frozen text encoder with the prompt dropped now and then, for guidance; returns (loss_of, pool)."""
     vae = load_vae(settings)
     tokenizer, encoder = text_model(settings)
     embed = TextEmbeddings(tokenizer, encoder)
-    torch.manual_seed(settings.seed + 2)
-    unet = load_unet(settings).requires_grad_(True) if stage == "finetune" else models.make_unet().to(settings.device)
-    data = WorldData(settings.seed, TRAINING_STAGES[stage], settings.device)
     ac = alphas_cumprod("scaled_linear", settings.device)
-
-    pool = LatentPool(settings.batch or DEFAULT_BATCH["t2i"], settings.reuse)
+    pool = LatentPool(settings.batch or DEFAULT_BATCH[stage], settings.reuse)
 
     def new_latents(count: int) -> tuple[torch.Tensor, list[str]]:
         frames, prompts = data.frames(count)
@@ -474,33 +506,72 @@ def stage_t2i(settings: Settings, stage: str = "t2i") -> None:
         eps = unet(noised(x0, noise, t, ac), t, encoder_hidden_states=embed(data.dropped(prompts))).sample
         return torch.nn.functional.mse_loss(eps.float(), noise)
 
-    summary = train(stage, settings, unet, loss_of, data, use_ema=True)
+    return loss_of, pool
+
+
+def stage_t2i(settings: Settings) -> None:
+    torch.manual_seed(settings.seed + 2)
+    unet = models.make_unet().to(settings.device)
+    data = WorldData(settings.seed, TRAINING_STAGES["t2i"], settings.device)
+    loss_of, pool = frame_denoising_loss(settings, "t2i", unet, data)
+    summary = train("t2i", settings, unet, loss_of, data, use_ema=True)
     unet.save_pretrained(settings.work / "unet")
     summary.update(parameters=models.parameter_count(unet), beta_schedule="scaled_linear", prediction="epsilon",
-                   reuse=settings.reuse, pool=pool.capacity,
-                   prompt_dropout=PROMPT_DROPOUT, text_encoder_parameters=models.parameter_count(encoder))
-    write_summary(settings, stage, summary)
+                   reuse=settings.reuse, pool=pool.capacity, prompt_dropout=PROMPT_DROPOUT,
+                   text_encoder_parameters=models.parameter_count(text_model(settings)[1]))
+    write_summary(settings, "t2i", summary)
 
 
-def stage_t2v(settings: Settings) -> None:
+def stage_style(settings: Settings) -> None:
+    """The watercolor LoRA: a low-rank adapter of the frozen T2I learnt on watercolor frames only, as style LoRAs are
+    learnt over SD1.5. Product: DIR/watercolor_lora.safetensors."""
+    unet = load_unet(settings)
+    torch.manual_seed(settings.seed + 6)
+    lora = add_lora(unet, STYLE_RANK)
+    data = WorldData(settings.seed, TRAINING_STAGES["style"], settings.device, watercolor_share=1.0)
+    loss_of, pool = frame_denoising_loss(settings, "style", unet, data)
+    summary = train("style", settings, lora, loss_of, data, use_ema=True)
+    save_lora(lora, settings.work / STYLE_LORA)
+    summary.update(rank=STYLE_RANK, lora_parameters=models.parameter_count(lora), reuse=settings.reuse,
+                   pool=pool.capacity, prompt_dropout=PROMPT_DROPOUT)
+    write_summary(settings, "style", summary)
+
+
+def video_clips(data: WorldData, video: VideoData, count: int) -> tuple[torch.Tensor, list[str]]:
+    """`count` clips (B, T, 3, H, W) made as `video` says from the world's, with the prompts of the clips as drawn
+    (a damped clip keeps the speed word of the speed it was drawn with)."""
+    specs = data.specs(count)
+    moved = [attrs.evolve(spec, speed=spec.speed * video.speed_scale) for spec in specs]
+    clips = render(moved, device=data.device)
+    if video.flicker or video.jitter:
+        seed = int(torch.randint(2**31, (), generator=data.cpu))
+        clips = degrade(clips, seed, scale=video.soften, flicker=video.flicker, jitter=video.jitter, noise=0.0)
+    elif video.soften > 1:
+        clips = soften(clips, video.soften)
+    return clips, [spec.prompt for spec in specs]
+
+
+def stage_video(settings: Settings, stage: str) -> None:
+    """A text-to-video model over the T2I: a MotionAdapter and a spatial LoRA of the frozen T2I (AnimateLCM's layout)
+    learnt together on 16-frame clips made as VIDEO_DATA[stage] says, with AnimateDiff's linear betas.
+    Products: DIR/<stage>_motion_adapter.safetensors and DIR/<stage>_spatial_lora.safetensors (EMA weights)."""
     from evs_framework.loaders.motion_adapter import write_motion_adapter_file
     from evs_plugins.animatediff import motion_unet_over
 
+    video = settings.video(stage)
     vae, unet = load_vae(settings), load_unet(settings)
     tokenizer, encoder = text_model(settings)
     embed = TextEmbeddings(tokenizer, encoder)
-    torch.manual_seed(settings.seed + 4)
+    torch.manual_seed(settings.seed + 4 + TRAINING_STAGES[stage])
+    lora = add_lora(unet, video.lora_rank)
     adapter = models.make_motion_adapter().to(settings.device)
-    motion_unet = motion_unet_over(unet, adapter)  # the spatial modules are the frozen UNet's own
-    data = WorldData(settings.seed, TRAINING_STAGES["t2v"], settings.device)
+    motion_unet = motion_unet_over(unet, adapter)  # its spatial modules are the UNet's, adapted by the LoRA
+    data = WorldData(settings.seed, TRAINING_STAGES[stage], settings.device)
     ac = alphas_cumprod("linear", settings.device)
-
-    pool = LatentPool(settings.batch or DEFAULT_BATCH["t2v"], settings.reuse)
+    pool = LatentPool(settings.batch or DEFAULT_BATCH[stage], settings.reuse)
 
     def new_latents(count: int) -> tuple[torch.Tensor, list[str]]:
-        clips, prompts = data.clips(count)
-        if settings.t2v_soften > 1:
-            clips = soften(clips, settings.t2v_soften)
+        clips, prompts = video_clips(data, video, count)
         return encode(vae, clips.flatten(0, 1)).float().unflatten(0, clips.shape[:2]), prompts
 
     def loss_of(data: WorldData, batch: int) -> torch.Tensor:
@@ -511,19 +582,21 @@ def stage_t2v(settings: Settings) -> None:
         eps = motion_unet(noised(x0, noise, t, ac), t, encoder_hidden_states=text).sample
         return torch.nn.functional.mse_loss(eps.float(), noise)
 
-    summary = train("t2v", settings, adapter, loss_of, data, use_ema=True)
-    write_motion_adapter_file(adapter, settings.work / "motion_adapter.safetensors", "diffusers")
-    summary.update(parameters=models.parameter_count(adapter), beta_schedule="linear", prediction="epsilon",
-                   reuse=settings.reuse, pool=pool.capacity,
-                   prompt_dropout=PROMPT_DROPOUT, frames=FRAMES, soften=settings.t2v_soften)
-    write_summary(settings, "t2v", summary)
+    trained = torch.nn.ModuleDict({"lora": lora, "adapter": adapter})
+    summary = train(stage, settings, trained, loss_of, data, use_ema=True)
+    write_motion_adapter_file(adapter, settings.work / f"{stage}_motion_adapter.safetensors", "diffusers")
+    save_lora(lora, settings.work / f"{stage}_spatial_lora.safetensors")
+    summary.update(adapter_parameters=models.parameter_count(adapter), lora_parameters=models.parameter_count(lora),
+                   beta_schedule="linear", prediction="epsilon", reuse=settings.reuse, pool=pool.capacity,
+                   prompt_dropout=PROMPT_DROPOUT, frames=FRAMES, video=attrs.asdict(video))
+    write_summary(settings, stage, summary)
 
 
 @torch.no_grad()
 def stage_eval(settings: Settings) -> None:
     """Quality numbers for whatever products exist (quality.py says what each measures)."""
     from evs_framework.io.vae import FrameCodec, decode_latents, frame_vae_space
-    from evs_plugins.animatediff import AnimateDiffBackend, motion_unet_over
+    from evs_plugins.animatediff import AnimateDiffBackend
     from evs_plugins.sd15 import SD15Backend, SD15Parts
 
     began = time.perf_counter()
@@ -554,31 +627,31 @@ def stage_eval(settings: Settings) -> None:
             rows.append(images)
         quality.save_grid(torch.stack(rows), settings.work / "t2i_samples.png")
         result.update(t2i_colour_accuracy=round(hits / total, 3), t2i_samples=total)
-        if (settings.work / "motion_adapter.safetensors").is_file():
-            backend = AnimateDiffBackend(parts, codec, motion_unet_over(parts.unet, load_adapter(settings)))
-            specs = [specs[0] for specs in by_colour.values()]
-            videos = torch.stack([decode(quality.sample(backend, s.prompt, FRAMES, t2v_schedule, 1.0, seed=100 + i))
-                                  for i, s in enumerate(specs)])
-            one_by_one = torch.stack([decode(quality.sample(SD15Backend(parts, codec), s.prompt, FRAMES, t2i_schedule, 3.0,
-                                                            seed=200 + i)) for i, s in enumerate(specs)])
-            votes = [max(set(v), key=v.count) for v in map(quality.dominant_colours, videos)]
-            quality.save_grid(videos[:, ::2], settings.work / "t2v_clips.png")
-            result.update(
-                t2v_frame_difference=round(quality.frame_difference(videos), 4),
-                t2i_frame_by_frame_difference=round(quality.frame_difference(one_by_one), 4),
-                rendered_frame_difference=round(quality.frame_difference(render(specs).cpu()), 4),
-                t2v_colour_accuracy=round(sum(v == s.colour for v, s in zip(votes, specs)) / len(specs), 3))
+        specs = [specs[0] for specs in by_colour.values()]
+        one_by_one = torch.stack([decode(quality.sample(SD15Backend(parts, codec), s.prompt, FRAMES, t2i_schedule, 3.0,
+                                                        seed=200 + i)) for i, s in enumerate(specs)])
+        result.update(t2i_frame_by_frame_difference=round(quality.frame_difference(one_by_one), 4),
+                      rendered_frame_difference=round(quality.frame_difference(render(specs).cpu()), 4))
+        for stage in VIDEO_DATA:
+            if (settings.work / f"{stage}_motion_adapter.safetensors").is_file():
+                backend = AnimateDiffBackend(parts, codec, load_video_unet(settings, stage))
+                videos = torch.stack([decode(quality.sample(backend, s.prompt, FRAMES, t2v_schedule, 1.0, seed=100 + i))
+                                      for i, s in enumerate(specs)])
+                votes = [max(set(v), key=v.count) for v in map(quality.dominant_colours, videos)]
+                quality.save_grid(videos[:, ::2], settings.work / f"{stage}_clips.png")
+                result[f"{stage}_frame_difference"] = round(quality.frame_difference(videos), 4)
+                result[f"{stage}_colour_accuracy"] = round(sum(v == s.colour for v, s in zip(votes, specs)) / len(specs), 3)
     result["wall_s"] = round(time.perf_counter() - began, 1)
     (settings.work / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
     emit({"stage": "eval", **result})
 
 
 def stage_export(settings: Settings, folder: Path) -> None:
-    from evs_framework.loaders.motion_adapter import load_motion_adapter
-
     _, encoder = text_model(settings)
     vae, unet = load_vae(settings), load_unet(settings)
-    adapter = load_motion_adapter(settings.work / "motion_adapter.safetensors", torch.float32)
+    adapters = {stage: load_adapter(settings, stage) for stage in VIDEO_DATA}
+    loras = {stage: settings.work / f"{stage}_spatial_lora.safetensors" for stage in VIDEO_DATA}
+    loras["style"] = settings.work / STYLE_LORA
     summaries = {stage: json.loads((settings.work / f"{stage}.json").read_text()) for stage in TRAINING_STAGES
                  if stage not in OPTIONAL_STAGES or (settings.work / f"{stage}.json").is_file()}
     evaluation = settings.work / "eval.json"
@@ -587,12 +660,13 @@ def stage_export(settings: Settings, folder: Path) -> None:
         "command": "python -m evs_framework.toyworld.train (evs_framework/toyworld/train.py)",
         "scaling_factor": vae.config.scaling_factor,
         "parameters": {"vae": models.parameter_count(vae), "unet": models.parameter_count(unet),
-                       "motion_adapter": models.parameter_count(adapter),
-                       "text_encoder": models.parameter_count(encoder)},
+                       "text_encoder": models.parameter_count(encoder),
+                       **{f"{stage}_motion_adapter": models.parameter_count(a) for stage, a in adapters.items()},
+                       **{f"{name}_lora": summaries[name]["lora_parameters"] for name in loras}},
         "stages": summaries,
         "evaluation": json.loads(evaluation.read_text()) if evaluation.is_file() else None,
     }
-    files = models.export(vae, unet, encoder, settings.work / "tokenizer", adapter, folder, record)
+    files = models.export(vae, unet, encoder, settings.work / "tokenizer", adapters, loras, folder, record)
     emit({"stage": "export", "folder": str(folder), "total_bytes": sum(files.values())})
 
 
@@ -616,8 +690,12 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("--reuse", type=int, default=4, help="t2i, t2v: times each encoded latent is used, on "
                         "average (a pool of recent latents; encoding the frames costs more than the UNet's step)")
     parser.add_argument("--eval-prompts", type=int, default=4, help="held-out prompts per colour in eval")
-    parser.add_argument("--t2v-soften", type=int, default=1, help="t2v: train on clips down-sampled by this factor "
-                        "and back, as real T2Vs learn from poorer video than T2Is (default 1: as rendered)")
+    parser.add_argument("--soften", type=int, help="t2v, vc: down-up sampling factor of their training clips "
+                        "(defaults: " + ", ".join(f"{k} {v.soften}" for k, v in VIDEO_DATA.items()) + ")")
+    parser.add_argument("--speed-scale", type=float, help="t2v, vc: the share of its prompt's speed a training clip's "
+                        "shape moves at (defaults: " + ", ".join(f"{k} {v.speed_scale}" for k, v in VIDEO_DATA.items()) + ")")
+    parser.add_argument("--lora-rank", type=int, help="t2v, vc: the spatial LoRA's rank (defaults: "
+                        + ", ".join(f"{k} {v.lora_rank}" for k, v in VIDEO_DATA.items()) + ")")
     parser.add_argument("--shape-weight", type=float, default=SHAPE_WEIGHT, help="vae, decoder: the pixel loss's "
                         f"weight inside the shape, against 1 on the background (default {SHAPE_WEIGHT:g})")
     parser.add_argument("--border-weight", type=float, default=1.0, help="vae, decoder: the pixel loss's weight within "
@@ -628,15 +706,17 @@ def parse(argv) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse(argv)
+    overrides = {field: value for field, value in (("soften", args.soften), ("speed_scale", args.speed_scale),
+                                                   ("lora_rank", args.lora_rank)) if value is not None}
     settings = Settings(args.work, args.seed, args.steps, args.batch, args.lr, torch.device(args.device),
                         args.log_every, args.save_every, args.max_minutes, args.measure, args.reuse,
-                        args.eval_prompts, args.t2v_soften, args.shape_weight, args.border_weight)
+                        args.eval_prompts, overrides, args.shape_weight, args.border_weight)
     settings.work.mkdir(parents=True, exist_ok=True)
     if settings.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True  # every step has the same shapes
-    runs = {"vae": stage_vae, "decoder": stage_decoder, "t2i": stage_t2i, "t2v": stage_t2v,
-            "finetune": lambda s: stage_t2i(s, "finetune"), "eval": stage_eval,
+    runs = {"vae": stage_vae, "decoder": stage_decoder, "t2i": stage_t2i, "t2v": lambda s: stage_video(s, "t2v"),
+            "vc": lambda s: stage_video(s, "vc"), "style": stage_style, "eval": stage_eval,
             "export": lambda s: stage_export(s, args.export)}
     for stage in args.stage:
         runs[stage](settings)
