@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from evs_framework.toyworld.prompt_words import SPEED_RANGES, PromptWords
-from evs_framework.toyworld.world import (COLOURS, DIRECTIONS, PAPER, SHAPES, TEXTURE_ANGLE, TEXTURE_PERIOD,
-                                          WASH, ClipSpec, render_with_masks)
+from evs_framework.toyworld.world import (COLOURS, DIRECTIONS, PAPER, RIM_WIDTH, SHAPES, TEXTURE_ANGLE,
+                                          TEXTURE_PERIOD, WASH, ClipSpec, render_with_masks)
 
 BACKGROUND_TOLERANCE = 0.08  # how far (on [0, 1] pixels) off the background's gradient a pixel is the shape's
 LUMA = torch.tensor([0.299, 0.587, 0.114])
@@ -46,15 +46,27 @@ def shape_masks(frames: torch.Tensor, rounds: int = 3) -> torch.Tensor:
     for _ in range(rounds):
         planes = torch.linalg.lstsq(design * explained, pixels * explained).solution
         residual = (pixels - design @ planes).transpose(1, 2).unflatten(2, (height, width))
-        distance = F.avg_pool2d(residual, 3, stride=1, padding=1, count_include_pad=False).norm(dim=1)
-        explained = (distance <= BACKGROUND_TOLERANCE).float().flatten(1)[..., None]
+        smoothed = F.avg_pool2d(residual, 3, stride=1, padding=1, count_include_pad=False)
+        explained = (smoothed.square().sum(dim=1) <= BACKGROUND_TOLERANCE**2).float().flatten(1)[..., None]
     return eroded(1 - explained.reshape(count, height, width), 1)  # the 3 x 3 mean widened the shape by a pixel
 
 
 def eroded(masks: torch.Tensor, pixels: int) -> torch.Tensor:
-    """(T, H, W) masks (> 0.5 inside) less a band `pixels` wide along their edge."""
-    inside = (masks > 0.5).float()[:, None]
-    return (-F.max_pool2d(-inside, 2 * pixels + 1, stride=1, padding=pixels))[:, 0]
+    """(T, H, W) masks (> 0.5 inside) less a band `pixels` wide along their edge (a square erosion, by rows then
+    columns)."""
+    outside = (masks <= 0.5).float()[:, None]
+    side = 2 * pixels + 1
+    outside = F.max_pool2d(outside, (1, side), stride=1, padding=(0, pixels))
+    return 1 - F.max_pool2d(outside, (side, 1), stride=1, padding=(pixels, 0))[:, 0]
+
+
+def rim_and_inside(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The band along the shape's edge (`masks`, (T, H, W)) as wide as a watercolor rim, and what lies inside it
+    beyond twice that width. The width follows the shape's size: RIM_WIDTH of the radius of a disc of the masks'
+    mean area."""
+    inside = (masks > 0.5).float()
+    rim = max(1, round(RIM_WIDTH * math.sqrt(float(inside.sum(dim=(1, 2)).mean()) / math.pi)))
+    return inside - eroded(masks, rim), eroded(masks, 2 * rim + 1)
 
 
 # imaging quality -------------------------------------------------------------------------------------------------
@@ -67,7 +79,7 @@ def texture_contrast(frames: torch.Tensor, masks: torch.Tensor, colour: tuple[fl
     _, _, height, width = frames.shape
     unit_colour = torch.tensor(colour) / torch.tensor(colour).norm()
     signal = torch.einsum("tchw,c->thw", _unit(frames), unit_colour)
-    inside = eroded(masks, max(1, width // 32))
+    inside = rim_and_inside(masks)[1]
     area = inside.sum(dim=(1, 2)).clamp(min=1)
     centred = (signal - (signal * inside).sum(dim=(1, 2), keepdim=True) / area[:, None, None]) * inside
     period = TEXTURE_PERIOD * width
@@ -154,23 +166,19 @@ def motion_in_class(moved: tuple[float, float], direction: str, speed: str, size
 def wash_paleness(frames: torch.Tensor, masks: torch.Tensor) -> float:
     """The mean of each pixel's darkest channel inside the shape (its rim left out), on [0, 1]: a watercolor wash
     lifts it to at least WASH x PAPER, the world's plain colours keep it below 0.16."""
-    inside = eroded(masks, max(1, frames.shape[-1] // 32))
+    inside = rim_and_inside(masks)[1]
     darkest = _unit(frames).min(dim=1).values
     return float((darkest * inside).sum() / inside.sum().clamp(min=1))
 
 
 def rim_darkening(frames: torch.Tensor, masks: torch.Tensor) -> float:
     """How much darker (mean luma, [0, 1]) the band along the shape's edge is than its inside: the watercolor
-    style's pigment rim."""
-    rim = max(1, frames.shape[-1] // 48)
-    band = (masks > 0.5).float() - eroded(masks, rim)
-    inside = eroded(masks, 3 * rim)
+    style's pigment rim; 0 where the shape is too small to tell its edge from its inside."""
+    band, inside = rim_and_inside(masks)
+    if not (band.any() and inside.any()):
+        return 0.0
     luma = torch.einsum("tchw,c->thw", _unit(frames), LUMA)
-
-    def mean(where):
-        return (luma * where).sum() / where.sum().clamp(min=1)
-
-    return float(mean(inside) - mean(band))
+    return float((luma * inside).sum() / inside.sum() - (luma * band).sum() / band.sum())
 
 
 @functools.cache
