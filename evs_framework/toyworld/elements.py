@@ -1,14 +1,13 @@
 """Measures of the four elements of a good toy-world video: imaging quality, effective motion, temporal consistency,
 and adherence to the prompt's style and objects. Frames are (T, 3, H, W) in [-1, 1].
 
-Each measure has a form that needs only the prompt's words: where the shape is comes from the prompt's background
-(`shape_masks`: the pixels off its gradient), how it moves from those masks' centroids, how sharp its texture should
-be from a frame of the prompt rendered clean.
+Each measure has a form that needs only the clip and its prompt's words: where the shape is comes from the pixels
+off each frame's background ramp (`shape_masks`), how it moves from those masks' centroids, how crisp its texture
+should be from a frame of the prompt rendered clean.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import attrs
@@ -25,6 +24,20 @@ LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 def _unit(frames: torch.Tensor) -> torch.Tensor:
     return (frames.float() + 1) / 2
+
+
+def _pixel_grid(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pixel's row and column, (H, W) each."""
+    return torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                          indexing="ij")
+
+
+def centroids(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per frame of `masks` (T, H, W), the mask's area and its centroid in pixels (x, y): (T,) and (T, 2)."""
+    ys, xs = _pixel_grid(*masks.shape[1:])
+    area = masks.sum(dim=(1, 2))
+    sums = torch.stack([(masks * xs).sum(dim=(1, 2)), (masks * ys).sum(dim=(1, 2))], dim=1)
+    return area, sums / area.clamp(min=1e-6)[:, None]
 
 
 def unwashed(frames: torch.Tensor) -> torch.Tensor:
@@ -85,8 +98,7 @@ def texture_contrast(frames: torch.Tensor, masks: torch.Tensor, colour: tuple[fl
     period = TEXTURE_PERIOD * width
     along = torch.tensor([math.cos(TEXTURE_ANGLE), math.sin(TEXTURE_ANGLE)]) / period
     across = torch.tensor([-math.sin(TEXTURE_ANGLE), math.cos(TEXTURE_ANGLE)]) / period
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
-                            indexing="ij")
+    ys, xs = _pixel_grid(height, width)
     energy = torch.zeros(len(frames))
     for frequency in (along, across, along + across, along - across):
         phase = 2 * math.pi * (frequency[0] * xs + frequency[1] * ys)
@@ -120,14 +132,11 @@ def texture_sharpness_free(output: torch.Tensor, own_masks: torch.Tensor, words:
 def velocity(masks: torch.Tensor) -> tuple[float, float]:
     """The shape's motion in pixels per frame (x, y): the least-squares slope of its masks' centroids over time
     (0, 0 for a clip whose shape is found in fewer than two frames)."""
-    _, height, width = masks.shape
-    area = masks.sum(dim=(1, 2))
+    area, centres = centroids(masks)
     seen = area > 0
     if int(seen.sum()) < 2:
         return 0.0, 0.0
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
-                            indexing="ij")
-    centres = torch.stack([(masks * xs).sum(dim=(1, 2)), (masks * ys).sum(dim=(1, 2))], dim=1)[seen] / area[seen, None]
+    centres = centres[seen]
     t = torch.arange(len(masks), dtype=torch.float32)[seen]
     t = t - t.mean()
     slope = (t[:, None] * (centres - centres.mean(dim=0))).sum(dim=0) / (t * t).sum()
@@ -181,12 +190,11 @@ def rim_darkening(frames: torch.Tensor, masks: torch.Tensor) -> float:
     return float((luma * inside).sum() / inside.sum() - (luma * band).sum() / band.sum())
 
 
-@functools.cache
-def _unit_areas(words: PromptWords, size: int = 256, radius: float = 0.25) -> dict[str, float]:
-    """Each shape's area over its radius squared, as the world draws it."""
+def _unit_areas(words: PromptWords, size: int, radius: float = 0.25) -> list[float]:
+    """Each of the world's shapes' area in pixels over its radius in pixels squared, as the world draws it."""
     specs = [still(attrs.evolve(words, shape=shape), radius) for shape in SHAPES]
     masks = render_with_masks(specs, frames=1, size=size)[1][:, 0]
-    return dict(zip(SHAPES, (masks.sum(dim=(1, 2)) / (radius * size) ** 2).tolist()))
+    return (masks.sum(dim=(1, 2)) / (radius * size) ** 2).tolist()
 
 
 def shape_share(masks: torch.Tensor, words: PromptWords) -> float:
@@ -194,14 +202,11 @@ def shape_share(masks: torch.Tensor, words: PromptWords) -> float:
     more than the world's other shapes, each drawn upright at the mask's centroid with the mask's area."""
     _, height, width = masks.shape
     inside = (masks > 0.5).float()
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
-                            indexing="ij")
-    specs = []
-    for mask in inside:
-        area = float(mask.sum().clamp(min=1))
-        centre = (float((mask * xs).sum()) / area + 0.5) / width, (float((mask * ys).sum()) / area + 0.5) / height
-        specs += [still(attrs.evolve(words, shape=shape), math.sqrt(area / unit) / width, centre)
-                  for shape, unit in _unit_areas(words).items()]
+    areas, centres = centroids(inside)
+    units = _unit_areas(words, width)
+    specs = [still(attrs.evolve(words, shape=shape), math.sqrt(max(float(area), 1.0) / unit) / width,
+                   ((float(x) + 0.5) / width, (float(y) + 0.5) / height))
+             for area, (x, y) in zip(areas, centres) for shape, unit in zip(SHAPES, units)]
     templates = render_with_masks(specs, frames=1, size=width)[1][:, 0].unflatten(0, (len(inside), len(SHAPES))) > 0.5
     found = inside.bool()[:, None]
     overlap = (templates & found).sum(dim=(2, 3)) / (templates | found).sum(dim=(2, 3)).clamp(min=1)
