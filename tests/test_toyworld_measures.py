@@ -20,10 +20,10 @@ def clip():
 
 def test_the_truth_measures_perfect_and_the_degraded_clip_does_not(clip):
     spec, truth, masks = clip
-    perfect = measure(truth, truth, masks, spec.step(), spec.colour)
+    perfect = measure(truth, truth, masks, spec.step(), spec.prompt)
     assert perfect["psnr"] >= 99 and perfect["ssim"] == pytest.approx(1.0) and perfect["sharpness"] == pytest.approx(1.0)
     assert perfect["colour"] == 1.0
-    degraded = measure(degrade(truth[None], seed=1)[0], truth, masks, spec.step(), spec.colour)
+    degraded = measure(degrade(truth[None], seed=1)[0], truth, masks, spec.step(), spec.prompt)
     assert degraded["psnr"] < 30 and degraded["ssim"] < 0.9 and degraded["sharpness"] < 0.5
     assert degraded["warp_error"] > 5 * perfect["warp_error"]
 

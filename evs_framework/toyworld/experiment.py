@@ -77,7 +77,7 @@ def read_clip(path: Path) -> torch.Tensor:
 
 def source_rows(clips: list[HeldOutClip]) -> list[dict]:
     return [{"composition": "source", "clip": c.video.stem, "seed": None,
-             **measure(read_clip(c.video), c.truth, c.masks, c.spec.step(), c.spec.colour)} for c in clips]
+             **measure(read_clip(c.video), c.truth, c.masks, c.spec.step(), c.spec.prompt)} for c in clips]
 
 
 def fingerprint(settings: dict | None = None) -> str:
@@ -130,7 +130,7 @@ def run_compositions(clips: list[HeldOutClip], compositions, seeds, out_dir: Pat
                 rows.append({"composition": name, "fingerprint": key, "clip": clip.video.stem, "seed": seed,
                              "unet_calls": result.unet_calls, "cpu_seconds": cpu_seconds,
                              **measure(read_clip(result.output), clip.truth, clip.masks,
-                                       clip.spec.step(clip.truth.shape[-1]), clip.spec.colour)})
+                                       clip.spec.step(clip.truth.shape[-1]), clip.spec.prompt)})
                 if rows_file is not None:
                     with open(rows_file, "a", encoding="utf-8") as handle:
                         handle.write(json.dumps(rows[-1]) + "\n")

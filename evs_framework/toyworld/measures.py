@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from evs_framework.evaluation.metrics import ClipInfo
+from evs_framework.toyworld import elements
+from evs_framework.toyworld.prompt_words import spec_words
 from evs_framework.toyworld.quality import dominant_colours
 from evs_framework.io.video_io import frames_to_uint8
 from evs_plugins.metrics_basic import temporal_flickering, tenengrad
@@ -82,15 +84,30 @@ def colour_share(output: torch.Tensor, masks: torch.Tensor, colour: str) -> floa
 
 
 def measure(output: torch.Tensor, truth: torch.Tensor, masks: torch.Tensor, step: tuple[float, float],
-            colour: str) -> dict:
-    """Every measure of one output clip (frames beyond the truth's are ignored)."""
+            prompt: str) -> dict:
+    """Every measure of one output clip (frames beyond the truth's are ignored); those named `_free` and
+    `motion_in_class`, `shape`, `wash_paleness` and `rim_darkening` use the output and the prompt's words only."""
     count = min(len(output), len(truth))
     output, truth, masks = output[:count], truth[:count], masks[:count]
+    words = spec_words(prompt)
+    own_masks = elements.shape_masks(output)
+    moved = elements.velocity(own_masks)
+    size = output.shape[-1]
+    coloured = elements.unwashed(output) if words.style == "watercolor" else output
     return {
         "psnr": psnr(output, truth),
         "ssim": ssim(output, truth),
         "warp_error": warp_error(output, masks, step),
         "temporal_flickering": temporal_flickering(frames_to_uint8(output), ClipInfo(fps=8.0)).value,
         "sharpness": sharpness_ratio(output, truth),
-        "colour": colour_share(output, masks, colour),
+        "colour": colour_share(output, masks, words.colour),
+        "texture_sharpness": elements.texture_sharpness(output, truth, masks, words.colour),
+        "texture_sharpness_free": elements.texture_sharpness_free(output, own_masks, words),
+        **elements.motion_against_step(moved, words.direction, step),
+        "motion_in_class": elements.motion_in_class(moved, words.direction, words.speed, size),
+        "warp_error_free": warp_error(output, own_masks, moved),
+        "wash_paleness": elements.wash_paleness(output, own_masks),
+        "rim_darkening": elements.rim_darkening(output, own_masks),
+        "colour_free": colour_share(coloured, own_masks, words.colour),
+        "shape": elements.shape_share(own_masks, words),
     }
