@@ -83,31 +83,39 @@ def colour_share(output: torch.Tensor, masks: torch.Tensor, colour: str) -> floa
     return sum(f == colour for f in found) / len(found)
 
 
-def measure(output: torch.Tensor, truth: torch.Tensor, masks: torch.Tensor, step: tuple[float, float],
-            prompt: str) -> dict:
-    """Every measure of one output clip (frames beyond the truth's are ignored); those named `_free` and
-    `motion_in_class`, `shape`, `wash_paleness` and `rim_darkening` use the output and the prompt's words only."""
-    count = min(len(output), len(truth))
-    output, truth, masks = output[:count], truth[:count], masks[:count]
+def measure_free(output: torch.Tensor, prompt: str) -> dict:
+    """The measures of one clip that need no ground truth: the clip and its prompt's words only."""
     words = spec_words(prompt)
     own_masks = elements.shape_masks(output)
     moved = elements.velocity(own_masks)
-    size = output.shape[-1]
     coloured = elements.unwashed(output) if words.style == "watercolor" else output
     return {
-        "psnr": psnr(output, truth),
-        "ssim": ssim(output, truth),
-        "warp_error": warp_error(output, masks, step),
         "temporal_flickering": temporal_flickering(frames_to_uint8(output), ClipInfo(fps=8.0)).value,
-        "sharpness": sharpness_ratio(output, truth),
-        "colour": colour_share(output, masks, words.colour),
-        "texture_sharpness": elements.texture_sharpness(output, truth, masks, words.colour),
         "texture_sharpness_free": elements.texture_sharpness_free(output, own_masks, words),
-        **elements.motion_against_step(moved, words.direction, step),
-        "motion_in_class": elements.motion_in_class(moved, words.direction, words.speed, size),
+        "motion_in_class": elements.motion_in_class(moved, words.direction, words.speed, output.shape[-1]),
         "warp_error_free": warp_error(output, own_masks, moved),
         "wash_paleness": elements.wash_paleness(output, own_masks),
         "rim_darkening": elements.rim_darkening(output, own_masks),
         "colour_free": colour_share(coloured, own_masks, words.colour),
         "shape": elements.shape_share(own_masks, words),
+    }
+
+
+def measure(output: torch.Tensor, truth: torch.Tensor, masks: torch.Tensor, step: tuple[float, float],
+            prompt: str) -> dict:
+    """Every measure of one output clip against its truth (frames beyond the truth's are ignored), and those of
+    measure_free."""
+    count = min(len(output), len(truth))
+    output, truth, masks = output[:count], truth[:count], masks[:count]
+    words = spec_words(prompt)
+    moved = elements.velocity(elements.shape_masks(output))
+    return {
+        "psnr": psnr(output, truth),
+        "ssim": ssim(output, truth),
+        "warp_error": warp_error(output, masks, step),
+        "sharpness": sharpness_ratio(output, truth),
+        "colour": colour_share(output, masks, words.colour),
+        "texture_sharpness": elements.texture_sharpness(output, truth, masks, words.colour),
+        **elements.motion_against_step(moved, words.direction, step),
+        **measure_free(output, prompt),
     }
