@@ -73,6 +73,7 @@ def test_intervals_and_paired_differences():
     assert lower["mean"] == pytest.approx(-0.1) and lower["improves"]  # lower warp error is better
     worse = paired_difference(rows, "A", "B", "psnr")
     assert worse["mean"] < 0 and not worse["improves"]
-    full = [{**r, "ssim": 0.5, "temporal_flickering": 0.9, "sharpness": 1.0, "colour": 1.0} for r in rows]
+    full = [{**r, "ssim": 0.5, "temporal_flickering": 0.9, "sharpness": 1.0, "texture_sharpness": 1.0, "motion": 1.0,
+             "colour": 1.0} for r in rows]
     summary = summarise(full)
     assert summary["A"]["psnr"]["mean"] == pytest.approx(22.0) and summary["B"]["warp_error"]["mean"] == pytest.approx(0.22)

@@ -25,7 +25,7 @@ from evs_framework.planner import make_plan
 from evs_framework.runner import run_job
 from evs_framework.spec import spec_from_data
 from evs_framework.toyworld import models
-from evs_framework.toyworld.measures import measure
+from evs_framework.toyworld.measures import LOWER_IS_BETTER, measure
 from evs_framework.toyworld.world import HELD_OUT_FIRST_SEED, ClipSpec, degrade, render_with_masks, sample_spec
 
 FPS = 8.0
@@ -34,8 +34,7 @@ COMPOSITIONS = ("IDM", "VDM", "basic", "IDM_VDM", "VDM_IDM", "IDM_VDM_IDM")
 TOY_SETTINGS = {"idm_invert_mode": "random", "vdm_invert_mode": "random", "idm_invert_mode_2": "ddim",
                 "idm_inverse_strength": 0.5, "vdm_inverse_strength": 0.5, "stable_steps": [5], "stable_num": 2}
 TOY_MODELS = {"idm": {"name": "toyI"}, "vdm": {"name": "toyV"}}
-MEASURES = ("psnr", "ssim", "warp_error", "temporal_flickering", "sharpness", "colour")
-LOWER_IS_BETTER = {"warp_error"}
+MEASURES = ("psnr", "ssim", "warp_error", "temporal_flickering", "sharpness", "texture_sharpness", "motion", "colour")
 
 
 @attrs.frozen
@@ -190,7 +189,9 @@ def format_table(summary: dict, intervals: bool = True) -> str:
 # The method's claim, as comparisons: (composition, against, measure)
 CLAIMS = (("IDM_VDM_IDM", "IDM", "warp_error"), ("IDM_VDM_IDM", "IDM", "temporal_flickering"),
           ("IDM_VDM_IDM", "VDM", "psnr"), ("IDM_VDM_IDM", "VDM", "ssim"), ("IDM_VDM_IDM", "VDM", "sharpness"),
-          ("IDM_VDM_IDM", "basic", "psnr"), ("IDM_VDM_IDM", "source", "psnr"))
+          ("IDM_VDM_IDM", "VDM", "texture_sharpness"), ("IDM_VDM_IDM", "IDM", "motion"),
+          ("IDM_VDM_IDM", "basic", "psnr"), ("IDM_VDM_IDM", "source", "psnr"),
+          ("IDM_VDM_IDM", "videoelevator", "psnr"), ("IDM_VDM_IDM", "videoelevator", "warp_error"))
 
 
 def claims(rows: list[dict]) -> list[dict]:

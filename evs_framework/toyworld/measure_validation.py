@@ -12,12 +12,11 @@ from pathlib import Path
 
 import attrs
 
-from evs_framework.toyworld.measures import measure
+from evs_framework.toyworld.measures import LOWER_IS_BETTER, measure
 from evs_framework.toyworld.world import (COLOURS, FRAMES, HELD_OUT_FIRST_SEED, SHAPES, SIZE, ClipSpec, degrade,
                                           render_with_masks, sample_spec, soften)
 
 KEEP_FROM = 0.95
-LOWER_IS_BETTER = {"warp_error", "warp_error_free"}
 # the ways of spoiling a clip that each measure must notice
 CHECKS = {
     "texture_sharpness": ("soften", "degrade"),

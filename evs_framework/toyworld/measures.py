@@ -21,6 +21,7 @@ from evs_framework.io.video_io import frames_to_uint8
 from evs_plugins.metrics_basic import temporal_flickering, tenengrad
 
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
+LOWER_IS_BETTER = {"warp_error", "warp_error_free"}  # every other measure: higher is better
 
 
 def psnr(output: torch.Tensor, truth: torch.Tensor) -> float:
