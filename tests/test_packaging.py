@@ -76,6 +76,6 @@ def test_plan_and_demo_from_the_wheel(installed, zoo, clip_file):
         assert row in demo.stdout
     out = run_dir / "outputs" / "demo"
     with imageio.get_reader(out / "demo.side_by_side.mp4", format="FFMPEG") as reader:
-        assert reader.get_meta_data()["size"][0] == 3 * 256 and reader.count_frames() == 16  # input | EVS | truth
+        assert reader.get_meta_data()["size"][0] == 2 * 256 and reader.count_frames() == 16  # input | EVS
     assert len(imageio.mimread(out / "demo.IDM_VDM_IDM.mp4")) == 16
     assert (out / "demo.contact_sheet.png").stat().st_size > 10_000

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from evs_framework.toyworld import models
-from evs_framework.toyworld.quality import brightest_corner_error_ratio
+from evs_framework.toyworld.quality import background_ghost_error, brightest_corner_error_ratio
 from evs_framework.toyworld.world import HELD_OUT_FIRST_SEED, render_with_masks, sample_spec
 
 
@@ -39,3 +39,17 @@ def test_the_shipped_vae_reconstructs_the_brightest_corner_as_well_as_the_others
     with torch.no_grad():
         reconstructions = vae.decode(vae.encode(frames).latent_dist.mode()).sample
     assert brightest_corner_error_ratio(frames, reconstructions, masks) < 2.0
+
+
+def test_the_ghost_error_sees_a_dot_on_the_background_and_not_the_shape_or_noise():
+    spec = attrs.evolve(sample_spec(HELD_OUT_FIRST_SEED), start=(0.5, 0.5))
+    frames, masks = render_with_masks([spec], frames=1)
+    frames, masks = frames[:, 0], masks[:, 0]
+    noisy = frames + 0.01 * torch.randn(frames.shape, generator=torch.Generator().manual_seed(0))
+    dot, on_shape = torch.zeros_like(frames), torch.zeros_like(frames)
+    dot[..., 10:16, 100:106] = 0.4  # a 6 px ghost in a plain part of the background
+    on_shape[..., 60:66, 60:66] = 0.4  # the same error inside the shape, at the frame's centre
+    plain = background_ghost_error(frames, noisy, masks)
+    assert plain < 0.01
+    assert background_ghost_error(frames, noisy + dot, masks) > 0.1 > 10 * plain
+    assert background_ghost_error(frames, noisy + on_shape, masks) == pytest.approx(plain, abs=1e-3)

@@ -77,3 +77,16 @@ def test_intervals_and_paired_differences():
              "colour": 1.0} for r in rows]
     summary = summarise(full)
     assert summary["A"]["psnr"]["mean"] == pytest.approx(22.0) and summary["B"]["warp_error"]["mean"] == pytest.approx(0.22)
+
+
+def test_rows_without_ground_truth_are_summarised_and_compared_on_the_reference_free_measures():
+    from evs_framework.toyworld.experiment import FREE_MEASURES, claims, format_table
+
+    rows = [{"composition": name, "clip": f"c{i}", "seed": 1, **{m: 0.5 + 0.01 * i + (name == "IDM_VDM_IDM") * 0.1
+                                                                 for m in FREE_MEASURES}}
+            for name in ("IDM_VDM_IDM", "VDM") for i in range(4)]
+    summary = summarise(rows)
+    assert set(summary["VDM"]) == set(FREE_MEASURES)
+    assert format_table(summary).splitlines()[0].count("temporal_flickering") == 1
+    [texture] = claims(rows)  # only the claims on measures the rows have
+    assert texture["measure"] == "texture_sharpness_free" and texture["improves"]

@@ -25,7 +25,7 @@ from evs_framework.planner import make_plan
 from evs_framework.runner import run_job
 from evs_framework.spec import spec_from_data
 from evs_framework.toyworld import models
-from evs_framework.toyworld.measures import LOWER_IS_BETTER, measure
+from evs_framework.toyworld.measures import LOWER_IS_BETTER, measure, measure_free
 from evs_framework.toyworld.world import HELD_OUT_FIRST_SEED, ClipSpec, degrade, render_with_masks, sample_spec
 
 FPS = 8.0
@@ -35,14 +35,16 @@ TOY_SETTINGS = {"idm_invert_mode": "random", "vdm_invert_mode": "random", "idm_i
                 "idm_inverse_strength": 0.5, "vdm_inverse_strength": 0.5, "stable_steps": [5], "stable_num": 2}
 TOY_MODELS = {"idm": {"name": "toyI"}, "vdm": {"name": "toyV"}}
 MEASURES = ("psnr", "ssim", "warp_error", "temporal_flickering", "sharpness", "texture_sharpness", "motion", "colour")
+FREE_MEASURES = ("texture_sharpness_free", "motion_in_class", "warp_error_free", "temporal_flickering", "colour_free",
+                 "shape")  # for inputs without ground truth
 
 
 @attrs.frozen
 class HeldOutClip:
     spec: ClipSpec  # what the output should show; its prompt is the run's
-    video: Path  # the input of a run: the degraded clip
-    truth: torch.Tensor  # (T, 3, H, W) clean frames in [-1, 1]
-    masks: torch.Tensor  # (T, H, W) where the shape is
+    video: Path  # the input of a run: the degraded clip, or one the VC2 analogue drew
+    truth: torch.Tensor | None  # (T, 3, H, W) clean frames in [-1, 1]; None for a drawn clip, which has none
+    masks: torch.Tensor | None  # (T, H, W) where the shape is
 
 
 def held_out_clips(folder: Path, count: int, first_seed: int = HELD_OUT_FIRST_SEED, truth_scale: int = 1
@@ -56,6 +58,26 @@ def held_out_clips(folder: Path, count: int, first_seed: int = HELD_OUT_FIRST_SE
         clean, masks = render_with_masks(specs, size=clean.shape[-1] * truth_scale)
     return [HeldOutClip(spec, video_io.write_video(folder / f"clip_{first_seed + i}.mp4", bad, FPS), truth, mask)
             for i, (spec, bad, truth, mask) in enumerate(zip(specs, degraded, clean, masks))]
+
+
+def drawn_clips(folder: Path, count: int, context, first_seed: int = HELD_OUT_FIRST_SEED, model: str = "toyVC"
+                ) -> list[HeldOutClip]:
+    """`count` clips drawn from noise by `model` (the VideoCrafter-2 analogue) from held-out clips' prompts, as the
+    paper's enhance inputs are VideoCrafter-2 outputs, written under `folder`; they have no ground truth."""
+    from evs_framework.toyworld.premises import draw
+
+    specs = [sample_spec(first_seed + i) for i in range(count)]
+    backend = context.load(context.registry.get(model))
+    return [HeldOutClip(spec, video_io.write_video(folder / f"{model}_{first_seed + i}.mp4",
+                                                   draw(backend, spec.prompt, False, first_seed + i), FPS), None, None)
+            for i, spec in enumerate(specs)]
+
+
+def clip_measures(output: torch.Tensor, clip: HeldOutClip) -> dict:
+    """Every measure of a run's output: against the clip's truth where it has one, else the reference-free ones."""
+    if clip.truth is None:
+        return measure_free(output, clip.spec.prompt)
+    return measure(output, clip.truth, clip.masks, clip.spec.step(clip.truth.shape[-1]), clip.spec.prompt)
 
 
 def toy_spec(clips: list[HeldOutClip], composition: str, seed: int, out_dir: Path, settings: dict | None = None,
@@ -75,8 +97,8 @@ def read_clip(path: Path) -> torch.Tensor:
 
 
 def source_rows(clips: list[HeldOutClip]) -> list[dict]:
-    return [{"composition": "source", "clip": c.video.stem, "seed": None,
-             **measure(read_clip(c.video), c.truth, c.masks, c.spec.step(), c.spec.prompt)} for c in clips]
+    return [{"composition": "source", "clip": c.video.stem, "seed": None, **clip_measures(read_clip(c.video), c)}
+            for c in clips]
 
 
 def fingerprint(settings: dict | None = None) -> str:
@@ -128,8 +150,7 @@ def run_compositions(clips: list[HeldOutClip], compositions, seeds, out_dir: Pat
                     raise RuntimeError(f"{composition} failed on {clip.video.name}: {result.error}")
                 rows.append({"composition": name, "fingerprint": key, "clip": clip.video.stem, "seed": seed,
                              "unet_calls": result.unet_calls, "cpu_seconds": cpu_seconds,
-                             **measure(read_clip(result.output), clip.truth, clip.masks,
-                                       clip.spec.step(clip.truth.shape[-1]), clip.spec.prompt)})
+                             **clip_measures(read_clip(result.output), clip)})
                 if rows_file is not None:
                     with open(rows_file, "a", encoding="utf-8") as handle:
                         handle.write(json.dumps(rows[-1]) + "\n")
@@ -148,11 +169,13 @@ def interval(values: list[float]) -> dict:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Per composition: each measure's mean and interval, UNet calls per run and CPU seconds per clip."""
+    """Per composition: each measure's mean and interval (the reference-free ones where the clips have no truth),
+    UNet calls per run and CPU seconds per clip."""
     summary = {}
+    names = MEASURES if all("psnr" in r for r in rows) else FREE_MEASURES
     for composition in dict.fromkeys(r["composition"] for r in rows):
         mine = [r for r in rows if r["composition"] == composition]
-        summary[composition] = {name: interval([r[name] for r in mine]) for name in MEASURES}
+        summary[composition] = {name: interval([r[name] for r in mine]) for name in names}
         if "unet_calls" in mine[0]:
             summary[composition]["unet_calls"] = mine[0]["unet_calls"]
             summary[composition]["cpu_seconds"] = interval([r["cpu_seconds"] for r in mine])["mean"]
@@ -175,11 +198,13 @@ def paired_difference(rows: list[dict], better: str, than: str, name: str) -> di
 
 def format_table(summary: dict, intervals: bool = True) -> str:
     """A markdown table: a row per composition, mean [95% interval] per measure, UNet calls, CPU seconds per clip."""
-    header = ["composition", *MEASURES, "unet calls", "CPU s/clip"]
+    first = next(iter(summary.values()))
+    measures = [m for m in dict.fromkeys((*MEASURES, *FREE_MEASURES)) if m in first]
+    header = ["composition", *measures, "unet calls", "CPU s/clip"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for composition, values in summary.items():
         cells = [f"{values[m]['mean']:.4g}" + (f" [{values[m]['low']:.4g}, {values[m]['high']:.4g}]" if intervals else "")
-                 for m in MEASURES]
+                 for m in measures]
         calls = " ".join(f"{role} {n}" for role, n in values.get("unet_calls", {}).items()) or "-"
         seconds = f"{values['cpu_seconds']:.2f}" if "cpu_seconds" in values else "-"
         lines.append("| " + " | ".join([composition, *cells, calls, seconds]) + " |")
@@ -191,13 +216,17 @@ CLAIMS = (("IDM_VDM_IDM", "IDM", "warp_error"), ("IDM_VDM_IDM", "IDM", "temporal
           ("IDM_VDM_IDM", "VDM", "psnr"), ("IDM_VDM_IDM", "VDM", "ssim"), ("IDM_VDM_IDM", "VDM", "sharpness"),
           ("IDM_VDM_IDM", "VDM", "texture_sharpness"), ("IDM_VDM_IDM", "IDM", "motion"),
           ("IDM_VDM_IDM", "basic", "psnr"), ("IDM_VDM_IDM", "source", "psnr"),
-          ("IDM_VDM_IDM", "videoelevator", "psnr"), ("IDM_VDM_IDM", "videoelevator", "warp_error"))
+          ("IDM_VDM_IDM", "videoelevator", "psnr"), ("IDM_VDM_IDM", "videoelevator", "warp_error"),
+          # inputs without ground truth
+          ("IDM_VDM_IDM", "IDM", "warp_error_free"), ("IDM_VDM_IDM", "VDM", "texture_sharpness_free"),
+          ("IDM_VDM_IDM", "source", "warp_error_free"), ("IDM_VDM_IDM", "source", "texture_sharpness_free"),
+          ("IDM_VDM_IDM", "videoelevator", "texture_sharpness_free"))
 
 
 def claims(rows: list[dict]) -> list[dict]:
     present = {r["composition"] for r in rows}
     return [{"composition": a, "against": b, "measure": m, **paired_difference(rows, a, b, m)}
-            for a, b, m in CLAIMS if a in present and b in present]
+            for a, b, m in CLAIMS if a in present and b in present and all(m in r for r in rows)]
 
 
 def format_claims(found: list[dict]) -> str:

@@ -417,7 +417,8 @@ def reconstruct(vae, specs: list[ClipSpec], device) -> tuple[torch.Tensor, torch
 def reconstruction_measures(frames: torch.Tensor, recon: torch.Tensor, masks: torch.Tensor) -> dict:
     ratio = quality.brightest_corner_error_ratio(frames, recon, masks)
     return {"held_out_psnr_db": round(quality.psnr(frames, recon), 2),
-            "held_out_brightest_corner_error_ratio": None if ratio is None else round(ratio, 2)}
+            "held_out_brightest_corner_error_ratio": None if ratio is None else round(ratio, 2),
+            "held_out_background_ghost_error": round(quality.background_ghost_error(frames, recon, masks), 4)}
 
 
 def held_out_specs(count: int, offset: int = 0, varied_textures: bool = False) -> list[ClipSpec]:
