@@ -53,3 +53,16 @@ def test_the_ghost_error_sees_a_dot_on_the_background_and_not_the_shape_or_noise
     assert plain < 0.01
     assert background_ghost_error(frames, noisy + dot, masks) > 0.1 > 10 * plain
     assert background_ghost_error(frames, noisy + on_shape, masks) == pytest.approx(plain, abs=1e-3)
+
+
+@pytest.mark.xfail(strict=True, reason="the VAE shipped with issue 22's world draws ghost dots on plain backgrounds "
+                   "(0.074 here, 0.028 for the VAE before it); its decoder is to be trained on. Drop this mark then.")
+def test_the_shipped_vae_draws_no_ghost_dots_on_plain_backgrounds():
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(models.EXPORT_DIR / models.SD_FOLDER, subfolder="vae", torch_dtype=torch.float32)
+    frames, masks = render_with_masks([sample_spec(HELD_OUT_FIRST_SEED + i) for i in range(8)], frames=4)
+    frames, masks = frames.flatten(0, 1), masks.flatten(0, 1)
+    with torch.no_grad():
+        reconstructions = torch.cat([vae.decode(vae.encode(part).latent_dist.mode()).sample for part in frames.split(16)])
+    assert background_ghost_error(frames, reconstructions, masks) < 0.04

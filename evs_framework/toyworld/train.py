@@ -22,7 +22,8 @@ Stages, each reading the products of the ones before it from DIR:
   is then measured as 1 / std of training latents. Product: DIR/vae/. It records held-out PSNR and how much more it
   gets wrong in the brightest corner than in the others (quality.brightest_corner_error_ratio): the VAE shipped
   before issue 22 drew a ring there (ratio 4.2), which a decoder-only retrain could not remove (4.16-4.32), so its
-  encoder carried it; the pixel loss weighted 4x near the edges brought a new VAE's ratio to 1.5.
+  encoder carried it; the pixel loss weighted 4x near the edges brought a new VAE's ratio to 1.5. The stages also
+  record quality.background_ghost_error, the ghost dots a decoder draws on plain backgrounds.
 - decoder: the VAE's decoder trained on from DIR/vae, its encoder frozen, so that the latents (and every UNet learnt
   on them) stay as they are. Product: DIR/vae/, replaced.
 - t2i: a text-conditioned UNet on single frames' latents (SD1.5's scaled_linear betas, epsilon prediction, the
