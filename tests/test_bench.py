@@ -52,6 +52,13 @@ def test_the_pareto_front_keeps_the_points_nothing_beats():
     assert pareto_front(points) == [True, False, True, False, True, True]
     # lower is better: the cheapest point is also the lowest, so it alone is on the front
     assert pareto_front(points, lower_is_better=True) == [False, False, False, False, False, True]
+    assert pareto_front([(2.0, 3.0), (2.0, 3.0)]) == [True, True]  # a tie beats neither
+
+
+def test_each_grid_value_has_its_own_fingerprint(plugins, registry):
+    suite = parse_suite({**TOY, "compositions": ["IDM_VDM_IDM"], "grid": {"stable_num": [1, 2]}}, registry, plugins)
+    keys = {runs.fingerprint(suite.base, cell, registry) for cell in suite.cells}
+    assert len(keys) == 2
 
 
 def test_shipped_suites_load_and_plan(plugins, registry, tmp_path):

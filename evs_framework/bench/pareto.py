@@ -25,7 +25,7 @@ def pareto_front(points: list[tuple[float, float]], lower_is_better: bool = Fals
         no_worse = p[0] <= q[0] and (p[1] == q[1] or better(p[1], q[1]))
         return no_worse and (p[0] < q[0] or better(p[1], q[1]))
 
-    return [not any(dominates(p, q) for p in points if p is not q) for q in points]
+    return [not any(dominates(p, q) for j, p in enumerate(points) if j != i) for i, q in enumerate(points)]
 
 
 def _panel(title: str, x_name: str, labels: list[str], points: list[tuple[float, float]], lower: bool) -> Image.Image:
@@ -56,7 +56,8 @@ def _panel(title: str, x_name: str, labels: list[str], points: list[tuple[float,
         x, y = at(p)
         colour = FRONT if on else OTHER
         draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=colour if on else None, outline=colour, width=2)
-        draw.text((x + 6, y - 6), label, fill=colour, font=font)
+        width = draw.textlength(label, font=font)
+        draw.text((x + 6 if x + 6 + width < PANEL[0] else x - 6 - width, y - 6), label, fill=colour, font=font)
     return image
 
 
