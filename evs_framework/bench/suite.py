@@ -16,6 +16,7 @@ baseline: IDM                                      # a row label, or `source` (t
 from __future__ import annotations
 
 import itertools
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from evs_framework.paths import resolved
 from evs_framework.planner import make_plan
 from evs_framework.spec import Settings, VideoOptions, overridden_settings, parse_spec, settings_problems
 
-SHIPPED_SUITES = Path(__file__).resolve().parents[2] / "bench" / "suites"  # in a checkout, not in a wheel
+SHIPPED_SUITES = Path(str(files("evs_framework") / "data" / "suites"))  # a link to bench/suites in a checkout
 TOY_KINDS = ("degraded", "vc2")
 SOURCE = "source"  # the label of the rows that measure the inputs themselves
 PLACEHOLDER_INPUT = [{"video": "planned.mp4", "prompt": "planned"}]  # the plan does not read its videos
