@@ -449,6 +449,7 @@ def _toy_suite(args, plugins, registry):
         overrides["seeds"] = args.seeds
     if getattr(args, "compositions", None):
         overrides["compositions"] = args.compositions
+        overrides["baseline"] = "IDM" if "IDM" in args.compositions else None  # None: the first composition
     if getattr(args, "knob", None):
         knobs = [item.partition("=") for item in args.knob]
         overrides["grid"] = [{knob.strip(): [yaml.safe_load(v) for v in values.split(",")]} for knob, _, values in knobs]

@@ -77,6 +77,8 @@ def test_toyworld_flags_replace_the_shipped_suites_values(plugins, registry):
     suite = cli._toy_suite(args, plugins, registry)
     assert (suite.toyworld.clips, suite.toyworld.kind, suite.seeds) == (3, "vc2", (5,))
     assert [c.label for c in suite.cells] == ["IDM", "VDM"]
+    without_idm = cli._toy_suite(SimpleNamespace(**{**vars(args), "compositions": ["VDM", "basic"]}), plugins, registry)
+    assert without_idm.baseline == "VDM"  # the suite's baseline, IDM, is not run
     sweep = cli._toy_suite(SimpleNamespace(toy_command="sweep", clips=None, seeds=None, knob=["stable_num=1,3"]),
                            plugins, registry)
     assert [c.label for c in sweep.cells] == ["IDM_VDM_IDM stable_num=1", "IDM_VDM_IDM stable_num=3"]
