@@ -26,6 +26,7 @@ TOY = {"inputs": {"toyworld": {"clips": 1}}, "models": {"idm": {"name": "toyI"},
     ({"compositions": ["IDM", "IDM_VMD_IDM"]}, "$.compositions (IDM_VMD_IDM): unknown composition 'IDM_VMD_IDM'"),
     ({"inputs": {"toyworld": {"clips": 1, "kind": "vc3"}}}, "$.inputs.toyworld.kind: 'vc3' (did you mean 'vc2'?)"),
     ({"baseline": "IDM_VDM"}, "$.baseline: 'IDM_VDM' is not a row of this suite"),
+    ({"settings": {"stable_num": 0}, "grid": {"stable_steps": [2]}}, "$.settings.stable_num: 0; the T2V model needs"),
 ])
 def test_a_bad_suite_is_refused_with_one_line_naming_the_key(change, expected, plugins, registry):
     with pytest.raises(SpecError) as raised:

@@ -101,7 +101,9 @@ def parse_suite(data, registry, plugins, source: str = "suite", folder: Path | N
     problems += found
     base = {"models": given.models, "settings": given.settings, "using_attn": given.using_attn,
             "video": CONVERTER.unstructure(given.video), **_negative_prompt(given.negative_prompt)}
-    cells, found = grid_cells(given.compositions, given.grid, given.settings)
+    merged, found = overridden_settings(Settings(), given.settings, "$.settings")
+    problems += found + (settings_problems(merged, "$.settings") if merged else [])
+    cells, found = grid_cells(given.compositions, given.grid, given.settings) if merged else ([], [])
     problems += found
     if not given.seeds:
         problems.append("$.seeds: no seeds given; give at least one, e.g. [23]")
@@ -141,7 +143,8 @@ def _toyworld_source(inputs) -> tuple[ToyworldSource | None, list[str]]:
 
 def grid_cells(compositions, grid, settings: dict) -> tuple[list[Cell], list[str]]:
     """A cell per composition and grid combination (a list of grids: each one's combinations in turn), every grid
-    value checked as a setting; a single value for a list setting (stable_steps) means a list of one."""
+    value checked as a setting over the base `settings` (found good); a single value for a list setting
+    (stable_steps) means a list of one."""
     grids = grid if isinstance(grid, list) else [grid]
     problems, combinations = [], []
     for g, one in enumerate(grids):
@@ -183,8 +186,7 @@ def _setting_problems(settings: dict, name: str, value, where: str) -> list[str]
                 f"composition settings"]
     merged, problems = overridden_settings(Settings(), {**settings, name: _as_setting(name, value)}, "$")
     if problems:
-        return [f"{where}: {p.split(': ', 1)[1]}" for p in problems if p.startswith(f"$.{name}")] or \
-            [f"{where}: the base settings have problems; fix $.settings first"]
+        return [f"{where}: {p.split(': ', 1)[1]}" for p in problems if p.startswith(f"$.{name}")]
     return [f"{where}: {p.split(': ', 1)[1]}" for p in settings_problems(merged, "$") if p.startswith(f"$.{name}")]
 
 

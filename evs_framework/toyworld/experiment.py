@@ -24,7 +24,6 @@ from evs_framework.toyworld.measures import LOWER_IS_BETTER, measure, measure_fr
 from evs_framework.toyworld.world import HELD_OUT_FIRST_SEED, ClipSpec, degrade, render_with_masks, sample_spec
 
 FPS = 8.0
-COMPOSITIONS = ("IDM", "VDM", "basic", "IDM_VDM", "VDM_IDM", "IDM_VDM_IDM")
 # the seed's example enhance settings, on the toy models' schedules (25 T2I steps, 8 T2V steps) and at their size
 TOY_SETTINGS = {"idm_invert_mode": "random", "vdm_invert_mode": "random", "idm_invert_mode_2": "ddim",
                 "idm_inverse_strength": 0.5, "vdm_inverse_strength": 0.5, "stable_steps": [5], "stable_num": 2}
@@ -183,33 +182,4 @@ def format_claims(found: list[dict]) -> str:
         verdict = "yes" if c["improves"] else "no: the 95% interval of the difference reaches the wrong side of 0"
         lines.append(f"- {c['composition']} better than {c['against']} on {c['measure']}: {verdict}; difference "
                      f"{c['mean']:+.4g} [{c['low']:+.4g}, {c['high']:+.4g}] over {c['n']} runs")
-    return "\n".join(lines)
-
-
-DEFAULT_KNOBS = {"stable_steps": [2, 5, 8], "stable_num": [1, 2, 4], "idm_inverse_strength": [0.3, 0.5, 0.7],
-                 "vdm_inverse_strength": [0.25, 0.5, 0.75]}
-
-
-def sweep(clips: list[HeldOutClip], knobs: dict[str, list], seeds, out_dir: Path, registry, plugins, context,
-          composition: str = "IDM_VDM_IDM") -> list[dict]:
-    """One knob at a time around TOY_SETTINGS: a row per (knob, value) with each measure's mean and interval. A
-    single value for a list setting (stable_steps) means a list of one."""
-    table = []
-    for knob, values in knobs.items():
-        for value in values:
-            setting = [value] if isinstance(TOY_SETTINGS.get(knob), list) and not isinstance(value, list) else value
-            rows = run_compositions(clips, [composition], seeds, out_dir / f"{knob}={value}", registry, plugins,
-                                    context, {knob: setting})
-            summary = summarise(rows)[composition]
-            table.append({"knob": knob, "value": value, **summary})
-    return table
-
-
-def format_sweep(table: list[dict]) -> str:
-    header = ["knob", "value", *MEASURES, "unet calls"]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for row in table:
-        cells = [f"{row[m]['mean']:.4g} ±{(row[m]['high'] - row[m]['low']) / 2:.2g}" for m in MEASURES]
-        calls = " ".join(f"{role} {n}" for role, n in row["unet_calls"].items())
-        lines.append("| " + " | ".join([row["knob"], str(row["value"]), *cells, calls]) + " |")
     return "\n".join(lines)
