@@ -1,4 +1,4 @@
-"""The `evs` command: plan, run, demo, sfi, eval, compare, fetch, plugins, models."""
+"""The `evs` command: plan, run, demo, sfi, eval, compare, bench, toyworld, fetch, plugins, models."""
 
 from __future__ import annotations
 
@@ -146,26 +146,41 @@ def build_parser() -> argparse.ArgumentParser:
     comparing.add_argument("--compositions", type=_names, default="IDM,VDM,IDM_VDM_IDM,basic",
                            help="comma-separated composition names (default: IDM,VDM,IDM_VDM_IDM,basic)")
     comparing.add_argument("--weights", type=Path, default=None, metavar="YAML", help="as for `evs eval`")
+    bench = commands.add_parser("bench", help="run a suite file: compositions of any registry models on its clips, "
+                                              "each run measured; write results.json, report.md (95%% intervals, "
+                                              "paired differences) and pareto.png")
+    bench.add_argument("suite", type=Path, help="a suite file (YAML), e.g. bench/suites/toy_enhance.yaml")
+    bench.add_argument("--input", type=Path, default=None, metavar="MANIFEST",
+                       help="a .csv or .jsonl manifest of video,prompt rows to run on instead of the suite's inputs")
+    bench.add_argument("--out", type=Path, default=None,
+                       help="where clips, outputs and results go (default outputs/bench/<suite name>); rows already "
+                            "in its rows.jsonl under the same models and settings are not run again")
     toyworld = commands.add_parser("toyworld", help="the toy world's evidence: compositions on held-out clips measured "
                                                     "against their clean ground truth")
     toy_commands = toyworld.add_subparsers(dest="toy_command", required=True)
-    toy_eval = toy_commands.add_parser("eval", help="every composition on held-out clips; a table with 95% intervals")
+    toy_eval = toy_commands.add_parser("eval", help="every composition on held-out clips; a table with 95% intervals "
+                                                    "(the suite bench/suites/toy_enhance.yaml, or toy_enhance_vc2.yaml)")
     toy_eval.add_argument("--input", choices=("degraded", "vc2"), default="degraded",
                           help="degraded: held-out clips degraded from their truth, measured against it (default); "
                                "vc2: clips the VideoCrafter-2 analogue (toyVC) draws from their prompts, measured "
                                "without a reference")
     toy_eval.add_argument("--compositions", type=_names, default=None,
-                          help="comma-separated (default: IDM, VDM, basic, IDM_VDM, VDM_IDM, IDM_VDM_IDM)")
-    toy_sweep = toy_commands.add_parser("sweep", help="IDM_VDM_IDM with one knob changed at a time")
+                          help="comma-separated (default: the suite's: IDM, VDM, basic, IDM_VDM, VDM_IDM, IDM_VDM_IDM, "
+                               "videoelevator)")
+    toy_sweep = toy_commands.add_parser("sweep", help="IDM_VDM_IDM with one knob changed at a time "
+                                                      "(the suite bench/suites/toy_sweep.yaml)")
     toy_sweep.add_argument("--knob", action="append", default=[], metavar="NAME=V1,V2",
-                           help="a setting and its values, e.g. stable_num=1,2,3 (repeatable; default: the main four)")
+                           help="a setting and its values, e.g. stable_num=1,2,3 (repeatable; default: the suite's four)")
     toy_edit = toy_commands.add_parser("edit", help="IDM_VDM_IDM with prompts that change the colour: edit, real_edit, "
                                                     "real_edit with Selective Feature Injection")
     for sub, clips in ((toy_eval, 32), (toy_sweep, 16), (toy_edit, 16)):
-        sub.add_argument("--clips", type=_positive, default=clips, help=f"held-out clips (default {clips})")
-        sub.add_argument("--seeds", type=_seeds, default="23,24" if sub is toy_eval else "23",
-                         help="noise seeds, comma-separated")
+        # eval and sweep take their defaults from their suites; a flag given replaces the suite's value
+        sub.add_argument("--clips", type=_positive, default=None if sub is not toy_edit else clips,
+                         help=f"held-out clips (default {clips})")
+        sub.add_argument("--seeds", type=_seeds, default=None if sub is not toy_edit else "23",
+                         help="noise seeds, comma-separated (default " + ("23,24)" if sub is toy_eval else "23)"))
         sub.add_argument("--out", type=Path, default=Path("outputs/toyworld"), help="where clips, outputs and results go")
+    for sub in (toy_eval, toy_sweep, toy_edit, bench):
         _common(sub)
         _running(sub)
     commands.add_parser("plugins", help="list loaded plugins and what each provides")
@@ -394,50 +409,80 @@ def cmd_fetch(args, plugins, registry) -> int:
     return 0
 
 
-def cmd_toyworld(args, plugins, registry) -> int:
+def cmd_bench(args, plugins, registry) -> int:
+    from evs_framework.bench.benchmark import bench_files
+    from evs_framework.bench.suite import load_suite
+
+    overrides = {"inputs": {"manifest": str(resolved(args.input))}} if args.input else {}
+    suite = load_suite(args.suite, registry, plugins, overrides)
+    out_dir = resolved(args.out or Path("outputs/bench") / args.suite.stem)
+    return _bench(suite, out_dir, bench_files(out_dir), args, plugins, registry)
+
+
+def _bench(suite, out_dir: Path, files, args, plugins, registry, notes=None) -> int:
+    """Run `suite`, print its report (with `notes(rows)` added to it) and say where its files are."""
+    from evs_framework.bench.benchmark import run_suite
+    from evs_framework.io import video_io
+
+    record = run_suite(suite, out_dir, files, registry, plugins, _context(args, plugins, registry),
+                       progress=not args.quiet)
+    if notes:
+        video_io.write_text(files.report, files.report.read_text(encoding="utf-8") + notes(record["rows"]))
+    print(files.report.read_text(encoding="utf-8"))
+    for path in (files.results, files.report, files.pareto, files.rows):
+        print(f"wrote {path}")
+    return 0
+
+
+def _toy_suite(args, plugins, registry):
+    """The shipped suite `evs toyworld eval/sweep` runs, with the flags given in place of its values."""
     import yaml
 
-    from evs_framework.io import video_io
+    from evs_framework.bench.suite import SHIPPED_SUITES, load_suite
+
+    kind = getattr(args, "input", "degraded")
+    name = "toy_sweep" if args.toy_command == "sweep" else "toy_enhance" if kind == "degraded" else "toy_enhance_vc2"
+    overrides = {}
+    if args.clips is not None:
+        overrides["inputs"] = {"toyworld": {"clips": args.clips, "kind": kind}}
+    if args.seeds is not None:
+        overrides["seeds"] = args.seeds
+    if getattr(args, "compositions", None):
+        overrides["compositions"] = args.compositions
+        overrides["baseline"] = "IDM" if "IDM" in args.compositions else None  # None: the first composition
+    if getattr(args, "knob", None):
+        knobs = [item.partition("=") for item in args.knob]
+        overrides["grid"] = [{knob.strip(): [yaml.safe_load(v) for v in values.split(",")]} for knob, _, values in knobs]
+        overrides["baseline"] = None  # the first row: the suite's baseline may be no row of the knobs given
+    return load_suite(SHIPPED_SUITES / f"{name}.yaml", registry, plugins, overrides)
+
+
+def cmd_toyworld(args, plugins, registry) -> int:
+    from evs_framework.bench.benchmark import bench_files
     from evs_framework.toyworld import experiment
 
-    context = _context(args, plugins, registry)
-    seeds = args.seeds
     out_dir = resolved(args.out)
-    # what the results are written as: eval on drawn inputs apart from eval on degraded ones
-    result_name = "eval_vc2" if getattr(args, "input", None) == "vc2" else args.toy_command
-    if args.toy_command == "edit":
-        from evs_framework.toyworld import edits
+    if args.toy_command != "edit":
+        # what the results are written as: eval on drawn inputs apart from eval on degraded ones
+        stem = "eval_vc2" if getattr(args, "input", None) == "vc2" else args.toy_command
+        claims = (lambda rows: "\n## The method's claims\n\n" + experiment.format_claims(experiment.claims(rows)) + "\n"
+                  ) if args.toy_command == "eval" else None
+        return _bench(_toy_suite(args, plugins, registry), out_dir, bench_files(out_dir, stem), args, plugins,
+                      registry, claims)
+    from evs_framework.io import video_io
+    from evs_framework.toyworld import edits
 
-        clips = edits.edit_clips(out_dir / "edit_clips", args.clips)
-        rows = edits.run_edits(clips, seeds, out_dir / "edits", registry, plugins, context, progress=not args.quiet,
-                               rows_file=out_dir / "edit_rows.jsonl")
-        rows = experiment.source_rows(clips["clean"]) + rows  # the unedited clip against the edited truth
-        summary, found = experiment.summarise(rows), edits.differences(rows)
-        text = experiment.format_table(summary) + "\n\n" + experiment.format_claims(found)
-        record = {"settings": edits.EDIT_SETTINGS, "summary": summary, "differences": found, "rows": rows}
-    elif args.toy_command == "eval":
-        clips = (experiment.held_out_clips(out_dir / "clips", args.clips) if args.input == "degraded" else
-                 experiment.drawn_clips(out_dir / "drawn_clips", args.clips, context))
-        names = args.compositions or list(experiment.COMPOSITIONS)
-        rows = experiment.source_rows(clips) + experiment.run_compositions(
-            clips, names, seeds, out_dir / "runs", registry, plugins, context, progress=not args.quiet,
-            rows_file=out_dir / f"{result_name}_rows.jsonl")
-        summary, found = experiment.summarise(rows), experiment.claims(rows)
-        text = experiment.format_table(summary) + "\n\n" + experiment.format_claims(found)
-        record = {"settings": experiment.TOY_SETTINGS, "summary": summary, "claims": found, "rows": rows}
-    else:
-        clips = experiment.held_out_clips(out_dir / "clips", args.clips)
-        knobs = {}
-        for item in args.knob:
-            name, _, values = item.partition("=")
-            knobs[name.strip()] = [yaml.safe_load(v) for v in values.split(",")]
-        table = experiment.sweep(clips, knobs or experiment.DEFAULT_KNOBS, seeds, out_dir / "sweep", registry, plugins,
-                                 context)
-        text = experiment.format_sweep(table)
-        record = {"rows": table}
-    video_io.write_json(out_dir / f"{result_name}.json", {"clips": args.clips, "seeds": seeds, **record})
+    context = _context(args, plugins, registry)
+    clips = edits.edit_clips(out_dir / "edit_clips", args.clips)
+    rows = edits.run_edits(clips, args.seeds, out_dir / "edits", registry, plugins, context, progress=not args.quiet,
+                           rows_file=out_dir / "edit_rows.jsonl")
+    rows = experiment.source_rows(clips["clean"]) + rows  # the unedited clip against the edited truth
+    summary, found = experiment.summarise(rows), edits.differences(rows)
+    text = experiment.format_table(summary) + "\n\n" + experiment.format_claims(found)
+    record = {"settings": edits.EDIT_SETTINGS, "summary": summary, "differences": found, "rows": rows}
+    video_io.write_json(out_dir / "edit.json", {"clips": args.clips, "seeds": args.seeds, **record})
     print(text)
-    print(f"wrote {video_io.write_text(out_dir / f'{result_name}.md', text + chr(10))}")
+    print(f"wrote {video_io.write_text(out_dir / 'edit.md', text + chr(10))}")
     return 0
 
 
@@ -470,7 +515,7 @@ def cmd_models(args, plugins, registry) -> int:
 
 
 COMMANDS = {"plan": cmd_plan, "run": cmd_run, "demo": cmd_demo, "sfi": cmd_sfi, "eval": cmd_eval,
-            "compare": cmd_compare, "fetch": cmd_fetch, "toyworld": cmd_toyworld,
+            "compare": cmd_compare, "fetch": cmd_fetch, "bench": cmd_bench, "toyworld": cmd_toyworld,
             "plugins": cmd_plugins, "models": cmd_models}
 
 

@@ -61,6 +61,15 @@ def test_models_and_plugins_from_the_wheel(installed):
     assert plugins.returncode == 0 and "IDM_VDM_IDM" in plugins.stdout and "basic" in plugins.stdout
 
 
+def test_the_shipped_suites_come_with_the_wheel(installed):
+    """`evs toyworld eval` and `sweep` run suites that live in the package's data."""
+    bin_dir, run_dir = installed
+    listed = subprocess.run([str(bin_dir / "python"), "-c", "from evs_framework.bench.suite import SHIPPED_SUITES; "
+                             "print(sorted(p.name for p in SHIPPED_SUITES.glob('*.yaml')))"],
+                            capture_output=True, text=True, cwd=run_dir, check=True).stdout
+    assert all(f"{name}.yaml" in listed for name in ("toy_enhance", "toy_enhance_vc2", "toy_sweep", "seed_enhance"))
+
+
 def test_plan_and_demo_from_the_wheel(installed, zoo, clip_file):
     _, run_dir = installed
     config = run_dir / "enhance.json"

@@ -10,26 +10,20 @@ a number with its uncertainty.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import time
 from pathlib import Path
 
 import attrs
 import torch
 from scipy import stats
 
+from evs_framework.bench.runs import run_cells
+from evs_framework.bench.suite import Cell
 from evs_framework.io import video_io
-from evs_framework.planner import make_plan
-from evs_framework.runner import run_job
-from evs_framework.spec import spec_from_data
-from evs_framework.toyworld import models
 from evs_framework.toyworld.measures import LOWER_IS_BETTER, measure, measure_free
 from evs_framework.toyworld.world import HELD_OUT_FIRST_SEED, ClipSpec, degrade, render_with_masks, sample_spec
 
 FPS = 8.0
-COMPOSITIONS = ("IDM", "VDM", "basic", "IDM_VDM", "VDM_IDM", "IDM_VDM_IDM")
 # the seed's example enhance settings, on the toy models' schedules (25 T2I steps, 8 T2V steps) and at their size
 TOY_SETTINGS = {"idm_invert_mode": "random", "vdm_invert_mode": "random", "idm_invert_mode_2": "ddim",
                 "idm_inverse_strength": 0.5, "vdm_inverse_strength": 0.5, "stable_steps": [5], "stable_num": 2}
@@ -80,16 +74,11 @@ def clip_measures(output: torch.Tensor, clip: HeldOutClip) -> dict:
     return measure(output, clip.truth, clip.masks, clip.spec.step(clip.truth.shape[-1]), clip.spec.prompt)
 
 
-def toy_spec(clips: list[HeldOutClip], composition: str, seed: int, out_dir: Path, settings: dict | None = None,
-             using_attn: bool = False, models: dict | None = None):
-    """`models` adds to each role's TOY_MODELS choice (an upscale, say)."""
-    return spec_from_data({
-        "inputs": [{"video": str(c.video), "prompt": c.spec.prompt} for c in clips],
-        "models": {role: {**choice, **(models or {}).get(role, {})} for role, choice in TOY_MODELS.items()},
-        "composition": composition, "settings": {**TOY_SETTINGS, **(settings or {})},
-        "negative_prompt": "", "seed": seed, "video": {"max_frames": 16}, "using_attn": using_attn,
-        "output": {"dir": str(out_dir), "side_by_side": False},
-    }, source="toy world experiment")
+def toy_base(settings: dict | None = None, using_attn: bool = False, models: dict | None = None) -> dict:
+    """The spec data the toy runs share; `models` adds to each role's TOY_MODELS choice (an upscale, say)."""
+    return {"models": {role: {**choice, **(models or {}).get(role, {})} for role, choice in TOY_MODELS.items()},
+            "settings": {**TOY_SETTINGS, **(settings or {})}, "negative_prompt": "", "video": {"max_frames": 16},
+            "using_attn": using_attn}
 
 
 def read_clip(path: Path) -> torch.Tensor:
@@ -101,60 +90,17 @@ def source_rows(clips: list[HeldOutClip]) -> list[dict]:
             for c in clips]
 
 
-def fingerprint(settings: dict | None = None) -> str:
-    """What a row's numbers depend on besides its clip and seed: the shipped toy models (their training record)
-    and the settings. Rows kept from an earlier run are reused only under the same fingerprint."""
-    record = (models.EXPORT_DIR / models.TRAINING_RECORD).read_bytes()
-    # "noise": rows from before each video drew its own noise (identity.video_seed) are not mixed with later ones
-    spent = json.dumps({**TOY_SETTINGS, **(settings or {}), "noise": "video_seed"}, sort_keys=True).encode()
-    return hashlib.sha256(record + spent).hexdigest()[:16]
-
-
-def kept_rows(rows_file: Path, key: str) -> list[dict]:
-    """The rows of `rows_file` measured under fingerprint `key` (the latest of any repeated one)."""
-    if not rows_file.is_file():
-        return []
-    rows = {}
-    for line in rows_file.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        if row.get("fingerprint") == key:
-            rows[row["composition"], row["clip"], row["seed"]] = row
-    return list(rows.values())
-
-
 def run_compositions(clips: list[HeldOutClip], compositions, seeds, out_dir: Path, registry, plugins, context,
                      settings: dict | None = None, progress: bool = False, rows_file: Path | None = None,
                      using_attn: bool = False, label: str | None = None, models: dict | None = None) -> list[dict]:
-    """One row per (composition, clip, seed): every measure, UNet calls and seconds; each row is also appended to
-    `rows_file` (JSON lines) as soon as it is known, so a long run cut short keeps what it measured, and a
-    (composition, seed) whose clips that file already holds under the same fingerprint is not run again. `label`
-    names the rows' composition instead of the composition's own name (for runs that differ in settings);
-    `models` adds to the toy models' choices (toy_spec)."""
-    key = fingerprint({**(settings or {}), "using_attn": using_attn, **({"models": models} if models else {})})
-    kept = kept_rows(rows_file, key) if rows_file is not None else []
-    stems = {c.video.stem for c in clips}
-    rows = []
-    for composition in compositions:
-        for seed in seeds:
-            name = label or composition
-            done = [r for r in kept if r["composition"] == name and r["seed"] == seed and r["clip"] in stems]
-            if len(done) == len(clips):
-                rows += sorted(done, key=lambda r: r["clip"])
-                continue
-            spec = toy_spec(clips, composition, seed, out_dir / name / f"seed{seed}", settings, using_attn, models)
-            started = time.process_time()
-            results = run_job(spec, make_plan(spec, registry, plugins, context), context, progress, overwrite=True)
-            cpu_seconds = (time.process_time() - started) / len(clips)
-            for clip, result in zip(clips, results):
-                if result.error:
-                    raise RuntimeError(f"{composition} failed on {clip.video.name}: {result.error}")
-                rows.append({"composition": name, "fingerprint": key, "clip": clip.video.stem, "seed": seed,
-                             "unet_calls": result.unet_calls, "cpu_seconds": cpu_seconds,
-                             **clip_measures(read_clip(result.output), clip)})
-                if rows_file is not None:
-                    with open(rows_file, "a", encoding="utf-8") as handle:
-                        handle.write(json.dumps(rows[-1]) + "\n")
-    return rows
+    """One row per (composition, clip, seed) with every measure (bench.runs.run_cells, which keeps rows in
+    `rows_file`). `label` names the rows' composition instead of the composition's own name (for runs that differ
+    in settings); `models` adds to the toy models' choices (toy_base)."""
+    cells = [Cell(label or composition, composition, {}) for composition in compositions]
+    inputs = [{"video": str(c.video), "prompt": c.spec.prompt} for c in clips]
+    return run_cells(inputs, cells, seeds, toy_base(settings, using_attn, models),
+                     lambda output, index: clip_measures(read_clip(output), clips[index]), out_dir, registry, plugins,
+                     context, rows_file, progress)
 
 
 def interval(values: list[float]) -> dict:
@@ -182,8 +128,9 @@ def summarise(rows: list[dict]) -> dict:
     return summary
 
 
-def paired_difference(rows: list[dict], better: str, than: str, name: str) -> dict:
-    """`better` minus `than` on measure `name`, paired by (clip, seed) (a source row pairs with every seed)."""
+def paired_difference(rows: list[dict], better: str, than: str, name: str, lower_is_better=LOWER_IS_BETTER) -> dict:
+    """`better` minus `than` on measure `name`, paired by (clip, seed) (a source row pairs with every seed);
+    `lower_is_better` names the measures for which a negative difference is the improvement."""
     reference = {(r["clip"], r["seed"]): r[name] for r in rows if r["composition"] == than}
     differences = []
     for r in rows:
@@ -192,7 +139,7 @@ def paired_difference(rows: list[dict], better: str, than: str, name: str) -> di
             differences.append(r[name] - reference[key])
     result = interval(differences)
     # True when the whole interval says `better` is better (lower, for a lower-is-better measure)
-    result["improves"] = result["high"] < 0 if name in LOWER_IS_BETTER else result["low"] > 0
+    result["improves"] = result["high"] < 0 if name in lower_is_better else result["low"] > 0
     return result
 
 
@@ -235,33 +182,4 @@ def format_claims(found: list[dict]) -> str:
         verdict = "yes" if c["improves"] else "no: the 95% interval of the difference reaches the wrong side of 0"
         lines.append(f"- {c['composition']} better than {c['against']} on {c['measure']}: {verdict}; difference "
                      f"{c['mean']:+.4g} [{c['low']:+.4g}, {c['high']:+.4g}] over {c['n']} runs")
-    return "\n".join(lines)
-
-
-DEFAULT_KNOBS = {"stable_steps": [2, 5, 8], "stable_num": [1, 2, 4], "idm_inverse_strength": [0.3, 0.5, 0.7],
-                 "vdm_inverse_strength": [0.25, 0.5, 0.75]}
-
-
-def sweep(clips: list[HeldOutClip], knobs: dict[str, list], seeds, out_dir: Path, registry, plugins, context,
-          composition: str = "IDM_VDM_IDM") -> list[dict]:
-    """One knob at a time around TOY_SETTINGS: a row per (knob, value) with each measure's mean and interval. A
-    single value for a list setting (stable_steps) means a list of one."""
-    table = []
-    for knob, values in knobs.items():
-        for value in values:
-            setting = [value] if isinstance(TOY_SETTINGS.get(knob), list) and not isinstance(value, list) else value
-            rows = run_compositions(clips, [composition], seeds, out_dir / f"{knob}={value}", registry, plugins,
-                                    context, {knob: setting})
-            summary = summarise(rows)[composition]
-            table.append({"knob": knob, "value": value, **summary})
-    return table
-
-
-def format_sweep(table: list[dict]) -> str:
-    header = ["knob", "value", *MEASURES, "unet calls"]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for row in table:
-        cells = [f"{row[m]['mean']:.4g} ±{(row[m]['high'] - row[m]['low']) / 2:.2g}" for m in MEASURES]
-        calls = " ".join(f"{role} {n}" for role, n in row["unet_calls"].items())
-        lines.append("| " + " | ".join([row["knob"], str(row["value"]), *cells, calls]) + " |")
     return "\n".join(lines)
