@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from evs_framework.bench.suite import parse_suite
 from evs_framework.cli import build_parser, main
 from evs_framework.composition import load_composition_file, parse_composition
 from evs_framework.evaluation.metrics import WEIGHT_FILES
@@ -69,6 +70,11 @@ def test_the_native_spec_example_has_no_problem(tmp_path):
     parsed = parse_spec(yaml.safe_load(block_starting("yaml", "inputs:")), "README", tmp_path, "readme")
     assert parsed.problems == ()
     assert parsed.spec.models["idm"].upscale == 2.0 and parsed.spec.settings.stable_steps == (8,)
+
+
+def test_the_suite_example_is_a_valid_suite(plugins, registry):
+    suite = parse_suite(yaml.safe_load(block_starting("yaml", "# a suite file")), registry, plugins, "README")
+    assert suite.baseline in [cell.label for cell in suite.cells]
 
 
 def test_the_composition_shown_is_the_shipped_one():
