@@ -12,7 +12,7 @@ from evs_framework.bench import runs
 from evs_framework.bench.benchmark import bench_files, run_suite
 from evs_framework.bench.pareto import pareto_front
 from evs_framework.bench.suite import SHIPPED_SUITES, load_suite, parse_suite
-from evs_framework.errors import SpecError
+from evs_framework.errors import EVSError, SpecError
 
 TOY = {"inputs": {"toyworld": {"clips": 1}}, "models": {"idm": {"name": "toyI"}, "vdm": {"name": "toyV"}},
        "compositions": ["IDM", "IDM_VDM_IDM"], "settings": {"stable_steps": [5]}, "seeds": [23]}
@@ -123,6 +123,15 @@ def test_a_suite_on_real_clips_runs_reports_and_is_not_run_again(tmp_path, plugi
                            "compositions": ["IDM"], "settings": {"idm_inverse_strength": 0.3}}, registry, plugins)
     with pytest.raises(AssertionError, match="ran again"):  # other settings: another fingerprint, so it runs
         run_suite(changed, tmp_path / "out", files, registry, plugins, context)
+
+    def fails(spec, *args, **kwargs):
+        return [SimpleNamespace(error="NaN in the T2I's output at sigma 3.2", output=None, unet_calls={})]
+
+    monkeypatch.setattr(runs, "run_job", fails)
+    with pytest.raises(EVSError, match=r"bench row IDM failed on .* \(seed 23\): NaN in the T2I's output at sigma "
+                                       r"3.2; the rows measured before it are kept in .*rows.jsonl"):
+        run_suite(changed, tmp_path / "out", files, registry, plugins, context)
+    assert len(files.rows.read_text().splitlines()) == 2
 
 
 def test_evs_bench_runs_a_toy_suite_from_its_file(tmp_path, capsys):

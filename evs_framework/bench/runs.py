@@ -12,6 +12,7 @@ from typing import Callable
 
 from evs_framework.bench.suite import Cell, cell_spec_data
 from evs_framework.convert import CONVERTER
+from evs_framework.errors import EVSError
 from evs_framework.planner import make_plan
 from evs_framework.runner import run_job
 from evs_framework.spec import spec_from_data
@@ -69,7 +70,8 @@ def run_cells(inputs: list[dict], cells: list[Cell], seeds, base: dict, measure:
             cpu_seconds = (time.process_time() - cpu_started) / len(inputs)
             for index, (stem, result) in enumerate(zip(stems, results)):
                 if result.error:
-                    raise RuntimeError(f"{cell.label} failed on {stem}: {result.error}")
+                    kept_note = f"; the rows measured before it are kept in {rows_file}" if rows_file else ""
+                    raise EVSError(f"bench row {cell.label} failed on {stem} (seed {seed}): {result.error}{kept_note}")
                 rows.append({"composition": cell.label, "fingerprint": key, "clip": stem, "seed": seed,
                              "unet_calls": result.unet_calls, "seconds": seconds, "cpu_seconds": cpu_seconds,
                              **measure(result.output, index)})
