@@ -67,6 +67,8 @@ def test_shipped_suites_load_and_plan(plugins, registry, tmp_path):
         suite = load_suite(SHIPPED_SUITES / f"{name}.yaml", registry, plugins)
         assert suite.baseline in [c.label for c in suite.cells]
     assert len(load_suite(SHIPPED_SUITES / "toy_sweep.yaml", registry, plugins).cells) == 12  # four knobs, three values
+    own = load_suite(SHIPPED_SUITES / "toy_videoelevator_own.yaml", registry, plugins)
+    assert own.baseline == "source" and own.base["models"]["idm"] == {"name": "toyI", "steps": 30}
     (tmp_path / "clips.csv").write_text("video,prompt\nclip.mp4,an astronaut riding a horse\n")
     seed = load_suite(SHIPPED_SUITES / "seed_enhance.yaml", registry, plugins,
                       {"inputs": {"manifest": str(tmp_path / "clips.csv")}})  # planned only: it needs real weights
