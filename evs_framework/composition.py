@@ -7,8 +7,12 @@ composition file serves every config. A plugin may instead register a compositio
 given an `evs_framework.planner.PlanBuilder` that emits the stages itself (loops, branches, anything), and is planned,
 counted and checked exactly as data is.
 
+A composition declares its `roles`: each a name that a spec's `models` maps to a registry model, with the type of
+model it takes (`t2i`, frames one by one; `t2v`, the whole clip). A file without `roles` takes its stages' models
+as roles of any type.
+
 Each stage says:
-- `model`: the role that denoises (`idm`, the T2I model on frames; `vdm`, the T2V model on the clip);
+- `model`: the role that denoises;
 - `enter`: the transfer strategy that moves the latent onto this model's noise level (`random`,
   `ddim_inversion`, `ddim_renoise`, or `ddim`, which means inversion from a clean latent and re-noising
   with the predicted noise mid-trajectory);
@@ -31,9 +35,10 @@ from typing import Callable
 import attrs
 from evs_framework.convert import structure
 from evs_framework.datafile import read_data_file
-from evs_framework.errors import SpecError, short_repr
+from evs_framework.errors import SpecError, did_you_mean, short_repr
 
-ROLES = ("idm", "vdm")
+ROLE_TYPES = ("t2i", "t2v")
+ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,63}")
 STOPS = ("window", "end")
 STARTS = ("resume", "current")
@@ -71,6 +76,7 @@ class Cycle:
 class Composition:
     name: str = "inline"
     description: str = ""
+    roles: dict[str, str] = attrs.field(factory=dict)  # role -> the model type it takes; empty: the stages' models
     stages: tuple[Stage, ...] = ()
     per_window: tuple[Stage, ...] = ()
     cycle: Cycle | None = None
@@ -81,6 +87,13 @@ class Composition:
     def all_stages(self) -> tuple[Stage, ...]:
         return self.stages + self.per_window + (self.cycle.stages if self.cycle else ())
 
+    @property
+    def role_names(self) -> tuple[str, ...]:
+        """The declared roles, else the roles its stages name, in order of first use."""
+        if self.roles:
+            return tuple(self.roles)
+        return tuple(dict.fromkeys(s.model for s in self.all_stages if not s.model.startswith("$")))
+
 
 def check_composition(composition: Composition, path: str = "$") -> list[str]:
     """Problems in the composition's own shape (values that come from settings are checked by the planner)."""
@@ -88,6 +101,13 @@ def check_composition(composition: Composition, path: str = "$") -> list[str]:
     if not NAME.fullmatch(composition.name):
         problems.append(f"{path}.name: {short_repr(composition.name)} goes into output file names; use letters, digits "
                         f"and _ . + - only")
+    for role, kind in composition.roles.items():
+        if not ROLE_NAME.fullmatch(str(role)):
+            problems.append(f"{path}.roles.{role}: a role is a name of letters, digits and _ that a spec's `models` "
+                            f"maps to a model")
+        if kind not in ROLE_TYPES:
+            problems.append(f"{path}.roles.{role}: {short_repr(kind)} is not a model type; use one of "
+                            f"{', '.join(ROLE_TYPES)}")
     if composition.planner is not None:
         if composition.all_stages:
             problems.append(f"{path}: a composition has a planner or stages, not both")
@@ -104,14 +124,18 @@ def check_composition(composition: Composition, path: str = "$") -> list[str]:
                             f"stages, or the cycle could never end")
     for group, stages in groups:
         for i, stage in enumerate(stages):
-            problems += check_stage(stage, f"{path}.{group}[{i}]")
+            problems += check_stage(stage, f"{path}.{group}[{i}]", composition.roles)
     return problems
 
 
-def check_stage(stage: Stage, where: str) -> list[str]:
+def check_stage(stage: Stage, where: str, roles: dict[str, str]) -> list[str]:
+    """Problems in one stage's shape; `roles`: the composition's declared ones (empty: any role name)."""
     problems = []
-    if stage.model not in ROLES and not stage.model.startswith("$"):
-        problems.append(f"{where}.model: {stage.model!r} is not a role; use one of {', '.join(ROLES)}")
+    if roles and stage.model not in roles and not stage.model.startswith("$"):
+        problems.append(f"{where}.model: {stage.model!r} is not a role of this composition"
+                        f"{did_you_mean(stage.model, roles, list_all=False)}; use one of {', '.join(roles)}")
+    elif not roles and not ROLE_NAME.fullmatch(stage.model.removeprefix("$")):
+        problems.append(f"{where}.model: {short_repr(stage.model)} is not a role name; use letters, digits and _")
     if (stage.stop is None) == (stage.steps is None):
         problems.append(f"{where}: give exactly one of `stop` ({' or '.join(STOPS)}) and `steps`")
     if stage.stop is not None and stage.stop not in STOPS:

@@ -17,9 +17,8 @@ from evs_framework.plan import (ConvertOp, DenoiseOp, LatentOp, Plan, PlannedMod
                                 untrained_timesteps)
 from evs_framework.plugins import Catalogue, Plugins
 from evs_framework.registry import Registry
-from evs_framework.spec import ContextChoice, Spec
+from evs_framework.spec import EVERY_ROLE, ContextChoice, Spec
 
-ROLE_TYPES = {"idm": "t2i", "vdm": "t2v"}
 # a later stage entering above this multiple of the first stage's level is reported (the example config's
 # T2V window enters at 1.3x)
 RENOISE_WARNING = 1.5
@@ -54,6 +53,7 @@ class _Planner:
         self.notes: list[str] = []
         self.ops: list = []
         self.models: dict[str, PlannedModel] = {}
+        self.role_types: dict[str, str] = {}  # the composition's declared roles and the model type each takes
         self.failed: set[str] = set(broken_roles)  # roles whose model or a stage already had a problem
         # the trajectory so far
         self.sigma, self.has_prediction = 0.0, False
@@ -113,21 +113,24 @@ class _Planner:
                                  f"{written(defaults[key])} is, got {written(value)}")
 
     def model(self, role: str, where: str) -> PlannedModel | None:
-        if role in self.models or role in self.failed:
+        if role in self.models or role in self.failed or EVERY_ROLE <= self.failed:
             return self.models.get(role)
         self.failed.add(role)
         choice = self.spec.models.get(role)
         if choice is None:
-            self.problem(f"{where}: the composition uses the {role} model but the spec names none; add models.{role}")
+            close = did_you_mean(role, self.spec.models, list_all=False) if self.spec.models else ""
+            self.problem(f"{where}: the composition uses the {role} model but the spec names none{close}; add "
+                         f"models.{role}")
             return None
         try:
             entry = self.registry.get(choice.name)
         except EVSError as exc:
             self.problem(f"$.models.{role}.name: {exc}")
             return None
-        if entry.type != ROLE_TYPES[role]:
+        needed = self.role_types.get(role)
+        if needed is not None and entry.type != needed:
             self.problem(f"$.models.{role}.name: {entry.name!r} is a {entry.type} model but the {role} role needs a "
-                         f"{ROLE_TYPES[role]} model")
+                         f"{needed} model")
         self.provides("backends", entry.kind, f"$.models.{role}.name: ",
                       f"model {entry.name!r} needs backend {entry.kind!r}, which no loaded plugin provides; install its "
                       f"plugin (`evs plugins` lists what is loaded)")
@@ -194,10 +197,10 @@ class _Planner:
 
     def check_models(self) -> None:
         for role in self.spec.models:
-            if role in ROLE_TYPES:
-                self.model(role, f"$.models.{role}")
+            self.model(role, f"$.models.{role}")
 
     def plan(self, composition: Composition) -> Plan:
+        self.role_types = dict(composition.roles)
         self.check_plugin_settings()
         if self.problems:  # the stages would be planned from settings the spec did not set: only the models are checked
             self.check_models()
@@ -209,12 +212,13 @@ class _Planner:
             compile_stages(composition, builder)
 
         windows = self.spec.settings.stable_steps
-        if not self.failed and not builder.stages_planned:
+        planned = not self.failed and not self.problems  # else these would only echo the problems found
+        if planned and not builder.stages_planned:
             self.problem(f"{composition.name}: the planner emitted no stage")
-        if not self.failed and self.sigma != 0.0:
+        if planned and self.sigma != 0.0:
             self.problem(f"{composition.name}: the last stage stops at sigma {self.sigma:.4g} with noise left; "
                          f"let the last stage run to `stop: end`")
-        if not self.failed and self.used_windows < len(windows):
+        if planned and self.used_windows < len(windows):
             if any(s.stop == "window" for s in composition.all_stages) or self.used_windows:
                 self.problem(f"$.settings.stable_steps: {len(windows)} windows given but composition {composition.name} "
                              f"switches models at {self.used_windows}; drop the extra entries")
@@ -479,7 +483,7 @@ class PlanBuilder:
         index = self.stages_planned
         self.stages_planned += 1
         where = f"{self.composition} stage {index + 1} ({stage.model})"
-        shape = check_stage(stage, where)
+        shape = check_stage(stage, where, self._planner.role_types)
         if shape:
             self._planner.problems.extend(shape)
             return False
@@ -494,9 +498,15 @@ class PlanBuilder:
 def compile_stages(composition: Composition, builder: PlanBuilder) -> None:
     """A composition file as a planner: its stages, its per-window stages once per `stable_steps` entry, then its
     cycle until the cycle's `until` model has run to its end."""
+    windows = builder.settings.stable_steps
+    stops = sum(stage.stop == "window" for stage in composition.stages)
+    if stops > len(windows):
+        builder.problem(f"its stages switch models at {stops} windows but $.settings.stable_steps has {len(windows)} "
+                        f"({list(windows)}); give {stops} entries, the steps left at each switch")
+        return
     for stage in composition.stages:
         builder.stage(stage)
-    for _ in builder.settings.stable_steps if composition.per_window else ():
+    for _ in windows if composition.per_window else ():
         for stage in composition.per_window:
             builder.stage(stage)
     cycle = composition.cycle

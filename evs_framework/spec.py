@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import attrs
-from evs_framework.composition import Composition, check_composition
+from evs_framework.composition import ROLE_NAME, Composition, check_composition
 from evs_framework.convert import CONVERTER, structure_fields
 from evs_framework.datafile import read_data_file
 from evs_framework.errors import SpecError, written
@@ -25,7 +25,7 @@ UPSCALE_MODES = ("bicubic", "bilinear", "nearest-exact")
 MIN_UPSCALE, MAX_UPSCALE = 0.25, 8.0
 MAX_SIDE = 8192  # pixels, before upscaling
 MAX_FRAMES = 4096
-ROLES = ("idm", "vdm")
+EVERY_ROLE = frozenset({"*"})  # the roles that cannot be planned when a spec's `models` could not be read at all
 NO_INPUTS = "$.inputs: no videos given"
 
 
@@ -244,7 +244,7 @@ class ParsedSpec:
         """Roles whose model cannot be planned: unreadable, or with a bad value (`models` as a whole: every role)."""
         tainted = self.tainted
         if "models" in tainted:
-            return frozenset(ROLES) | frozenset(self.spec.models)
+            return EVERY_ROLE | frozenset(self.spec.models)
         return self.broken_roles | {section.split(".", 1)[1] for section in tainted if section.startswith("models.")}
 
 
@@ -300,7 +300,7 @@ def _native_spec(data: dict, origins: list[str] | None = None) -> ParsedSpec:
         if merged is not None and i < len(inputs):
             inputs[i] = attrs.evolve(inputs[i], settings=merged)
     spec = attrs.evolve(spec, inputs=tuple(inputs))
-    return ParsedSpec(spec, tuple(problems), frozenset() if "models" in values else frozenset(ROLES))
+    return ParsedSpec(spec, tuple(problems), frozenset() if "models" in values else EVERY_ROLE)
 
 
 def overridden_settings(base: Settings, overrides: dict, path: str) -> tuple[Settings | None, list[str]]:
@@ -354,8 +354,9 @@ def check_spec(spec: Spec) -> list[str]:
     problems += [f"$.inputs[{i}].seed: {item.seed} is outside 0..2**64-1; use a smaller non-negative integer"
                  for i, item in enumerate(spec.inputs) if item.seed is not None and not 0 <= item.seed < 2**64]
     for role, choice in spec.models.items():
-        if role not in ROLES:
-            problems.append(f"$.models.{role}: unknown role; use idm (text-to-image) and vdm (text-to-video)")
+        if not ROLE_NAME.fullmatch(role):
+            problems.append(f"$.models.{role}: a role is a name of letters, digits and _, one that the "
+                            f"composition declares")
         if not MIN_UPSCALE <= choice.upscale <= MAX_UPSCALE:
             problems.append(f"$.models.{role}.upscale: {choice.upscale} is outside {MIN_UPSCALE}..{MAX_UPSCALE}; "
                             f"latents are resized by this factor (2.0 doubles each side)")
@@ -423,7 +424,7 @@ def parse_spec(data, source: str = "spec", folder: Path | None = None, stem: str
     """The spec in `data` (an original EVS config or a native spec) with every structural and value problem."""
     if not isinstance(data, dict):
         return ParsedSpec(Spec(inputs=(), models={}), (f"$: the top level must be a mapping of keys to values, got "
-                                                       f"{written(data)}",), frozenset(ROLES))
+                                                       f"{written(data)}",), EVERY_ROLE)
     if "mp4_files" in data:
         parsed = _seed_spec(data)
     else:

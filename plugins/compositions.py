@@ -9,6 +9,8 @@ from evs_framework.hookspecs import hookimpl
 from evs_framework.registry import PACKAGE_DATA
 
 COMPOSITIONS_DIR = Path(str(PACKAGE_DATA / "compositions"))
+# the paper's two roles: its T2I ("image diffusion model") and its T2V ("video diffusion model")
+PAPER_ROLES = {"idm": "t2i", "vdm": "t2v"}
 
 
 @hookimpl

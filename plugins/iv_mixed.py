@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from evs_framework.composition import Composition, Stage
 from evs_framework.hookspecs import hookimpl
+from evs_plugins.compositions import PAPER_ROLES
 
 NAME = "IV_mixed"
 ZIGZAG_GUIDANCE = 4.0  # the code's i_sigma / v_sigma: +4 while denoising, -4 while inverting
@@ -46,4 +47,4 @@ def iv_mixed(builder) -> None:
 @hookimpl
 def register_compositions(register):
     register(NAME, Composition(NAME, "IV-Mixed Sampler: at each T2V step, T2I and T2V denoise, invert back, then the "
-                                     "T2V steps", planner=iv_mixed))
+                                     "T2V steps", roles=PAPER_ROLES, planner=iv_mixed))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from evs_framework.composition import Composition, Stage, StageOp
 from evs_framework.hookspecs import hookimpl
+from evs_plugins.compositions import PAPER_ROLES
 from evs_framework.schedules import start_level
 from evs_framework.transfer import Transfer, TransferContext
 from evs_plugins.transfers import invert, levels_above_clean
@@ -110,4 +111,4 @@ def register_settings(register):
 def register_compositions(register):
     register(NAME, Composition(NAME, "VideoElevator: every T2I step, a filtered T2V window at each stable_steps "
                                      "entry, inverted back with the T2I and kept to correct the steps after it",
-                               planner=videoelevator))
+                               roles=PAPER_ROLES, planner=videoelevator))

@@ -267,3 +267,36 @@ def test_a_t2v_at_the_source_size_runs_its_window_there_and_hands_back_at_the_t2
 def test_source_size_and_upscale_on_one_model_are_refused(clip_file, plugins, registry):
     with pytest.raises(SpecError, match="models.vdm.source_size: a model at the source size cannot also upscale"):
         make_plan(native(clip_file, vdm={"source_size": True, "upscale": 2.0}), registry, plugins)
+
+
+def test_a_composition_with_a_third_role_plans_and_runs_with_exact_totals(clip_file, plugins, registry, tiny_backends):
+    """IDM_VDM_IDM_style: a T2I, a T2V, then a second T2I for the last steps, each role named by the spec."""
+    spec = attrs.evolve(native(clip_file, "IDM_VDM_IDM_style", stable_steps=[8, 3]),
+                        models={**native(clip_file).models, "style": native(clip_file).models["idm"]})
+    plan = make_plan(spec, registry, plugins)
+    denoise = [op for op in plan.ops if isinstance(op, DenoiseOp)]
+    assert [op.model for op in denoise] == ["idm", "vdm", "idm", "style"]
+    assert denoise[-1].steps == 3 and denoise[-1].sigmas[-1] == 0.0  # the style model takes the last 3 steps
+    backends = {**tiny_backends[1], "style": tiny_backends[1]["idm"]}
+    records, made = run_counted(spec, plan, backends, plugins)
+    assert unplanned_calls(records) == [] and made == {r: t["unet_calls"] for r, t in plan.totals().items()}
+    assert set(made) == {"idm", "vdm", "style"} and made["style"] > 0
+
+
+def test_a_composition_needs_a_window_for_each_switch_its_stages_make(clip_file, plugins, registry):
+    spec = attrs.evolve(native(clip_file, "IDM_VDM_IDM_style"),
+                        models={**native(clip_file).models, "style": native(clip_file).models["idm"]})
+    with pytest.raises(PlanError) as raised:
+        make_plan(spec, registry, plugins)
+    assert raised.value.problems == ["IDM_VDM_IDM_style: its stages switch models at 2 windows but "
+                                     "$.settings.stable_steps has 1 ([5]); give 2 entries, the steps left at each "
+                                     "switch"]
+
+
+def test_a_role_the_spec_does_not_name_is_reported_with_the_closest_one(clip_file, plugins, registry):
+    spec = attrs.evolve(native(clip_file, "IDM_VDM_IDM_style", stable_steps=[8, 3]),
+                        models={**native(clip_file).models, "styel": native(clip_file).models["idm"]})
+    with pytest.raises(PlanError) as raised:
+        make_plan(spec, registry, plugins)
+    assert any("uses the style model but the spec names none (did you mean 'styel'?); add models.style" in p
+               for p in raised.value.problems)

@@ -16,6 +16,12 @@ def test_the_toy_spec_plans_without_missing_files(capsys):
     assert "inputs: 1 video(s)" in out and "--allow-missing" not in out
 
 
+def test_the_three_model_toy_spec_plans_each_roles_calls(capsys):
+    assert main(["plan", str(TOY / "style.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "style: toyWatercolor [sd15_lora]" in out and "style toyWatercolor: 4 denoising steps, 8 unet calls" in out
+
+
 def test_the_toy_manifest_batch_plans_its_two_rows(capsys):
     assert main(["plan", str(TOY / "batch.yaml")]) == 0
     assert "inputs: 2 video(s)" in capsys.readouterr().out

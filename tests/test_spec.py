@@ -86,9 +86,18 @@ def test_native_spec_errors_carry_paths():
 
 def test_inline_composition_shape_is_checked():
     problems = _problems({"inputs": [{"video": "a.mp4", "prompt": "p"}], "models": {"idm": {"name": "SD"}},
-                          "composition": {"stages": [{"model": "image", "enter": "random", "start": 0.5}]}})
-    assert any("$.composition.stages[0].model" in p for p in problems)
+                          "composition": {"stages": [{"model": "the image model", "enter": "random", "start": 0.5}]}})
+    assert any("$.composition.stages[0].model: 'the image model' is not a role name" in p for p in problems)
     assert any("exactly one of `stop`" in p for p in problems)
+
+
+def test_a_stage_must_use_a_role_its_composition_declares():
+    problems = _problems({"inputs": [{"video": "a.mp4", "prompt": "p"}], "models": {"idm": {"name": "SD"}},
+                          "composition": {"roles": {"idm": "t2i", "style": "t2x"},
+                                          "stages": [{"model": "stlye", "enter": "random", "start": 0.5, "stop": "end"}]}})
+    assert "$.composition.roles.style: 't2x' is not a model type; use one of t2i, t2v" in problems
+    assert ("$.composition.stages[0].model: 'stlye' is not a role of this composition (did you mean 'style'?); use one "
+            "of idm, style") in problems
 
 
 def test_missing_or_malformed_file(tmp_path):
