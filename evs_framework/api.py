@@ -7,8 +7,9 @@
     result.frames                                                 # the same kind of array, same value range
     result.record["unet_calls"], result.record["ops"]             # the plan and what the run did
 
-Settings overrides (`composer(frames, prompt, settings={"idm_inverse_strength": 0.5})`) re-plan without reloading
-a weight. The spec's inputs are not read (a mapping needs none): the frames given are the video.
+Settings overrides (`composer(frames, prompt, settings={"idm_inverse_strength": 0.5})`) and another composition
+(`composition="IDM_VDM"`) re-plan without reloading a weight; `composer.planned(...)` is that plan without running
+it. The spec's inputs are not read (a mapping needs none): the frames given are the video.
 
 For files, as `evs run` does it: `job = prepare_job("job.yaml")`, then `runner.run_job(job.spec, job.plan,
 job.context)`. The CLI is these functions behind its flags.
@@ -146,20 +147,36 @@ class Composer:
         self.plan = make_plan(self.spec, self.registry, self.plugins, self.context)
         self.backends = load_backends(self.plan, self.context)
 
-    def __call__(self, frames, prompt: str, *, seed: int | None = None, negative_prompt: str | None = None,
-                 settings: dict | None = None) -> Result:
-        """Compose `frames` (T, H, W, 3) for `prompt`. `seed` defaults to one made from the spec's seed and the frames'
-        content; `settings` overrides the spec's composition settings for this call."""
-        started = time.perf_counter()
-        spec, plan = self.spec, self.plan
+    def planned(self, *, settings: dict | None = None, composition: str | None = None) -> tuple[Spec, Plan]:
+        """The spec and plan a call with these overrides runs, planned without loading or running anything: `settings`
+        override the spec's composition settings, `composition` names another composition (`evs plugins` lists them).
+        A bad setting raises a SpecError, a schedule that cannot run a PlanError."""
+        if not settings and composition is None:
+            return self.spec, self.plan
+        spec = self.spec
         if settings:
             merged, problems = overridden_settings(spec.settings, settings, "settings")
             problems += settings_problems(merged, "settings") if merged is not None else []
             if problems:
                 raise SpecError(problems, "Composer call")
             spec = attrs.evolve(spec, settings=merged)
-            plan = make_plan(spec, self.registry, self.plugins, self.context)
-            load_backends(plan, self.context)  # loaded once: the context keeps them
+        if composition is not None:
+            spec = attrs.evolve(spec, composition=composition)
+        return spec, make_plan(spec, self.registry, self.plugins, self.context)
+
+    def _backends(self, plan: Plan) -> dict:
+        """The backends of the roles `plan` runs, loading any the spec's own plan left out (once: the context keeps
+        them)."""
+        if not plan.models.keys() <= self.backends.keys():
+            self.backends = {**self.backends, **load_backends(plan, self.context)}
+        return {role: self.backends[role] for role in plan.models}
+
+    def __call__(self, frames, prompt: str, *, seed: int | None = None, negative_prompt: str | None = None,
+                 settings: dict | None = None, composition: str | None = None) -> Result:
+        """Compose `frames` (T, H, W, 3) for `prompt`. `seed` defaults to one made from the spec's seed and the frames'
+        content; `settings` and `composition` override the spec's for this call (see `planned`)."""
+        started = time.perf_counter()
+        spec, plan = self.planned(settings=settings, composition=composition)
         video, to_output = _as_video(frames)
         video = video[::spec.video.stride][:spec.video.max_frames]
         video, notes = fit_frames(video, "the frames given", fit=spec.video.fit, size=spec.video.size)
@@ -167,7 +184,7 @@ class Composer:
         if problems:
             raise VideoError("; ".join(problems))
         seed = derived_seed(spec.seed, hashlib.sha256(video.numpy().tobytes()).hexdigest()) if seed is None else seed
-        made = synthesize(spec, plan, self.backends, self.context, video, prompt,
+        made = synthesize(spec, plan, self._backends(plan), self.context, video, prompt,
                           spec.negative_prompt if negative_prompt is None else negative_prompt, seed)
         record = {"composition": plan.composition, "plan": format_plan(made.plan), "seed": seed, "input_notes": list(notes),
                   "seconds": round(time.perf_counter() - started, 3), "unet_calls": made.unet_calls,

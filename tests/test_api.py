@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from evs_framework.api import Composer
-from evs_framework.errors import SpecError, VideoError
+from evs_framework.errors import PlanError, SpecError, VideoError
 from evs_framework.testing.zoo import make_synthetic_clip
 from tests.test_readme import block_starting
 
@@ -70,3 +70,17 @@ def test_frames_of_the_wrong_shape_or_range_are_refused(composer, frames, zoo):
 def test_the_readme_example_runs(capsys):
     exec(compile(block_starting("python", "from evs_framework.api import Composer"), "README", "exec"), {})
     assert capsys.readouterr().out.strip() == "(16, 128, 128, 3) {'idm': 24, 'vdm': 2}"
+
+
+def test_a_call_may_run_another_composition_with_the_same_models(composer, frames, zoo):
+    unet = composer.backends["idm"].unet
+    alone = composer(frames, "a red ball", composition="IDM")
+    assert alone.record["composition"] == "IDM" and alone.record["unet_calls"] == {"idm": 40}  # no T2V call
+    assert composer.backends["idm"].unet is unet and composer.plan.composition == "IDM_VDM_IDM"
+    spec, plan = composer.planned(composition="VDM", settings={"vdm_inverse_strength": 0.5})
+    assert spec.composition == plan.composition == "VDM" and spec.settings.vdm_inverse_strength == 0.5
+    with pytest.raises(PlanError, match="unknown composition 'EVS2'"):
+        composer.planned(composition="EVS2")
+    t2i_only = Composer({**TINY, "composition": "IDM"}, device="cpu", weights_dirs=[zoo])
+    assert set(t2i_only.backends) == {"idm"}  # the T2V model loads when a call's composition needs it
+    assert t2i_only(frames, "a red ball", composition="IDM_VDM_IDM").record["unet_calls"] == {"idm": 40, "vdm": 2}
