@@ -97,7 +97,12 @@ class DenoiseOp:
 
     @property
     def steps(self) -> int:
-        return self.stop_level - self.first_level
+        return len(self.sigmas) - 1
+
+    @property
+    def off_grid(self) -> bool:
+        """Whether its first step is evaluated at a sigma between its model's levels (`start: current`)."""
+        return self.steps > self.stop_level - self.first_level
 
 
 @attrs.frozen

@@ -46,11 +46,14 @@ def format_plan(plan: Plan, title: str = "") -> str:
             detail = " ".join(f"{k}={v}" for k, v in op.params.items())
             rows.append((i, op.stage + 1, op.name, name, detail, "clean", "-", "-", 0))
         elif isinstance(op, TransferOp):
-            timestep = plan.models[op.model].schedule.timestep_of_level(op.level)
-            steps = op.evaluations or "-"
+            schedule = plan.models[op.model].schedule
+            timestep = schedule.timestep_of_level(op.level)
+            if op.sigma_to != schedule.levels[op.level]:  # an off-grid entry, above the level
+                where = f"off grid (t={schedule.train.timestep_at(op.sigma_to):g})"
+            else:
+                where = f"level {op.level}" + (f" (t={timestep:g})" if timestep is not None else "")
             rows.append((i, op.stage + 1, "transfer", name, op.strategy,
-                         f"{_sigma(op.sigma_from)} -> {_sigma(op.sigma_to)}",
-                         f"level {op.level}" + (f" (t={timestep:g})" if timestep is not None else ""), steps,
+                         f"{_sigma(op.sigma_from)} -> {_sigma(op.sigma_to)}", where, op.evaluations or "-",
                          _calls(op)))
         elif isinstance(op, DenoiseOp):
             preset = plan.models[op.model].entry.preset
@@ -58,7 +61,10 @@ def format_plan(plan: Plan, title: str = "") -> str:
             if preset.trained_timesteps:
                 off = untrained_timesteps(preset, op.timesteps)
                 trained = f", off trained t={' '.join(map(str, off))}" if off else ", on trained levels"
-            rows.append((i, op.stage + 1, "denoise", name, f"levels {op.first_level}..{op.stop_level}{trained}",
+            levels = f"levels {op.first_level}..{op.stop_level}"
+            if op.off_grid:
+                levels = "off grid" + (f", then {levels}" if op.stop_level > op.first_level else f" -> level {op.first_level}")
+            rows.append((i, op.stage + 1, "denoise", name, f"{levels}{trained}",
                          f"{_sigma(op.sigmas[0])} -> {_sigma(op.sigmas[-1])}",
                          " ".join(f"{t:g}" for t in op.timesteps), op.steps, _calls(op)))
     widths = [max(len(str(row[c])) for row in rows) for c in range(len(rows[0]) - 1)]

@@ -273,26 +273,30 @@ class _Planner:
                 fix = "the model has already run to its end"
             self.problem(f"{where}: start {start!r} leaves none of the model's {total} steps to run; {fix}")
             return
+        # `current` between two of the model's levels: its first step is evaluated at the present sigma itself
+        entry = self.sigma if (start == "current" and first_level is None
+                               and schedule.levels[first] < self.sigma * (1 - 1e-9)) else None
+        extra = 0 if entry is None else 1  # that step comes before the model's level `first`
 
         windows = self.spec.settings.stable_steps
         if steps == 0:  # a transfer alone: the trajectory moves to the level, no model step follows
-            self.enter(index, model, enter, first, stage, where)
-            self.sigma, self.has_prediction = schedule.levels[first], False
+            self.enter(index, model, enter, first, stage, where, entry)
+            self.sigma, self.has_prediction = schedule.levels[first] if entry is None else entry, False
             return
         if steps is not None:
-            stop = first + steps if isinstance(steps, int) else -1
+            stop = first + steps - extra if isinstance(steps, int) else -1
             if fit and stop > total:
                 stop = total
-            if stop <= first or stop > total:
+            if stop - first + extra < 1 or stop > total:
                 asked = f"{setting_path(stage.steps)}={steps}" if isinstance(stage.steps, str) else str(steps)
-                self.problem(f"{where}: {asked} steps, but only {total - first} of the model's {total} "
+                self.problem(f"{where}: {asked} steps, but only {total - first + extra} of the model's {total} "
                              f"steps remain from level {first} (t={schedule.timesteps[first]}); lower it or raise the strength")
                 return
         elif stage.stop == "window" and self.used_windows < len(windows):
             k = self.used_windows
             self.used_windows += 1
             stop = total - windows[k]
-            if stop <= first:
+            if stop - first + extra < 1:
                 if start == "resume":
                     self.problem(f"{where}: windows overlap: $.settings.stable_steps[{k}]={windows[k]} leaves no step "
                                  f"after the previous window (stable_steps[{k - 1}]={windows[k - 1]}); list stable_steps in strictly "
@@ -304,11 +308,14 @@ class _Planner:
         else:
             stop = total
 
-        self.enter(index, model, enter, first, stage, where)
-        # a resumed model picks up at its own next level, and `current` the level at or below, by design
+        self.enter(index, model, enter, first, stage, where, entry)
+        # a resumed model picks up at its own next level, and `current` at the present one, by design
         if start not in ("resume", "current") and first_level is None and self.ops and isinstance(self.ops[-1], TransferOp):
             self.note_level_jump(where, model, self.ops[-1].sigma_to)
         sigmas = schedule.levels[first:stop + 1]
+        timesteps = schedule.timesteps[first:stop]
+        if entry is not None:
+            sigmas, timesteps = (entry, *sigmas), (schedule.train.timestep_at(entry), *timesteps)
         if any(b >= a for a, b in zip(sigmas, sigmas[1:])):
             self.problem(f"{where}: sigma does not decrease over levels {first}..{stop} ({sigmas}); "
                          f"use fewer steps or another spacing")
@@ -319,10 +326,9 @@ class _Planner:
         sampler = self.catalogue.get("samplers", model.sampler)
         per_call = model.calls_per_step if guidance is None else calls_per_evaluation(guidance)
         calls = sampler.calls(tuple(sigmas), model.sampler_params) * per_call
-        self.ops.append(DenoiseOp(index, stage.model, model.sampler, first, stop, tuple(sigmas),
-                                  schedule.timesteps[first:stop], calls, model.sampler_params,
-                                  None if guidance is None else float(guidance)))
-        off_trained = untrained_timesteps(model.entry.preset, schedule.timesteps[first:stop])
+        self.ops.append(DenoiseOp(index, stage.model, model.sampler, first, stop, tuple(sigmas), tuple(timesteps), calls,
+                                  model.sampler_params, None if guidance is None else float(guidance)))
+        off_trained = untrained_timesteps(model.entry.preset, timesteps)
         if off_trained:
             self.notes.append(f"{where}: {model.entry.name} steps at t={list(off_trained)} are not among the timesteps it "
                               f"was distilled on ({list(model.entry.preset.trained_timesteps)}); expect weaker results, "
@@ -330,10 +336,11 @@ class _Planner:
         self.resume[stage.model] = stop
         self.sigma, self.has_prediction = sigmas[-1], True
 
-    def enter(self, index: int, model: PlannedModel, mode: str, first: int, stage: Stage, where: str) -> None:
-        """Ops that bring the trajectory onto `model`'s level `first`: a conversion when it leaves another latent
-        space, a resize to the size it works at (evs_framework.spec.ModelChoice) and the stage's latent ops, then a
-        transfer."""
+    def enter(self, index: int, model: PlannedModel, mode: str, first: int, stage: Stage, where: str,
+              entry: float | None = None) -> None:
+        """Ops that bring the trajectory onto `model`'s level `first` (or to sigma `entry`, above it, where the model
+        enters off its grid): a conversion when it leaves another latent space, a resize to the size it works at
+        (evs_framework.spec.ModelChoice) and the stage's latent ops, then a transfer."""
         converted = self.convert_to(index, model, where)
         upscaled = self.resize_for(index, model, where)
         for op in stage.ops:
@@ -361,12 +368,12 @@ class _Planner:
         given = {k: self.setting(v, where) for k, v in stage.transfer_params.items()}
         self.problems.extend(unknown_parameters(f"transfer {mode!r}", transfer.parameters, given, f"{where}: transfer_params"))
         schedule = model.schedule
-        levels = tuple(reversed(schedule.levels[first:]))
+        levels = tuple(reversed(schedule.levels[first:])) + (() if entry is None else (entry,))
         params = {**transfer.parameters, **given}
         guidance = self.spec.settings.inversion_guidance if params.get("guidance") is None else params["guidance"]
         sigma_from = 0.0 if changed else self.sigma  # the executor hands a changed latent over as clean
         evaluations = transfer.evaluations(levels, sigma_from, params)
-        self.ops.append(TransferOp(index, model.role, mode, first, sigma_from, schedule.levels[first], levels,
+        self.ops.append(TransferOp(index, model.role, mode, first, sigma_from, levels[-1], levels,
                                    evaluations * calls_per_evaluation(guidance), params, evaluations))
 
     def resize_for(self, index: int, model: PlannedModel, where: str) -> bool:

@@ -13,6 +13,7 @@ from evs_framework.errors import PlanError, SpecError
 from evs_framework.executor import unplanned_calls
 from evs_framework.hookspecs import hookimpl
 from evs_framework.plan import DenoiseOp, LatentOp, TransferOp
+from evs_framework.plan_text import format_plan
 from evs_framework.planner import make_plan
 from evs_framework.plugins import load_plugins
 from evs_framework.transfer import Transfer
@@ -300,3 +301,40 @@ def test_a_role_the_spec_does_not_name_is_reported_with_the_closest_one(clip_fil
         make_plan(spec, registry, plugins)
     assert any("uses the style model but the spec names none (did you mean 'styel'?); add models.style" in p
                for p in raised.value.problems)
+
+
+def test_current_between_two_levels_evaluates_the_model_at_the_present_sigma(clip_file, plugins, registry,
+                                                                             tiny_backends):
+    """EVERY_K's T2V (8 Lightning levels) enters where the T2I (EP's 50) stopped, between two of its own levels: its
+    first step is taken from that sigma, at that sigma's timestep, with no silent snap to a lower level."""
+    spec = with_composition(clip_file, parse_composition(EVERY_K, "every_k", "test"))
+    plan = make_plan(spec, registry, plugins)
+    vdm = plan.models["vdm"].schedule
+    entries = [(before, transfer, op) for before, transfer, op in zip(plan.ops, plan.ops[1:], plan.ops[2:])
+               if isinstance(op, DenoiseOp) and op.off_grid]
+    assert entries
+    for before, transfer, op in entries:
+        assert op.model == "vdm" and op.sigmas[0] == before.sigmas[-1] == transfer.sigma_to
+        assert vdm.levels[op.first_level] < op.sigmas[0] < vdm.levels[op.first_level - 1]
+        assert op.sigmas[1] == vdm.levels[op.first_level] and op.steps == 1
+        assert op.timesteps[0] == pytest.approx(vdm.train.timestep_at(op.sigmas[0]))
+    assert "off grid" in format_plan(plan, "spec")
+
+    class Recording:
+        """The T2V backend, with the timestep of every evaluation kept."""
+
+        def __init__(self, backend):
+            self.backend, self.asked = backend, []
+
+        def __getattr__(self, name):
+            return getattr(self.backend, name)
+
+        def predict(self, x, t, conditioning):
+            self.asked.append(t)
+            return self.backend.predict(x, t, conditioning)
+
+    recording = Recording(tiny_backends[1]["vdm"])
+    records, _ = run_counted(spec, plan, {**tiny_backends[1], "vdm": recording}, plugins)
+    assert unplanned_calls(records) == []
+    for _, _, op in entries:
+        assert any(t == pytest.approx(op.timesteps[0]) for t in recording.asked)

@@ -3,6 +3,8 @@ model, and plans whose call counts are what every built-in sampler, transfer and
 
 import math
 
+import attrs
+
 import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
@@ -95,18 +97,22 @@ def test_wrong_sampler_choices_are_named_with_the_fix(clip_file, plugins, regist
 
 
 SAMPLERS = ("euler", "ddim", "heun", "dpmpp_2m", "lcm")
-COMPOSITIONS = ("IDM", "VDM", "basic", "IDM_VDM", "VDM_IDM", "IDM_VDM_IDM", "IV_mixed", "videoelevator")
+COMPOSITIONS = ("IDM", "VDM", "basic", "IDM_VDM", "VDM_IDM", "IDM_VDM_IDM", "IDM_VDM_IDM_style", "IV_mixed",
+                "videoelevator")
+THREE_ROLES = {"IDM_VDM_IDM_style": {"stable_steps": [8, 3]}}  # the style role is the T2I's model again
 
 
 @pytest.mark.parametrize("composition", COMPOSITIONS)
 def test_plan_totals_are_the_calls_every_sampler_and_transfer_makes(composition, tiny_backends, plugins, registry):
-    _, backends = tiny_backends
+    backends = {**tiny_backends[1], "style": tiny_backends[1]["idm"]}
     transfers_seen = set()
     for sampler in SAMPLERS:
         for idm_invert, using_attn in (("random", False), ("ddim", True)):
             spec = native("clip.mp4", composition, idm={"sampler": sampler}, vdm={"sampler": sampler},
                           using_attn=using_attn, idm_invert_mode=idm_invert, vdm_invert_mode="ddim",
-                          idm_invert_mode_2="ddim")
+                          idm_invert_mode_2="ddim", **THREE_ROLES.get(composition, {}))
+            if composition in THREE_ROLES:
+                spec = attrs.evolve(spec, models={**spec.models, "style": spec.models["idm"]})
             plan = make_plan(spec, registry, plugins)
             records, made = run_counted(spec, plan, backends, plugins)
             assert unplanned_calls(records) == [], (sampler, composition)
