@@ -4,7 +4,6 @@ model, and plans whose call counts are what every built-in sampler, transfer and
 import math
 
 import attrs
-
 import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
