@@ -501,9 +501,16 @@ def cmd_models(args, plugins, registry) -> int:
 
     context = load_context(plugins, registry, device="cpu", weights_dirs=args.weights_dir)
     kinds = plugins.catalogue.names("backends")
-    name_width = max(len(name) for name in registry.entries)
-    for entry in registry.entries.values():
+    aliases: dict[str, list[str]] = {}  # a plugin's model is listed once, under `plugin:name`, with its bare name
+    for key, entry in registry.entries.items():
+        if key != entry.name:
+            aliases.setdefault(entry.name, []).append(key)
+    entries = [entry for key, entry in registry.entries.items() if key == entry.name]
+    name_width = max(len(entry.name) for entry in entries)
+    for entry in entries:
         missing = "" if entry.kind in kinds else f"  (no loaded plugin provides kind {entry.kind!r} yet)"
+        if entry.name in aliases:
+            missing += f"  (also named {', '.join(aliases[entry.name])})"
         try:
             where = weight_path(entry, context)
             weights = f"weights here: {where}" if where else "no weight files"

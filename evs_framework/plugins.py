@@ -1,9 +1,9 @@
 """Loading plugins and collecting what they provide into a catalogue.
 
-Built-in plugins are ordinary plugin modules: they are declared as `evs` entry points in pyproject.toml,
-exactly as a third-party package would declare its own, and they are also listed here so that EVS works
-from a source checkout that was never installed. `EVS_PLUGINS=name,name` limits which third-party entry
-points load (an empty value loads none); built-ins always load.
+Built-in plugins are ordinary plugin modules, written against the same hooks as a third-party package's; this
+module's list of them is the one place they are named (a third-party package declares its own as `evs` entry
+points). `EVS_PLUGINS=name,name` limits which third-party entry points load (an empty value loads none); built-ins
+always load.
 
 Every name a plugin provides can be written `<plugin>:<name>`. The bare name goes to its first provider, built-ins
 before third-party plugins, so installing a plugin never takes a name away from EVS itself; two third-party

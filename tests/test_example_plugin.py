@@ -32,7 +32,7 @@ def example(tmp_path, monkeypatch):
     points = "".join(f"{name} = {value}\n" for name, value in project["entry-points"]["evs"].items())
     (info / "entry_points.txt").write_text("[evs]\n" + points)
     monkeypatch.syspath_prepend(str(site))
-    monkeypatch.delenv("EVS_PLUGINS")
+    monkeypatch.setenv("EVS_PLUGINS", ",".join(project["entry-points"]["evs"]))  # it alone, not what is installed
     plugins = load_plugins()
     yield plugins, load_registry(plugins=plugins)
     sys.modules.pop("evs_example_plugin", None)
@@ -52,6 +52,18 @@ def test_everything_it_provides_is_listed_under_its_name(example):
     assert {("samplers", "midpoint"), ("transfers", "shared_noise"), ("compositions", "every_k"),
             ("backends", "prompt_prefix"), ("settings", "every_k"), ("noise_schedules", "karras")} <= provided
     assert registry.get("EP_watercolor_prompt") is registry.get("evs_example:EP_watercolor_prompt")
+
+
+def test_evs_models_lists_its_models_once_with_their_bare_names(example, capsys):
+    from evs_framework import cli
+
+    plugins, registry = example
+    assert cli.cmd_models(cli.build_parser().parse_args(["models"]), plugins, registry) == 0
+    out = capsys.readouterr().out
+    listed = [line.split()[0] for line in out.splitlines() if line and not line.startswith(" ")]
+    assert "(also named EP_watercolor_prompt)" in out
+    assert listed.count("evs_example:EP_watercolor_prompt") == 1 and "EP_watercolor_prompt" not in listed
+    assert len(listed) == len(set(listed))
 
 
 def test_its_composition_runs_with_exact_totals_and_its_settings(example, clip_file, tmp_path, zoo):

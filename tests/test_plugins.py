@@ -1,6 +1,7 @@
 """Third-party plugins, installed the way a real package installs them (an `evs` entry point)."""
 
 import json
+import os
 import sys
 import textwrap
 
@@ -78,7 +79,9 @@ models:
 
 
 def install(site, dist: str, entry_name: str, module: str, source: str) -> None:
-    """Write a module and its dist-info with an `evs` entry point, as pip would."""
+    """Write a module and its dist-info with an `evs` entry point, as pip would, and let EVS load it (alone with the
+    others a test installs: plugins installed on the machine stay out)."""
+    os.environ["EVS_PLUGINS"] = ",".join(filter(None, [os.environ.get("EVS_PLUGINS"), entry_name]))
     (site / f"{module}.py").write_text(textwrap.dedent(source))
     info = site / f"{dist}-0.1.dist-info"
     info.mkdir()
@@ -91,7 +94,7 @@ def site(tmp_path, monkeypatch):
     folder = tmp_path / "site"
     folder.mkdir()
     monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.delenv("EVS_PLUGINS", raising=False)
+    monkeypatch.setenv("EVS_PLUGINS", "")  # install() adds each plugin it writes; set back after the test
     yield folder
     for module in ("evs_toy_plugin", "evs_dup_plugin"):
         sys.modules.pop(module, None)
