@@ -85,7 +85,8 @@ def register_samplers(register):
     agree with x_next, x_next = x0 + sigma_next * eps, as the trajectory carries both on. `ctx` is a `StepContext`:
     the step's index and the op's levels, the op, the sampler's parameters, `state` (new for each op: a multistep
     history) and `video_state` (for the whole video). `sampler.evaluations(sigma, sigma_next, params)` must say
-    how many times the step calls `denoise`: plans count with it, and runs report any step that differs.
+    how many times the step calls `denoise` (or `sampler.step_evaluations(step, sigmas, params)`, where the count
+    depends on the step's index in the op): plans count with it, and runs report any op that differs.
     `sampler.parameters` lists the parameters a spec may set (`models.<role>.sampler_params`) with defaults.
     """
 

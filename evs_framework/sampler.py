@@ -4,9 +4,11 @@ A sampler's `step(denoise, x, ctx)` moves the latent `x` from `ctx.sigma` to `ct
 `denoise(x, sigma)` (an `evs_framework.denoiser.Denoiser`) as often as it needs, and returns the new latent with
 the prediction the trajectory should carry on with: its clean estimate x0 and the noise eps that the new latent
 holds over it, x_next = x0 + sigma_next * eps (so re-noising with eps to sigma_next gives x_next back).
-`evaluations(sigma, sigma_next, params)` says how many calls that step makes, before guidance doubles them: the
-planner sums it over the schedule, so `evs plan` shows what a run will do, and the runner reports any step that did
-otherwise.
+`evaluations(sigma, sigma_next, params)` says how many calls that step makes, before guidance doubles them; a
+sampler whose count depends on the step's place in the op (a multistep method that starts with a single-step one, a
+corrector every k-th step) gives `step_evaluations(step, sigmas, params)` instead, with what its `StepContext` will
+hold. The planner sums it over the schedule, so `evs plan` shows what a run will do, and the runner reports any step
+that did otherwise.
 """
 
 from __future__ import annotations
@@ -52,11 +54,14 @@ class Sampler:
     evaluations: Callable[[float, float, Mapping[str, object]], int] = one_evaluation
     parameters: Mapping[str, float] = attrs.field(factory=dict)  # every parameter it reads, with its default
     description: str = ""
+    # (step within the op, the op's sigmas, params) -> evaluations; when given, it counts instead of `evaluations`
+    step_evaluations: Callable[[int, tuple[float, ...], Mapping[str, object]], int] | None = None
 
     def calls(self, sigmas: tuple[float, ...], params: Mapping[str, object]) -> int:
-        """Model evaluations over a run of consecutive levels, before guidance doubles them."""
+        """Model evaluations over a run of consecutive levels (one op's), before guidance doubles them."""
+        if self.step_evaluations is not None:
+            return sum(self.step_evaluations(step, sigmas, params) for step in range(len(sigmas) - 1))
         return sum(self.evaluations(a, b, params) for a, b in zip(sigmas, sigmas[1:]))
-
 
 
 def single_step(sampler: Sampler, denoise, x: torch.Tensor, sigma: float, sigma_next: float,

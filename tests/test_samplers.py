@@ -176,3 +176,30 @@ def test_guidance_one_or_zero_costs_one_call_with_one_prompt(guidance, row):
     assert [c.tolist() for c in seen] == [[conditioning[row].tolist()]]
     assert denoiser.calls == calls_per_evaluation(guidance) == 1
     assert calls_per_evaluation(7.5) == calls_per_evaluation(-4.0) == 2
+
+
+def test_a_sampler_whose_calls_depend_on_the_step_index_declares_them_and_the_plan_holds(clip_file, registry,
+                                                                                        tiny_backends):
+    """A corrector on every second step of an op (two evaluations there, one elsewhere), counted by step index."""
+    from evs_framework.hookspecs import hookimpl
+    from evs_framework.sampler import Sampler
+
+    def every_second_corrected(denoise, x, ctx):
+        prediction = denoise(x, ctx.sigma)
+        if ctx.step % 2:
+            prediction = denoise(prediction.x0 + ctx.sigma * prediction.eps, ctx.sigma)
+        return prediction.x0 + ctx.sigma_next * prediction.eps, prediction
+
+    class Plugin:
+        @hookimpl
+        def register_samplers(self, register):
+            register("every_second", Sampler("every_second", every_second_corrected,
+                                             step_evaluations=lambda step, sigmas, params: 1 + step % 2))
+
+    plugins = load_plugins(extra=[Plugin()])
+    spec = native(clip_file, "IDM_VDM_IDM", idm={"sampler": "every_second"})
+    plan = make_plan(spec, registry, plugins)
+    idm_steps = [op.steps for op in plan.ops if getattr(op, "sampler", None) == "every_second"]
+    assert plan.totals()["idm"]["unet_calls"] == 2 * sum(steps + steps // 2 for steps in idm_steps)  # 2: guidance
+    records, made = run_counted(spec, plan, tiny_backends[1], plugins)
+    assert unplanned_calls(records) == [] and made["idm"] == plan.totals()["idm"]["unet_calls"]
