@@ -233,12 +233,6 @@ def step_start(video, op, step, sigma):
 
 
 @hookspec
-def plan_ready(plan, video):
-    """Observe the plan a video runs, counted for its length (`plan.frames` when a model runs it in context windows),
-    before its denoising starts (`video` is the input path; None for frames given to the Python API)."""
-
-
-@hookspec
 def step_end(video, op, step, sigma, latents):
     """Observe the latent after each denoising step of op `op` (`step` counts from 0 within the op), now at `sigma`."""
 

@@ -222,7 +222,7 @@ class Synthesis:
 def synthesize(spec: Spec, plan: Plan, backends: dict, context: LoadContext, frames: torch.Tensor, prompt: str,
                negative_prompt: str | None, seed: int, progress: bool = False, video: Path | None = None) -> Synthesis:
     """Frames (F, 3, H, W) in [-1, 1] through the plan: encode, the plan's ops with the video's own noise, decode.
-    `video` is the input file, if any (for the plugins' plan_ready and the progress bar)."""
+    `video` is the input file, if any (for the progress bar)."""
     started = time.perf_counter()
     chunk, placement, catalogue = spec.output.decode_chunk, context.placement, context.plugins.catalogue
     label = video.name if video else ""
@@ -230,7 +230,6 @@ def synthesize(spec: Spec, plan: Plan, backends: dict, context: LoadContext, fra
     placement.use(encoder.module)
     source = encode(encoder, frames, chunk).to(context.device)
     plan = framed(plan, source.shape[0])
-    context.plugins.hook.plan_ready(plan=plan, video=video)
     denoisers = make_denoisers(plan, backends, prompt, negative_prompt, catalogue, placement)
     generator = torch.Generator("cpu").manual_seed(seed)
     run = VideoRun(spec, plan, backends, denoisers, source, generator, catalogue, context.device, placement=placement)

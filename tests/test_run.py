@@ -12,6 +12,7 @@ import torch
 from evs_framework import runner
 from evs_framework.cli import main
 from evs_framework.errors import EVSError, VideoError
+from evs_framework.hookspecs import hookimpl
 from evs_framework.io.vae import FrameCodec
 from evs_framework.planner import make_plan
 from evs_framework.runner import run_job
@@ -83,9 +84,23 @@ def test_a_failing_video_does_not_lose_the_others(seed_config, tmp_path, plugins
             raise EVSError("simulated failure")
         return real(*args)
 
+    class Observer:  # the video_done hook sees every video, the failed one too
+        def __init__(self):
+            self.seen = []
+
+        @hookimpl
+        def video_done(self, result):
+            self.seen.append(result.error)
+
     monkeypatch.setattr(runner, stage, fail_second)
-    results = run_job(spec, plan, context, progress=False)
+    observer = Observer()
+    context.plugins.manager.register(observer)
+    try:
+        results = run_job(spec, plan, context, progress=False)
+    finally:
+        context.plugins.manager.unregister(observer)
     assert [r.error for r in results] == [None, "simulated failure", None]
+    assert sorted(map(str, observer.seen)) == ["None", "None", "simulated failure"]  # as each ends, in any order
     assert results[0].output.is_file() and results[2].output.is_file()
     assert results[0].output != results[2].output  # same video twice gets distinct names
     assert not list(spec.output.dir.glob(".*"))  # every lock given back, no partial file left
