@@ -21,9 +21,15 @@ Each stage says:
   the trajectory's present noise level;
 - how far to go: `steps: N` steps (0: the transfer alone), or `stop: window` (until `stable_steps[k]` steps of this model remain,
   k counting the windows used so far; to the end once none are left) or `stop: end`;
+- `latent`: the named latent it works on (default `main`, the trajectory from the input);
 - optionally `ops`: latent ops (`{name: upscale, params: {factor: 2}}`) applied to the clean estimate before
   the transfer, `transfer_params`: parameters of the `enter` transfer, and `guidance`: the stage's own
   classifier-free guidance scale.
+
+Between stages, the trajectory can branch and join: `{fork: [a, b]}` replaces the present latent by copies (with its
+noise level and prediction) under the names given (one may keep its name), stages with `latent: a` work on a copy, and `{merge: [a, b]}` (into
+`main` unless `into` says otherwise; the mean unless `weights` are given) joins copies at one noise level into one
+latent. Copies cost no model call; each branch's stages cost what they would on the trajectory.
 """
 
 from __future__ import annotations
@@ -33,13 +39,14 @@ from pathlib import Path
 from typing import Callable
 
 import attrs
-from evs_framework.convert import structure
+from evs_framework.convert import CONVERTER, structure
 from evs_framework.datafile import read_data_file
 from evs_framework.errors import SpecError, did_you_mean, short_repr
 
 ROLE_TYPES = ("t2i", "t2v")
 ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,63}")
+MAIN = "main"  # the latent the trajectory starts with: the input, encoded
 STOPS = ("window", "end")
 STARTS = ("resume", "current")
 
@@ -62,6 +69,38 @@ class Stage:
     ops: tuple[StageOp, ...] = ()
     transfer_params: dict[str, float | int | str] = attrs.field(factory=dict)
     guidance: float | str | None = None  # this stage's classifier-free guidance, instead of the model's
+    latent: str = MAIN  # the named latent the stage works on
+
+
+@attrs.frozen
+class Fork:
+    """The present latent replaced by copies under these names."""
+
+    fork: tuple[str, ...]
+
+
+@attrs.frozen
+class Merge:
+    """The named latents, all at one noise level, joined into `into`: their weighted mean (`weights` sum to 1;
+    default equal), of the latents and of their clean estimates and noise predictions alike."""
+
+    merge: tuple[str, ...]
+    into: str = MAIN
+    weights: tuple[float, ...] | None = None
+
+
+Step = Stage | Fork | Merge
+
+
+def _structure_step(value, _):
+    if isinstance(value, dict) and "fork" in value:
+        return CONVERTER.structure(value, Fork)
+    if isinstance(value, dict) and "merge" in value:
+        return CONVERTER.structure(value, Merge)
+    return CONVERTER.structure(value, Stage)
+
+
+CONVERTER.register_structure_hook(Step, _structure_step)
 
 
 @attrs.frozen
@@ -69,7 +108,7 @@ class Cycle:
     """Stages repeated until the `until` model has run to its end (a cycle's `steps` are cut to what remains)."""
 
     until: str
-    stages: tuple[Stage, ...]
+    stages: tuple[Step, ...]
 
 
 @attrs.frozen
@@ -77,22 +116,27 @@ class Composition:
     name: str = "inline"
     description: str = ""
     roles: dict[str, str] = attrs.field(factory=dict)  # role -> the model type it takes; empty: the stages' models
-    stages: tuple[Stage, ...] = ()
-    per_window: tuple[Stage, ...] = ()
+    stages: tuple[Step, ...] = ()
+    per_window: tuple[Step, ...] = ()
     cycle: Cycle | None = None
     # a function of an evs_framework.planner.PlanBuilder that emits the stages instead (for plugins; not in YAML)
     planner: Callable | None = attrs.field(default=None, eq=False)
 
     @property
-    def all_stages(self) -> tuple[Stage, ...]:
+    def all_stages(self) -> tuple[Step, ...]:
         return self.stages + self.per_window + (self.cycle.stages if self.cycle else ())
+
+    @property
+    def model_stages(self) -> tuple[Stage, ...]:
+        """The stages that run a model (not the forks and merges)."""
+        return tuple(s for s in self.all_stages if isinstance(s, Stage))
 
     @property
     def role_names(self) -> tuple[str, ...]:
         """The declared roles, else the roles its stages name, in order of first use."""
         if self.roles:
             return tuple(self.roles)
-        return tuple(dict.fromkeys(s.model for s in self.all_stages if not s.model.startswith("$")))
+        return tuple(dict.fromkeys(s.model for s in self.model_stages if not s.model.startswith("$")))
 
 
 def check_composition(composition: Composition, path: str = "$") -> list[str]:
@@ -119,18 +163,41 @@ def check_composition(composition: Composition, path: str = "$") -> list[str]:
         groups.append(("cycle.stages", composition.cycle.stages))
         if not composition.cycle.stages:
             problems.append(f"{path}.cycle.stages: a cycle needs at least one stage")
-        if composition.cycle.until not in {s.model for s in composition.cycle.stages}:
+        if composition.cycle.until not in {s.model for s in composition.cycle.stages if isinstance(s, Stage)}:
             problems.append(f"{path}.cycle.until: {composition.cycle.until!r} must be the model of one of the cycle's "
                             f"stages, or the cycle could never end")
     for group, stages in groups:
         for i, stage in enumerate(stages):
-            problems += check_stage(stage, f"{path}.{group}[{i}]", composition.roles)
+            problems += check_step(stage, f"{path}.{group}[{i}]", composition.roles)
+    return problems
+
+
+def check_step(step: Step, where: str, roles: dict[str, str]) -> list[str]:
+    """Problems in one stage's, fork's or merge's shape."""
+    if isinstance(step, Stage):
+        return check_stage(step, where, roles)
+    names = step.fork if isinstance(step, Fork) else step.merge
+    key = "fork" if isinstance(step, Fork) else "merge"
+    problems = [f"{where}.{key}: {short_repr(name)} is not a latent name; use letters, digits and _"
+                for name in names if not ROLE_NAME.fullmatch(name)]
+    if len(set(names)) != len(names):
+        problems.append(f"{where}.{key}: {list(names)} names a latent twice")
+    if isinstance(step, Merge):
+        if len(names) < 2:
+            problems.append(f"{where}.merge: {list(names)}; a merge joins at least two latents")
+        if step.weights is not None and (len(step.weights) != len(names) or any(w < 0 for w in step.weights)
+                                         or abs(sum(step.weights) - 1) > 1e-6):
+            problems.append(f"{where}.weights: {list(step.weights)}; give one non-negative weight per merged latent, "
+                            f"summing to 1")
+    elif not names:
+        problems.append(f"{where}.fork: give the names of the copies")
     return problems
 
 
 def check_stage(stage: Stage, where: str, roles: dict[str, str]) -> list[str]:
     """Problems in one stage's shape; `roles`: the composition's declared ones (empty: any role name)."""
-    problems = []
+    problems = [] if ROLE_NAME.fullmatch(stage.latent) else [
+        f"{where}.latent: {short_repr(stage.latent)} is not a latent name; use letters, digits and _"]
     if roles and stage.model not in roles and not stage.model.startswith("$"):
         problems.append(f"{where}.model: {stage.model!r} is not a role of this composition"
                         f"{did_you_mean(stage.model, roles, list_all=False)}; use one of {', '.join(roles)}")

@@ -3,7 +3,9 @@
 The trajectory carries the current latent and its level, plus the latest clean estimate and noise
 prediction (the source latent and no prediction at the start). Transfers and latent ops start from
 those; a latent op or a conversion replaces the latent by its new clean estimate, at sigma 0; denoise ops call the role's sampler with the role's denoiser. Each op's model calls are counted and
-recorded beside the plan's count for it, so a sampler or transfer that did not do what it declared shows. On CUDA
+recorded beside the plan's count for it, so a sampler or transfer that did not do what it declared shows. A plan
+that branches keeps one trajectory per named latent: a fork copies one, a merge replaces several by their weighted
+mean (latent, clean estimate and noise prediction alike). On CUDA
 each op's peak memory is recorded too, which resets torch's peak-memory counter at the start of every op.
 """
 
@@ -19,7 +21,8 @@ import torch
 
 from evs_framework.denoiser import Denoiser
 from evs_framework.errors import NumericalError
-from evs_framework.plan import ConvertOp, DenoiseOp, LatentOp, Plan, TransferOp
+from evs_framework.composition import MAIN
+from evs_framework.plan import ConvertOp, DenoiseOp, ForkOp, LatentOp, MergeOp, Plan, TransferOp
 from evs_framework.plugins import Catalogue
 from evs_framework.sampler import StepContext
 from evs_framework.transfer import TransferContext
@@ -31,6 +34,16 @@ class Trajectory:
     sigma: float
     clean: torch.Tensor
     eps: torch.Tensor | None = None
+
+
+def merged(parts: list[Trajectory], weights: tuple[float, ...]) -> Trajectory:
+    """The weighted mean of trajectories at one level (the noise prediction only where every part has one)."""
+
+    def mean(tensors):
+        return sum(w * t for w, t in zip(weights, tensors))
+
+    eps = None if any(p.eps is None for p in parts) else mean([p.eps for p in parts])
+    return Trajectory(mean([p.x for p in parts]), parts[0].sigma, mean([p.clean for p in parts]), eps)
 
 
 @attrs.frozen
@@ -53,6 +66,10 @@ def describe_op(op) -> str:
         return f"{op.name} ({op.model})"
     if isinstance(op, TransferOp):
         return f"transfer {op.strategy} -> {op.model}"
+    if isinstance(op, ForkOp):
+        return f"fork {op.latent} -> {', '.join(op.copies)}"
+    if isinstance(op, MergeOp):
+        return f"merge {', '.join(op.merged)} -> {op.latent}"
     return f"denoise {op.model}"
 
 
@@ -133,7 +150,7 @@ def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, ca
     `video_state` is the video's state that samplers and transfers share (the runner passes the one its plugins
     see); a new one when None. `convert(op, latents)` carries out ConvertOps (the runner's goes through the
     models' VAEs); a plan that has them needs it."""
-    state = Trajectory(x=source, sigma=0.0, clean=source)
+    latents = {MAIN: Trajectory(x=source, sigma=0.0, clean=source)}
     video_state = {} if video_state is None else video_state
     records = []
     cuda = source.device if source.device.type == "cuda" else None
@@ -142,7 +159,16 @@ def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, ca
         if cuda is not None:
             torch.cuda.reset_peak_memory_stats(cuda)
         started = time.perf_counter()
-        if isinstance(op, ConvertOp):
+        state = latents[op.merged[0] if isinstance(op, MergeOp) else op.latent]
+        if isinstance(op, ForkOp):
+            del latents[op.latent]
+            for name in op.copies:
+                latents[name] = Trajectory(state.x.clone(), state.sigma, state.clean.clone(),
+                                           None if state.eps is None else state.eps.clone())
+        elif isinstance(op, MergeOp):
+            state = merged([latents.pop(name) for name in op.merged], op.weights)
+            latents[op.latent] = state
+        elif isinstance(op, ConvertOp):
             if convert is None:
                 raise ValueError("the plan converts between latent spaces; pass `convert` to execute it")
             state.clean = convert(op, state.clean)
@@ -171,7 +197,7 @@ def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, ca
                     if observer is not None:
                         observer.step_end(op, step, sigma_next, state.x)
             _check_steps(finite, index, op, denoiser)
-        if not isinstance(op, DenoiseOp):
+        if isinstance(op, (ConvertOp, LatentOp, TransferOp)):
             _check_finite(state.x, index, op, state.sigma, denoisers.get(op.model))
         if cuda is not None:
             torch.cuda.synchronize(cuda)
@@ -179,4 +205,4 @@ def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, ca
         records.append(OpRecord(index + 1, op.stage + 1, type(op).__name__, op.model, time.perf_counter() - started,
                                 sum(d.calls for d in denoisers.values()) - calls_before, planned, tuple(state.x.shape),
                                 torch.cuda.max_memory_allocated(cuda) if cuda is not None else None))
-    return state.x, records
+    return latents[plan.ops[-1].latent].x, records

@@ -7,7 +7,9 @@ Ops, in order of execution:
 - `LatentOp`: an operation on the clean latent (upscale when the trajectory first enters a model that asks for
   it, or one a stage names);
 - `TransferOp`: move the latent onto a model's noise level with a transfer strategy;
-- `DenoiseOp`: run a model's sampler over consecutive levels of its own schedule.
+- `DenoiseOp`: run a model's sampler over consecutive levels of its own schedule;
+- `ForkOp`, `MergeOp`: replace the present latent by copies under new names, and join named latents into one.
+Each op works on a named latent (`latent`; `main` unless the composition branches).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from evs_framework.composition import MAIN
 from evs_framework.registry import ModelEntry
 from evs_framework.schedules import ModelSchedule
 from evs_framework.spec import ModelChoice
@@ -55,6 +58,7 @@ class ConvertOp:
     source_space: str
     target_space: str
     cost: str  # in words, for `evs plan`
+    latent: str = MAIN
 
 
 @attrs.frozen
@@ -63,6 +67,7 @@ class LatentOp:
     model: str
     name: str
     params: dict
+    latent: str = MAIN
 
 
 @attrs.frozen
@@ -79,6 +84,7 @@ class TransferOp:
     params: dict = attrs.Factory(dict)  # the transfer's parameters
     evaluations: int = 0  # model evaluations (inversion steps) before guidance doubles them
     windows: int = 1  # context windows each evaluation runs (evs_framework.context_windows); in unet_calls
+    latent: str = MAIN
 
 
 @attrs.frozen
@@ -94,6 +100,7 @@ class DenoiseOp:
     sampler_params: dict = attrs.Factory(dict)
     guidance: float | None = None  # the stage's guidance; None: the model's
     windows: int = 1  # context windows each evaluation runs (evs_framework.context_windows); in unet_calls
+    latent: str = MAIN
 
     @property
     def steps(self) -> int:
@@ -103,6 +110,25 @@ class DenoiseOp:
     def off_grid(self) -> bool:
         """Whether its first step is evaluated at a sigma between its model's levels (`start: current`)."""
         return self.steps > self.stop_level - self.first_level
+
+
+@attrs.frozen
+class ForkOp:
+    stage: int
+    model: str  # the role whose latent space the latent is in
+    latent: str  # the one copied (and replaced by the copies)
+    copies: tuple[str, ...]
+    sigma: float  # the noise level it is at
+
+
+@attrs.frozen
+class MergeOp:
+    stage: int
+    model: str
+    merged: tuple[str, ...]
+    latent: str  # the one the mean goes into
+    weights: tuple[float, ...]
+    sigma: float
 
 
 @attrs.frozen
@@ -119,7 +145,7 @@ class PlanExtra:
 class Plan:
     composition: str
     models: dict[str, PlannedModel]
-    ops: tuple[ConvertOp | LatentOp | TransferOp | DenoiseOp, ...]
+    ops: tuple[ConvertOp | LatentOp | TransferOp | DenoiseOp | ForkOp | MergeOp, ...]
     notes: tuple[str, ...]
     inversion_guidance: float
     extras: tuple[PlanExtra, ...] = ()
@@ -134,6 +160,10 @@ class Plan:
     def output_model(self) -> str:
         """The role whose VAE decodes the result: the model that owns the latent at the end."""
         return self.ops[-1].model
+
+    @property
+    def branches(self) -> bool:
+        return any(isinstance(op, ForkOp) for op in self.ops)
 
     def totals(self) -> dict[str, dict[str, int]]:
         """Per model role: denoising steps, transfer (inversion) steps and UNet calls (plugins' extras included)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evs_framework.plan import ConvertOp, DenoiseOp, LatentOp, Plan, TransferOp, untrained_timesteps
+from evs_framework.plan import ConvertOp, DenoiseOp, ForkOp, LatentOp, MergeOp, Plan, TransferOp, untrained_timesteps
 
 
 def _sigma(value: float | None) -> str:
@@ -67,6 +67,16 @@ def format_plan(plan: Plan, title: str = "") -> str:
             rows.append((i, op.stage + 1, "denoise", name, f"{levels}{trained}",
                          f"{_sigma(op.sigmas[0])} -> {_sigma(op.sigmas[-1])}",
                          " ".join(f"{t:g}" for t in op.timesteps), op.steps, _calls(op)))
+        elif isinstance(op, ForkOp):
+            rows.append((i, op.stage + 1, "fork", name, f"{op.latent} -> {', '.join(op.copies)}", _sigma(op.sigma), "-",
+                         "-", 0))
+        else:
+            mix = "mean" if len(set(op.weights)) == 1 else "weights " + " ".join(f"{w:g}" for w in op.weights)
+            rows.append((i, op.stage + 1, "merge", name, f"{', '.join(op.merged)} -> {op.latent} ({mix})",
+                         _sigma(op.sigma), "-", "-", 0))
+    if plan.branches:  # a column naming the latent each op works on
+        rows = [rows[0][:3] + ("latent",) + rows[0][3:]] + [row[:3] + (op.latent,) + row[3:]
+                                                             for row, op in zip(rows[1:], plan.ops)]
     widths = [max(len(str(row[c])) for row in rows) for c in range(len(rows[0]) - 1)]
     for row in rows:
         lines.append("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths)) + f"  {row[-1]}")
@@ -81,5 +91,10 @@ def format_plan(plan: Plan, title: str = "") -> str:
         lines.append(f"  {role} {plan.models[role].entry.name}: {t['steps']} denoising steps{inversion}, {t['unet_calls']} unet calls")
         total_calls += t["unet_calls"]
     lines.append(f"  all models: {total_calls} unet calls")
+    if plan.branches:
+        by_latent: dict[str, int] = {}
+        for op in plan.ops:
+            by_latent[op.latent] = by_latent.get(op.latent, 0) + getattr(op, "unet_calls", 0)
+        lines.append("  by latent: " + ", ".join(f"{name} {calls}" for name, calls in by_latent.items()))
     lines += [f"note: {note}" for note in plan.notes]
     return "\n".join(lines)

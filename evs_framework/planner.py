@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import attrs
 
-from evs_framework.composition import Composition, Stage, check_composition, check_stage
+from evs_framework.composition import MAIN, Composition, Fork, Merge, Stage, Step, check_composition, check_step
 from evs_framework.context_windows import Context
 from evs_framework.convert import TYPE_WORDS
 from evs_framework.errors import EVSError, PlanError, did_you_mean, unknown_parameters, written
 from evs_framework.latent_space import VAE_ROUND_TRIP, converter_between
-from evs_framework.plan import (ConvertOp, DenoiseOp, LatentOp, Plan, PlannedModel, TransferOp, calls_per_evaluation,
-                                untrained_timesteps)
+from evs_framework.plan import (ConvertOp, DenoiseOp, ForkOp, LatentOp, MergeOp, Plan, PlannedModel, TransferOp,
+                                calls_per_evaluation, untrained_timesteps)
 from evs_framework.plugins import Catalogue, Plugins
 from evs_framework.registry import Registry
 from evs_framework.spec import EVERY_ROLE, ContextChoice, Spec
 
+# what each named latent carries of the trajectory: its noise level, prediction, latent space, size and where each
+# model stopped on it
+LATENT_STATE = ("sigma", "has_prediction", "space", "scale", "size_before_source", "resume")
 # a later stage entering above this multiple of the first stage's level is reported (the example config's
 # T2V window enters at 1.3x)
 RENOISE_WARNING = 1.5
@@ -63,6 +66,8 @@ class _Planner:
         self.scale = 1.0  # the latents' size relative to the source clip's
         self.size_before_source: float | None = None  # the size to go back to once a source_size model hands over
         self.used_windows = 0
+        self.latent = MAIN  # the named latent the fields above describe
+        self.latents: dict[str, dict] = {}  # the other named latents' state (LATENT_STATE), kept for later stages
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
@@ -111,6 +116,72 @@ class _Planner:
                 elif not _same_kind(value, defaults[key]):
                     self.problem(f"{where}.{key}: expected {TYPE_WORDS.get(type(defaults[key]), 'its type')} as its default "
                                  f"{written(defaults[key])} is, got {written(value)}")
+
+    def latent_state(self) -> dict:
+        return {name: dict(getattr(self, name)) if name == "resume" else getattr(self, name) for name in LATENT_STATE}
+
+    def work_on(self, name: str, where: str) -> bool:
+        """Make `name` the latent the next ops work on; False (with a problem) when no fork made it."""
+        if name == self.latent:
+            return True
+        if name not in self.latents:
+            self.problem(f"{where}: latent {name!r} does not exist at this point; make it with `{{fork: [{name}]}}` "
+                         f"(present: {', '.join([self.latent, *self.latents])})")
+            return False
+        self.latents[self.latent] = self.latent_state()
+        for field, value in self.latents.pop(name).items():
+            setattr(self, field, value)
+        self.latent = name
+        return True
+
+    def fork(self, index: int, copies: tuple[str, ...], where: str) -> None:
+        if self.space is None:
+            self.problem(f"{where}: a fork copies the present latent, and no model has taken it yet; fork after a "
+                         f"stage")
+            return
+        taken = [name for name in copies if name in self.latents]
+        if taken:
+            self.problem(f"{where}: latent {taken[0]!r} exists already; fork under another name or merge it first")
+            return
+        forked = self.latent
+        for name in copies[1:]:
+            self.latents[name] = self.latent_state()
+        self.latent = copies[0]  # the fields describe the first copy now; `forked` is gone unless a copy is named so
+        self.ops.append(ForkOp(index, self.space.role, forked, copies, self.sigma))
+
+    def merge(self, index: int, step: Merge, where: str) -> None:
+        missing = [name for name in step.merge if name != self.latent and name not in self.latents]
+        if missing:
+            self.problem(f"{where}: latent {missing[0]!r} does not exist at this point; fork it first")
+            return
+        if step.into not in step.merge and (step.into == self.latent or step.into in self.latents):
+            self.problem(f"{where}: merging into {step.into!r} would drop that latent; merge it too, or merge into "
+                         f"another name")
+            return
+        here = self.latent_state()
+        states = {name: here if name == self.latent else self.latents[name] for name in step.merge}
+        levels = {name: state["sigma"] for name, state in states.items()}
+        if max(levels.values()) - min(levels.values()) > 1e-9 * max(1.0, max(levels.values())):
+            self.problem(f"{where}: the latents merged are at different noise levels "
+                         f"({', '.join(f'{n} at sigma {v:.4g}' for n, v in levels.items())}); merge them where their "
+                         f"stages end at one level")
+            return
+        spaces = {(state["space"].entry.preset.latent_space.name, state["scale"]) for state in states.values()}
+        if len(spaces) > 1:
+            self.problem(f"{where}: the latents merged are in different latent spaces or sizes; merge them before a "
+                         f"model of another space or size takes one")
+            return
+        if self.latent not in step.merge:
+            self.latents[self.latent] = here
+        for name in step.merge:
+            self.latents.pop(name, None)
+        first = states[step.merge[0]]
+        for field, value in first.items():
+            setattr(self, field, value)
+        self.has_prediction = all(state["has_prediction"] for state in states.values())
+        self.latent = step.into
+        weights = step.weights or tuple(1 / len(step.merge) for _ in step.merge)
+        self.ops.append(MergeOp(index, self.space.role, step.merge, step.into, tuple(weights), self.sigma))
 
     def model(self, role: str, where: str) -> PlannedModel | None:
         if role in self.models or role in self.failed or EVERY_ROLE <= self.failed:
@@ -215,11 +286,14 @@ class _Planner:
         planned = not self.failed and not self.problems  # else these would only echo the problems found
         if planned and not builder.stages_planned:
             self.problem(f"{composition.name}: the planner emitted no stage")
+        if planned and self.latents:
+            self.problem(f"{composition.name}: latent(s) {', '.join(self.latents)} are never merged; merge every "
+                         f"branch back, or drop its fork")
         if planned and self.sigma != 0.0:
             self.problem(f"{composition.name}: the last stage stops at sigma {self.sigma:.4g} with noise left; "
                          f"let the last stage run to `stop: end`")
         if planned and self.used_windows < len(windows):
-            if any(s.stop == "window" for s in composition.all_stages) or self.used_windows:
+            if any(s.stop == "window" for s in composition.model_stages) or self.used_windows:
                 self.problem(f"$.settings.stable_steps: {len(windows)} windows given but composition {composition.name} "
                              f"switches models at {self.used_windows}; drop the extra entries")
             else:
@@ -482,6 +556,33 @@ class PlanBuilder:
         model = self._planner.model(role, f"{self.composition}: {role}")
         return () if model is None else model.schedule.levels
 
+    def step(self, step: Step, fit: bool = False) -> bool:
+        """Plan a stage, a fork or a merge of a composition file; False when it had a problem."""
+        if isinstance(step, Stage):
+            return self.stage(step, fit)
+        return self.fork(*step.fork) if isinstance(step, Fork) else self.merge(*step.merge, into=step.into,
+                                                                              weights=step.weights)
+
+    def fork(self, *copies: str) -> bool:
+        """Copies of the present latent under these names, for stages with `latent=` to work on."""
+        return self._branch_op(Fork(copies), lambda index, where: self._planner.fork(index, copies, where))
+
+    def merge(self, *merged: str, into: str = MAIN, weights: tuple[float, ...] | None = None) -> bool:
+        """The named latents (at one noise level) joined into `into`: their mean, or weighted by `weights`."""
+        step = Merge(merged, into, None if weights is None else tuple(weights))
+        return self._branch_op(step, lambda index, where: self._planner.merge(index, step, where))
+
+    def _branch_op(self, step: Fork | Merge, plan) -> bool:
+        index = self.stages_planned
+        self.stages_planned += 1
+        where = f"{self.composition} stage {index + 1} ({'fork' if isinstance(step, Fork) else 'merge'})"
+        shape = check_step(step, where, self._planner.role_types)
+        before = len(self._planner.problems)
+        self._planner.problems.extend(shape)
+        if not shape:
+            plan(index, where)
+        return len(self._planner.problems) == before
+
     def stage(self, stage: Stage, fit: bool = False, first_level: int | None = None) -> bool:
         """Plan one stage; False when it had a problem. `fit`: fit the stage to what its model has left (`steps: N`
         past the model's end stops there; a `start: current` stage with no level left is skipped, with a note).
@@ -490,12 +591,16 @@ class PlanBuilder:
         index = self.stages_planned
         self.stages_planned += 1
         where = f"{self.composition} stage {index + 1} ({stage.model})"
-        shape = check_stage(stage, where, self._planner.role_types)
+        shape = check_step(stage, where, self._planner.role_types)
         if shape:
             self._planner.problems.extend(shape)
             return False
-        before = len(self._planner.problems)
+        if not self._planner.work_on(stage.latent, where):
+            return False
+        before, first_op = len(self._planner.problems), len(self._planner.ops)
         self._planner.stage_ops(index, stage, where, fit, first_level)
+        ops = self._planner.ops
+        ops[first_op:] = [attrs.evolve(op, latent=self._planner.latent) for op in ops[first_op:]]
         if len(self._planner.problems) > before:
             self._planner.failed.add(stage.model)
             return False
@@ -506,16 +611,16 @@ def compile_stages(composition: Composition, builder: PlanBuilder) -> None:
     """A composition file as a planner: its stages, its per-window stages once per `stable_steps` entry, then its
     cycle until the cycle's `until` model has run to its end."""
     windows = builder.settings.stable_steps
-    stops = sum(stage.stop == "window" for stage in composition.stages)
+    stops = sum(isinstance(stage, Stage) and stage.stop == "window" for stage in composition.stages)
     if stops > len(windows):
         builder.problem(f"its stages switch models at {stops} windows but $.settings.stable_steps has {len(windows)} "
                         f"({list(windows)}); give {stops} entries, the steps left at each switch")
         return
-    for stage in composition.stages:
-        builder.stage(stage)
+    for step in composition.stages:
+        builder.step(step)
     for _ in windows if composition.per_window else ():
-        for stage in composition.per_window:
-            builder.stage(stage)
+        for step in composition.per_window:
+            builder.step(step)
     cycle = composition.cycle
     if cycle is None:
         return
@@ -523,8 +628,8 @@ def compile_stages(composition: Composition, builder: PlanBuilder) -> None:
         left = builder.remaining(cycle.until)
         if left == 0 or builder.failed:
             return
-        for stage in cycle.stages:
-            builder.stage(stage, fit=True)
+        for step in cycle.stages:
+            builder.step(step, fit=True)
         if builder.remaining(cycle.until) == left:
             builder.problem(f"the cycle does not advance the {cycle.until} model; give its stage in the cycle `steps`")
             return

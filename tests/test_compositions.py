@@ -10,9 +10,9 @@ import torch
 
 from evs_framework.composition import Composition, Cycle, Stage, StageOp, parse_composition
 from evs_framework.errors import PlanError, SpecError
-from evs_framework.executor import unplanned_calls
+from evs_framework.executor import Trajectory, merged, unplanned_calls
 from evs_framework.hookspecs import hookimpl
-from evs_framework.plan import DenoiseOp, LatentOp, TransferOp
+from evs_framework.plan import DenoiseOp, ForkOp, LatentOp, MergeOp, TransferOp
 from evs_framework.plan_text import format_plan
 from evs_framework.planner import make_plan
 from evs_framework.plugins import load_plugins
@@ -338,3 +338,61 @@ def test_current_between_two_levels_evaluates_the_model_at_the_present_sigma(cli
     assert unplanned_calls(records) == []
     for _, _, op in entries:
         assert any(t == pytest.approx(op.timesteps[0]) for t in recording.asked)
+
+
+def test_the_ensemble_composition_branches_merges_and_counts_every_branch(clip_file, plugins, registry, tiny_backends):
+    spec = native(clip_file, "IDM_VDMx2_IDM")
+    plan = make_plan(spec, registry, plugins)
+    assert plan.branches
+    fork, merge = (next(op for op in plan.ops if isinstance(op, kind)) for kind in (ForkOp, MergeOp))
+    assert (fork.latent, fork.copies) == ("main", ("first", "second"))
+    assert (merge.merged, merge.latent, merge.weights) == (("first", "second"), "main", (0.5, 0.5))
+    branches = [op for op in plan.ops if isinstance(op, DenoiseOp) and op.model == "vdm"]
+    assert [op.latent for op in branches] == ["first", "second"] and branches[0].sigmas == branches[1].sigmas
+    assert fork.sigma == plan.ops[plan.ops.index(fork) - 1].sigmas[-1] and merge.sigma == branches[0].sigmas[-1]
+    text = format_plan(plan)
+    assert "main -> first, second" in text and "first, second -> main (mean)" in text
+    assert f"by latent: main {plan.totals()['idm']['unet_calls']}, first {branches[0].unet_calls}" in text
+    records, made = run_counted(spec, plan, tiny_backends[1], plugins)
+    assert unplanned_calls(records) == [] and made == {r: t["unet_calls"] for r, t in plan.totals().items()}
+    assert made["vdm"] == 2 * branches[0].unet_calls
+
+
+def test_a_merge_is_the_weighted_mean_of_latent_estimate_and_noise():
+    parts = [Trajectory(torch.full((1,), float(v)), 0.5, torch.full((1,), 10.0 * v), torch.full((1,), -v))
+             for v in (1, 3)]
+    joined = merged(parts, (0.25, 0.75))
+    assert (joined.x.item(), joined.clean.item(), joined.eps.item(), joined.sigma) == (2.5, 25.0, -2.5, 0.5)
+    assert merged([parts[0], Trajectory(parts[1].x, 0.5, parts[1].clean)], (0.5, 0.5)).eps is None
+
+
+BRANCHES = {"roles": {"idm": "t2i", "vdm": "t2v"}, "stages": [
+    {"model": "idm", "enter": "random", "start": 0.6, "steps": 3},
+    {"fork": ["a", "b"]},
+    {"model": "vdm", "latent": "a", "enter": "random", "start": 0.5, "steps": 2},
+    {"model": "vdm", "latent": "b", "enter": "random", "start": 0.5, "steps": 1},
+    {"merge": ["a", "b"]},
+    {"model": "idm", "enter": "ddim", "start": "resume", "stop": "end"}]}
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({}, "inline stage 5 (merge): the latents merged are at different noise levels (a at sigma"),
+    ({2: {"model": "vdm", "latent": "c", "enter": "random", "start": 0.5, "steps": 2}},
+     "inline stage 3 (vdm): latent 'c' does not exist at this point; make it with `{fork: [c]}` (present: a, b)"),
+    ({4: {"merge": ["a", "c"]}}, "inline stage 5 (merge): latent 'c' does not exist at this point; fork it first"),
+    ({4: {"merge": ["a", "b"], "into": "a", "weights": [0.5, 0.6]}}, "inline.stages[4].weights: [0.5, 0.6]; give one"),
+    ({1: {"fork": ["a", "a"]}}, "inline.stages[1].fork: ['a', 'a'] names a latent twice"),
+])
+def test_branch_problems_are_named(clip_file, plugins, registry, change, expected):
+    data = {**BRANCHES, "stages": [change.get(i, step) for i, step in enumerate(BRANCHES["stages"])]}
+    with pytest.raises((PlanError, SpecError)) as raised:
+        planned(clip_file, parse_composition(data, "inline", "test", "inline"), plugins, registry)
+    assert any(p.startswith(expected) for p in raised.value.problems), raised.value.problems
+
+
+def test_a_branch_never_merged_is_a_problem(clip_file, plugins, registry):
+    data = {**BRANCHES, "stages": BRANCHES["stages"][:3] + [
+        {"model": "vdm", "latent": "a", "enter": "random", "start": 0.3, "stop": "end"}]}
+    with pytest.raises(PlanError) as raised:
+        planned(clip_file, parse_composition(data, "branchy", "test"), plugins, registry)
+    assert "branchy: latent(s) b are never merged; merge every branch back, or drop its fork" in raised.value.problems

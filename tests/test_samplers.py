@@ -96,8 +96,8 @@ def test_wrong_sampler_choices_are_named_with_the_fix(clip_file, plugins, regist
 
 
 SAMPLERS = ("euler", "ddim", "heun", "dpmpp_2m", "lcm")
-COMPOSITIONS = ("IDM", "VDM", "basic", "IDM_VDM", "VDM_IDM", "IDM_VDM_IDM", "IDM_VDM_IDM_style", "IV_mixed",
-                "videoelevator")
+COMPOSITIONS = ("IDM", "VDM", "basic", "IDM_VDM", "VDM_IDM", "IDM_VDM_IDM", "IDM_VDM_IDM_style", "IDM_VDMx2_IDM",
+                "IV_mixed", "videoelevator")
 THREE_ROLES = {"IDM_VDM_IDM_style": {"stable_steps": [8, 3]}}  # the style role is the T2I's model again
 
 
