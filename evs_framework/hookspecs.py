@@ -133,10 +133,13 @@ def register_compositions(register):
 
 @hookspec
 def register_settings(register):
-    """Provide a namespace of settings for specs: `register(namespace, defaults)`, `defaults` a dict of each setting's
-    name and default value (a number, bool or string; a spec's value must have the same type). A spec sets them
-    under `plugin_settings: {namespace: {name: value}}`; compositions read them as `$namespace.name`, planners as
-    `builder.setting("namespace.name")`. Unknown namespaces and names in a spec are errors."""
+    """Provide a namespace of settings for specs: `register(namespace, record)`, `record` a frozen attrs class whose
+    fields all have defaults (any types the spec loader reads: numbers, strings, lists, mappings, nested records).
+    A spec sets them under `plugin_settings: {namespace: {name: value}}`; they are structured into the record with
+    `$.plugin_settings.namespace.name` in every error, and a record's `problems()` method, when it has one, returns
+    its own value problems as "name: what is wrong; the fix". Compositions read them as `$namespace.name`,
+    planners as `builder.setting("namespace.name")`. A dict of scalar defaults is short for a record of those
+    fields. Unknown namespaces and names in a spec are errors."""
 
 
 @hookspec

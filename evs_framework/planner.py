@@ -6,11 +6,13 @@ one stage at a time, each checked, counted and turned into ops by the same code.
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 
 from evs_framework.composition import MAIN, Composition, Fork, Merge, Stage, Step, check_composition, check_step
 from evs_framework.context_windows import Context
-from evs_framework.convert import TYPE_WORDS
+from evs_framework.convert import structure_fields
 from evs_framework.errors import EVSError, PlanError, did_you_mean, unknown_parameters, written
 from evs_framework.latent_space import VAE_ROUND_TRIP, converter_between
 from evs_framework.plan import (ConvertOp, DenoiseOp, ForkOp, LatentOp, MergeOp, Plan, PlannedModel, TransferOp,
@@ -57,6 +59,7 @@ class _Planner:
         self.ops: list = []
         self.models: dict[str, PlannedModel] = {}
         self.role_types: dict[str, str] = {}  # the composition's declared roles and the model type each takes
+        self.plugin_records: dict[str, object] = {}  # namespace -> the spec's plugin settings as its record
         self.failed: set[str] = set(broken_roles)  # roles whose model or a stage already had a problem
         # the trajectory so far
         self.sigma, self.has_prediction = 0.0, False
@@ -91,31 +94,36 @@ class _Planner:
                 self.problem(f"{where}: {value!r} names settings namespace {namespace!r}, which no loaded plugin "
                              f"registers (known: {', '.join(self.catalogue.names('settings')) or 'none'})")
                 return None
-            defaults = self.catalogue.get("settings", namespace)
-            if key not in defaults:
-                self.problem(f"{where}: unknown setting {value!r}; {namespace} has no {key!r}{did_you_mean(key, defaults)}")
+            settings = self.plugin_records.get(namespace)
+            if settings is None:  # its record had a problem, already reported
                 return None
-            return self.spec.plugin_settings.get(namespace, {}).get(key, defaults[key])
+            fields = attrs.fields_dict(type(settings))
+            if key not in fields:
+                self.problem(f"{where}: unknown setting {value!r}; {namespace} has no {key!r}{did_you_mean(key, fields)}")
+                return None
+            return getattr(settings, key)
         if not hasattr(self.spec.settings, name):
             self.problem(f"{where}: unknown setting {value!r}{did_you_mean(name, attrs.fields_dict(type(self.spec.settings)))}")
             return None
         return getattr(self.spec.settings, name)
 
     def check_plugin_settings(self) -> None:
-        """The spec's `plugin_settings`: known namespaces and names, values of their defaults' types."""
-        for namespace, values in self.spec.plugin_settings.items():
+        """The spec's `plugin_settings`: known namespaces, each structured as its plugin's record (types, `$.path`
+        errors) and checked by the record's own `problems()`."""
+        for namespace in self.catalogue.names("settings"):
+            record = settings_record(namespace, self.catalogue.get("settings", namespace))
             where = f"$.plugin_settings.{namespace}"
-            if not self.catalogue.has("settings", namespace):
-                self.problem(f"{where}: no loaded plugin registers settings {namespace!r} (known: "
-                             f"{', '.join(self.catalogue.names('settings')) or 'none'}); install it or drop the key")
+            values, problems = structure_fields(self.spec.plugin_settings.get(namespace, {}), record, where)
+            self.problems.extend(problems)
+            if problems:
                 continue
-            defaults = self.catalogue.get("settings", namespace)
-            for key, value in values.items():
-                if key not in defaults:
-                    self.problem(f"{where}.{key}: unknown setting{did_you_mean(key, defaults)}; fix or drop it")
-                elif not _same_kind(value, defaults[key]):
-                    self.problem(f"{where}.{key}: expected {TYPE_WORDS.get(type(defaults[key]), 'its type')} as its default "
-                                 f"{written(defaults[key])} is, got {written(value)}")
+            settings = record(**values)
+            self.problems.extend(f"{where}.{problem}" for problem in getattr(settings, "problems", lambda: [])())
+            self.plugin_records[namespace] = settings
+        for namespace in self.spec.plugin_settings:
+            if not self.catalogue.has("settings", namespace):
+                self.problem(f"$.plugin_settings.{namespace}: no loaded plugin registers settings {namespace!r} (known: "
+                             f"{', '.join(self.catalogue.names('settings')) or 'none'}); install it or drop the key")
 
     def latent_state(self) -> dict:
         return {name: dict(getattr(self, name)) if name == "resume" else getattr(self, name) for name in LATENT_STATE}
@@ -502,6 +510,20 @@ class _Planner:
                               f"lower the stage's strength if that is not meant")
 
 
+def settings_record(namespace: str, registered) -> type:
+    """The attrs record a plugin registered for its settings; a dict of scalar defaults (the short form) becomes
+    one with a field of each default's type."""
+    if attrs.has(registered):
+        return registered
+    return _shorthand_record(namespace, tuple(registered.items()))
+
+
+@functools.cache
+def _shorthand_record(namespace: str, defaults: tuple) -> type:
+    return attrs.make_class(f"{namespace}_settings", {name: attrs.field(default=value, type=type(value))
+                                                      for name, value in defaults}, frozen=True)
+
+
 MAX_CYCLES = 10_000  # a cycle that has not finished by then is a bug in the composition
 
 
@@ -634,15 +656,6 @@ def compile_stages(composition: Composition, builder: PlanBuilder) -> None:
             builder.problem(f"the cycle does not advance the {cycle.until} model; give its stage in the cycle `steps`")
             return
     builder.problem(f"the cycle ran {MAX_CYCLES} times without the {cycle.until} model finishing")
-
-
-def _same_kind(value, default) -> bool:
-    """A spec's value fits its default's type (an int where a float is expected does too)."""
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    return isinstance(value, type(default))
 
 
 def make_plan(spec: Spec, registry: Registry, plugins: Plugins, context=None, broken_roles=frozenset(),

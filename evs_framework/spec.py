@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import attrs
 from evs_framework.composition import ROLE_NAME, Composition, check_composition
@@ -136,7 +137,7 @@ class Spec:
     video: VideoOptions = VideoOptions()
     output: OutputOptions = OutputOptions()
     # a plugin's own settings, by the namespace it registers (`register_settings`): `$namespace.key` in compositions
-    plugin_settings: dict[str, dict[str, float | int | bool | str]] = attrs.field(factory=dict)
+    plugin_settings: dict[str, dict[str, Any]] = attrs.field(factory=dict)  # checked by the plugins' records
 
     @property
     def composition_name(self) -> str:

@@ -233,9 +233,8 @@ def test_a_plugins_settings_have_defaults_and_a_spec_sets_them(clip_file, regist
 @pytest.mark.parametrize("settings, message", [
     ({"every_kk": {"k": 5}}, r"\$\.plugin_settings\.every_kk: no loaded plugin registers settings 'every_kk' "
                              r"\(known: every_k, videoelevator\)"),
-    ({"every_k": {"kk": 5}}, r"\$\.plugin_settings\.every_k\.kk: unknown setting \(did you mean 'k'\?\)"),
-    ({"every_k": {"k": "five"}}, r"\$\.plugin_settings\.every_k\.k: expected an integer as its default number 3 is, "
-                                 r"got string 'five'"),
+    ({"every_k": {"kk": 5}}, r"\$\.plugin_settings\.every_k: unknown key 'kk' \(did you mean 'k'\?\); fix or drop it"),
+    ({"every_k": {"k": "five"}}, r"\$\.plugin_settings\.every_k\.k: expected an integer, got string 'five'"),
 ])
 def test_wrong_plugin_settings_are_named(clip_file, registry, settings, message):
     """Named alone: the stages are not planned from a value the spec did not give (or gave wrong)."""
@@ -396,3 +395,59 @@ def test_a_branch_never_merged_is_a_problem(clip_file, plugins, registry):
     with pytest.raises(PlanError) as raised:
         planned(clip_file, parse_composition(data, "branchy", "test"), plugins, registry)
     assert "branchy: latent(s) b are never merged; merge every branch back, or drop its fork" in raised.value.problems
+
+
+@attrs.frozen
+class RefinerSettings:
+    """A plugin's typed settings: a list setting and a check of its own."""
+
+    steps_left: tuple[int, ...] = (4,)
+    guidance: float = 2.0
+
+    def problems(self):
+        return [f"steps_left: {list(self.steps_left)}; give steps left in decreasing order"] \
+            if list(self.steps_left) != sorted(self.steps_left, reverse=True) else []
+
+
+def refiner_plugin():
+    """A package of its own: a settings record and a composition with a role the core has never heard of."""
+
+    def planner(builder):
+        steps_left = builder.setting("refiner.steps_left")
+        if steps_left is None:
+            return
+        total = builder.total_steps("base")
+        builder.stage(Stage("base", "random", 0.6, steps=total - round(total * 0.4) - steps_left[0]))
+        builder.stage(Stage("refiner", "ddim", "current", stop="end", guidance="$refiner.guidance"))
+
+    class Plugin:
+        @hookimpl
+        def register_settings(self, register):
+            register("refiner", RefinerSettings)
+
+        @hookimpl
+        def register_compositions(self, register):
+            register("refined", Composition("refined", "a base T2I, then a refiner T2I for the last steps",
+                                            roles={"base": "t2i", "refiner": "t2i"}, planner=planner))
+
+    return Plugin()
+
+
+def test_a_plugin_with_its_own_settings_record_and_roles_needs_no_core_edit(clip_file, registry, tiny_backends):
+    plugins = load_plugins(extra=[refiner_plugin()])
+    models = {"base": native(clip_file).models["idm"], "refiner": native(clip_file).models["idm"]}
+    spec = attrs.evolve(native(clip_file, "refined"), models=models,
+                        plugin_settings={"refiner": {"steps_left": [3], "guidance": 1}})
+    plan = make_plan(spec, registry, plugins)
+    refiner = [op for op in plan.ops if isinstance(op, DenoiseOp) and op.model == "refiner"]
+    assert len(refiner) == 1 and refiner[0].guidance == 1.0
+    backends = {"base": tiny_backends[1]["idm"], "refiner": tiny_backends[1]["idm"]}
+    records, made = run_counted(spec, plan, backends, plugins)
+    assert unplanned_calls(records) == [] and made == {r: t["unet_calls"] for r, t in plan.totals().items()}
+    for given, expected in (({"steps_left": [2, 5]}, "$.plugin_settings.refiner.steps_left: [2, 5]; give steps left "
+                                                     "in decreasing order"),
+                            ({"steps_left": 3}, "$.plugin_settings.refiner.steps_left: expected a list, got number 3; "
+                                                "write it as [...]")):
+        with pytest.raises(PlanError) as raised:
+            make_plan(attrs.evolve(spec, plugin_settings={"refiner": given}), registry, plugins)
+        assert raised.value.problems == [expected]

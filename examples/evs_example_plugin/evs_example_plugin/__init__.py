@@ -133,9 +133,19 @@ def register_transfers(register):
     register("shared_noise", Transfer("shared_noise", shared_noise, description=shared_noise.__doc__))
 
 
+@attrs.frozen
+class EveryK:
+    """every_k's settings (`plugin_settings: {every_k: {k: 4}}`)."""
+
+    k: int = 3  # T2I steps between two T2V steps
+
+    def problems(self) -> list[str]:
+        return [] if self.k >= 1 else [f"k: {self.k}; give at least 1 T2I step between T2V steps"]
+
+
 @hookimpl
 def register_settings(register):
-    register("every_k", {"k": 3})
+    register("every_k", EveryK)
 
 
 @hookimpl
