@@ -166,19 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
                                "without a reference")
     toy_eval.add_argument("--compositions", type=_names, default=None,
                           help="comma-separated (default: the suite's: IDM, VDM, basic, IDM_VDM, VDM_IDM, IDM_VDM_IDM, "
-                               "videoelevator)")
+                               "IV_mixed, videoelevator)")
     toy_sweep = toy_commands.add_parser("sweep", help="IDM_VDM_IDM with one knob changed at a time "
                                                       "(the suite bench/suites/toy_sweep.yaml)")
     toy_sweep.add_argument("--knob", action="append", default=[], metavar="NAME=V1,V2",
                            help="a setting and its values, e.g. stable_num=1,2,3 (repeatable; default: the suite's four)")
-    toy_edit = toy_commands.add_parser("edit", help="IDM_VDM_IDM with prompts that change the colour: edit, real_edit, "
-                                                    "real_edit with Selective Feature Injection")
+    toy_edit = toy_commands.add_parser("edit", help="prompts that change the shape's colour, measured against the "
+                                                    "recoloured clip (bench/suites/toy_edit.yaml, or toy_real_edit.yaml)")
+    toy_edit.add_argument("--input", choices=("degraded", "clean"), default="degraded",
+                          help="degraded: the edit task on degraded clips (default); clean: real_edit on clean ones, "
+                               "without and with Selective Feature Injection")
     for sub, clips in ((toy_eval, 32), (toy_sweep, 16), (toy_edit, 16)):
-        # eval and sweep take their defaults from their suites; a flag given replaces the suite's value
-        sub.add_argument("--clips", type=_positive, default=None if sub is not toy_edit else clips,
-                         help=f"held-out clips (default {clips})")
-        sub.add_argument("--seeds", type=_seeds, default=None if sub is not toy_edit else "23",
-                         help="noise seeds, comma-separated (default " + ("23,24)" if sub is toy_eval else "23)"))
+        # each takes its defaults from its suite; a flag given replaces the suite's value
+        sub.add_argument("--clips", type=_positive, default=None, help=f"held-out clips (default {clips})")
+        sub.add_argument("--seeds", type=_seeds, default=None,
+                         help="noise seeds, comma-separated (default " + ("23)" if sub is toy_sweep else "23,24)"))
         sub.add_argument("--out", type=Path, default=Path("outputs/toyworld"), help="where clips, outputs and results go")
     for sub in (toy_eval, toy_sweep, toy_edit, bench):
         _common(sub)
@@ -434,14 +436,19 @@ def _bench(suite, out_dir: Path, files, args, plugins, registry, notes=None) -> 
     return 0
 
 
+# (toyworld command, --input) -> the shipped suite it runs and the kind of clips that suite takes
+TOY_SUITES = {("eval", "degraded"): ("toy_enhance", "degraded"), ("eval", "vc2"): ("toy_enhance_vc2", "vc2"),
+              ("sweep", "degraded"): ("toy_sweep", "degraded"), ("edit", "degraded"): ("toy_edit", "edit"),
+              ("edit", "clean"): ("toy_real_edit", "real_edit")}
+
+
 def _toy_suite(args, plugins, registry):
-    """The shipped suite `evs toyworld eval/sweep` runs, with the flags given in place of its values."""
+    """The shipped suite `evs toyworld eval/sweep/edit` runs, with the flags given in place of its values."""
     import yaml
 
     from evs_framework.bench.suite import SHIPPED_SUITES, load_suite
 
-    kind = getattr(args, "input", "degraded")
-    name = "toy_sweep" if args.toy_command == "sweep" else "toy_enhance" if kind == "degraded" else "toy_enhance_vc2"
+    name, kind = TOY_SUITES[args.toy_command, getattr(args, "input", "degraded")]
     overrides = {}
     if args.clips is not None:
         overrides["inputs"] = {"toyworld": {"clips": args.clips, "kind": kind}}
@@ -462,28 +469,13 @@ def cmd_toyworld(args, plugins, registry) -> int:
     from evs_framework.toyworld import experiment
 
     out_dir = resolved(args.out)
-    if args.toy_command != "edit":
-        # what the results are written as: eval on drawn inputs apart from eval on degraded ones
-        stem = "eval_vc2" if getattr(args, "input", None) == "vc2" else args.toy_command
-        claims = (lambda rows: "\n## The method's claims\n\n" + experiment.format_claims(experiment.claims(rows)) + "\n"
-                  ) if args.toy_command == "eval" else None
-        return _bench(_toy_suite(args, plugins, registry), out_dir, bench_files(out_dir, stem), args, plugins,
-                      registry, claims)
-    from evs_framework.io import video_io
-    from evs_framework.toyworld import edits
-
-    context = _context(args, plugins, registry)
-    clips = edits.edit_clips(out_dir / "edit_clips", args.clips)
-    rows = edits.run_edits(clips, args.seeds, out_dir / "edits", registry, plugins, context, progress=not args.quiet,
-                           rows_file=out_dir / "edit_rows.jsonl")
-    rows = experiment.source_rows(clips["clean"]) + rows  # the unedited clip against the edited truth
-    summary, found = experiment.summarise(rows), edits.differences(rows)
-    text = experiment.format_table(summary) + "\n\n" + experiment.format_claims(found)
-    record = {"settings": edits.EDIT_SETTINGS, "summary": summary, "differences": found, "rows": rows}
-    video_io.write_json(out_dir / "edit.json", {"clips": args.clips, "seeds": args.seeds, **record})
-    print(text)
-    print(f"wrote {video_io.write_text(out_dir / 'edit.md', text + chr(10))}")
-    return 0
+    # what the results are written as: each input's apart (eval on drawn inputs, real_edit on clean ones)
+    stem = {("eval", "vc2"): "eval_vc2", ("edit", "clean"): "real_edit"}.get(
+        (args.toy_command, getattr(args, "input", None)), args.toy_command)
+    claims = (lambda rows: "\n## The method's claims\n\n" + experiment.format_claims(experiment.claims(rows)) + "\n"
+              ) if args.toy_command == "eval" else None
+    return _bench(_toy_suite(args, plugins, registry), out_dir, bench_files(out_dir, stem), args, plugins, registry,
+                  claims)
 
 
 def cmd_plugins(args, plugins, registry) -> int:

@@ -11,7 +11,7 @@ from evs_framework import cli
 from evs_framework.bench import runs
 from evs_framework.bench.benchmark import bench_files, run_suite
 from evs_framework.bench.pareto import pareto_front
-from evs_framework.bench.suite import SHIPPED_SUITES, load_suite, parse_suite
+from evs_framework.bench.suite import SHIPPED_SUITES, cell_spec_data, load_suite, parse_suite
 from evs_framework.errors import EVSError, SpecError
 
 TOY = {"inputs": {"toyworld": {"clips": 1}}, "models": {"idm": {"name": "toyI"}, "vdm": {"name": "toyV"}},
@@ -73,6 +73,20 @@ def test_shipped_suites_load_and_plan(plugins, registry, tmp_path):
     seed = load_suite(SHIPPED_SUITES / "seed_enhance.yaml", registry, plugins,
                       {"inputs": {"manifest": str(tmp_path / "clips.csv")}})  # planned only: it needs real weights
     assert seed.base["models"]["idm"] == {"name": "EP", "upscale": 2.0} and seed.base["using_attn"] is True
+
+
+def test_edit_and_style_suites_take_changed_clips_and_a_grid_may_vary_using_attn(plugins, registry, tmp_path):
+    real_edit = load_suite(SHIPPED_SUITES / "toy_real_edit.yaml", registry, plugins)
+    assert real_edit.toyworld.kind == "real_edit"
+    assert [c.settings for c in real_edit.cells] == [{"using_attn": False}, {"using_attn": True}]
+    data = cell_spec_data(real_edit.base, [], real_edit.cells[1], 23, tmp_path)
+    assert data["using_attn"] is True and "using_attn" not in data["settings"]
+    assert load_suite(SHIPPED_SUITES / "toy_style.yaml", registry, plugins).base["models"]["idm"] == {"name": "toyWatercolor"}
+    with pytest.raises(SpecError) as raised:
+        parse_suite({**TOY, "grid": {"using_attn": [True, "yes"]}}, registry, plugins, "suite.yaml")
+    assert raised.value.problems == ["$.grid.using_attn[1]: expected true/false, got string 'yes'"]
+    edit = cli._toy_suite(SimpleNamespace(toy_command="edit", input="clean", clips=2, seeds=None), plugins, registry)
+    assert (edit.toyworld.kind, edit.toyworld.clips, edit.seeds) == ("real_edit", 2, (23, 24))
 
 
 def test_toyworld_flags_replace_the_shipped_suites_values(plugins, registry):

@@ -24,13 +24,18 @@ def suite_clips(suite: Suite, out_dir: Path, plugins, context) -> SuiteClips:
     """The clips of `suite` (toy-world ones are made under `out_dir`), its measures checked first."""
     if suite.toyworld is None:
         return _real_clips(suite, plugins)
-    from evs_framework.toyworld import experiment
+    from evs_framework.toyworld import edits, experiment
     from evs_framework.toyworld.measures import LOWER_IS_BETTER
 
     kind, count = suite.toyworld.kind, suite.toyworld.clips
-    _check_measures(suite, experiment.MEASURES if kind == "degraded" else experiment.FREE_MEASURES)
-    held = (experiment.held_out_clips(out_dir / "clips", count) if kind == "degraded" else
-            experiment.drawn_clips(out_dir / "drawn_clips", count, context))
+    free = experiment.FREE_MEASURES + experiment.STYLE_MEASURES
+    _check_measures(suite, free if kind == "vc2" else experiment.MEASURES + free)
+    if kind == "degraded":
+        held = experiment.held_out_clips(out_dir / "clips", count)
+    elif kind == "vc2":
+        held = experiment.drawn_clips(out_dir / "drawn_clips", count, context)
+    else:
+        held = edits.changed_clips(out_dir / f"{kind}_clips", count, kind)
     return SuiteClips([{"video": str(c.video), "prompt": c.spec.prompt} for c in held],
                       lambda video, index: experiment.clip_measures(experiment.read_clip(video), held[index]),
                       frozenset(LOWER_IS_BETTER))

@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from evs_framework.convert import CONVERTER, structure_fields
+from evs_framework.convert import CONVERTER, TYPE_WORDS, structure_fields
 from evs_framework.datafile import read_data_file
 from evs_framework.errors import PlanError, SpecError, did_you_mean, written
 from evs_framework.paths import resolved
@@ -30,14 +30,16 @@ from evs_framework.planner import make_plan
 from evs_framework.spec import Settings, VideoOptions, overridden_settings, parse_spec, settings_problems
 
 SHIPPED_SUITES = Path(str(files("evs_framework") / "data" / "suites"))  # a link to bench/suites in a checkout
-TOY_KINDS = ("degraded", "vc2")
+TOY_KINDS = ("degraded", "vc2", "edit", "real_edit", "style")  # toyworld/experiment.py, toyworld/edits.py
 SOURCE = "source"  # the label of the rows that measure the inputs themselves
+GRID_SPEC_KEYS = {"using_attn": bool}  # spec keys a grid may vary beside the composition settings
 PLACEHOLDER_INPUT = [{"video": "planned.mp4", "prompt": "planned"}]  # the plan does not read its videos
 
 
 @attrs.frozen
 class ToyworldSource:
-    """Held-out toy-world clips: `degraded` ones with their truth, or `vc2` ones drawn by toyVC without one."""
+    """Held-out toy-world clips: `degraded` ones with their truth, `vc2` ones drawn by toyVC without one, or clips
+    with a change to make (`edit`, `real_edit`, `style`: toyworld/edits.py) measured against the changed clip."""
 
     clips: int = 32
     kind: str = "degraded"
@@ -181,9 +183,13 @@ def _shown(value) -> str:
 
 
 def _setting_problems(settings: dict, name: str, value, where: str) -> list[str]:
+    if name in GRID_SPEC_KEYS:
+        kind = GRID_SPEC_KEYS[name]
+        return [] if isinstance(value, kind) else [f"{where}: expected {TYPE_WORDS[kind]}, got {written(value)}"]
     if name not in attrs.fields_dict(Settings):
-        return [f"{where}: {name!r} is not a setting{did_you_mean(name, attrs.fields_dict(Settings))}; grid the "
-                f"composition settings"]
+        known = [*attrs.fields_dict(Settings), *GRID_SPEC_KEYS]
+        return [f"{where}: {name!r} is not a setting{did_you_mean(name, known)}; grid the composition settings or "
+                f"{', '.join(GRID_SPEC_KEYS)}"]
     merged, problems = overridden_settings(Settings(), {**settings, name: _as_setting(name, value)}, "$")
     if problems:
         return [f"{where}: {p.split(': ', 1)[1]}" for p in problems if p.startswith(f"$.{name}")]
@@ -192,9 +198,10 @@ def _setting_problems(settings: dict, name: str, value, where: str) -> list[str]
 
 def cell_spec_data(base: dict, inputs, cell: Cell, seed: int, out_dir: Path) -> dict:
     """The spec of one (cell, seed) run, as data."""
-    return {**base, "inputs": inputs, "composition": cell.composition, "seed": seed,
-            "settings": {**base["settings"], **cell.settings},
-            "output": {"dir": str(out_dir), "side_by_side": False}}
+    spec_keys = {k: v for k, v in cell.settings.items() if k in GRID_SPEC_KEYS}
+    settings = {k: v for k, v in cell.settings.items() if k not in GRID_SPEC_KEYS}
+    return {**base, **spec_keys, "inputs": inputs, "composition": cell.composition, "seed": seed,
+            "settings": {**base["settings"], **settings}, "output": {"dir": str(out_dir), "side_by_side": False}}
 
 
 def plan_problems(base: dict, inputs, cells, registry, plugins, folder: Path | None) -> list[str]:

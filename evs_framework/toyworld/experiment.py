@@ -31,6 +31,7 @@ TOY_MODELS = {"idm": {"name": "toyI"}, "vdm": {"name": "toyV"}}
 MEASURES = ("psnr", "ssim", "warp_error", "temporal_flickering", "sharpness", "texture_sharpness", "motion", "colour")
 FREE_MEASURES = ("texture_sharpness_free", "motion_in_class", "warp_error_free", "temporal_flickering", "colour_free",
                  "shape")  # for inputs without ground truth
+STYLE_MEASURES = ("wash_paleness", "rim_darkening")  # the watercolor style's, with or without a truth
 
 
 @attrs.frozen
