@@ -129,3 +129,21 @@ def test_its_noise_schedule_samples_at_karras_sigmas_with_exact_totals(example, 
     [result] = run_job(spec, plan, context, progress=False)
     sidecar = json.loads(result.sidecar.read_text())
     assert sidecar["unplanned_calls"] == [] and sidecar["unet_calls"]["idm"] == plan.totals()["idm"]["unet_calls"] > 0
+
+
+def test_it_imports_evs_only_through_the_public_surface():
+    import ast
+    import subprocess
+
+    import evs_framework
+
+    tree = ast.parse((PACKAGE / "evs_example_plugin" / "__init__.py").read_text())
+    modules = {node.module: [a.name for a in node.names] for node in ast.walk(tree)
+               if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("evs")}
+    assert set(modules) <= {"evs_framework", "evs_framework.hookspecs"}, modules
+    assert set(modules.get("evs_framework", [])) <= set(evs_framework.__all__)
+    for name in evs_framework.__all__:  # every public name resolves
+        assert getattr(evs_framework, name) is not None
+    cheap = subprocess.run([sys.executable, "-c", "import sys, evs_framework; print('torch' in sys.modules)"],
+                           capture_output=True, text=True, check=True)
+    assert cheap.stdout.strip() == "False"  # importing the package alone loads nothing heavy

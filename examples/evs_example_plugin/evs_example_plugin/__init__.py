@@ -21,13 +21,7 @@ import math
 
 import attrs
 
-from evs_framework.composition import Composition, Stage
-from evs_framework.denoiser import Prediction
-from evs_framework.hookspecs import hookimpl
-from evs_framework.sampler import Sampler
-from evs_framework.schedules import BetaSchedule
-from evs_framework.transfer import Transfer, fresh_noise
-from evs_plugins.sd15 import SD15Backend, frame_codec, sd15_parts
+from evs_framework import BetaSchedule, Composition, Prediction, Sampler, Stage, Transfer, fresh_noise, hookimpl
 
 PLUGIN = "evs_example"
 
@@ -64,19 +58,23 @@ def every_k(builder) -> None:
 
 
 @attrs.frozen
-class PromptPrefixBackend(SD15Backend):
-    """An SD1.5 backend that reads every prompt with a prefix (the negative prompt, empty or not, as it is)."""
+class PromptPrefixBackend:
+    """The backend of the model it builds on (`base` in its registry entry), reading every prompt with a prefix (the
+    negative prompt, empty or not, as it is); everything else is the base backend's."""
 
-    prefix: str = ""
+    base: object
+    prefix: str
+
+    def __getattr__(self, name):
+        return getattr(self.base, name)
 
     def encode_prompts(self, prompts):
         negative, *positive = prompts
-        return super().encode_prompts([negative, *(f"{self.prefix} {p}" for p in positive)])
+        return self.base.encode_prompts([negative, *(f"{self.prefix} {p}" for p in positive)])
 
 
 def load_prompt_prefix(entry, context) -> PromptPrefixBackend:
-    parts = sd15_parts(context.registry.get(entry.base), context)
-    return PromptPrefixBackend(parts, frame_codec(entry, parts), entry.options["prefix"])
+    return PromptPrefixBackend(context.load(context.registry.get(entry.base)), entry.options["prefix"])
 
 
 @attrs.frozen
