@@ -47,6 +47,18 @@ def _names(text: str) -> list[str]:
     return names
 
 
+def _share(text: str) -> tuple[int, int]:
+    """`I/N`: the I-th of N workers (from 0)."""
+    index, _, count = text.partition("/")
+    try:
+        share = int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give I/N, e.g. 0/4") from None
+    if not 0 <= share[0] < share[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: I counts from 0 to N - 1")
+    return share
+
+
 def _seeds(text: str) -> list[int]:
     """Comma-separated noise seeds: non-negative integers, at least one."""
     try:
@@ -185,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (toy_eval, toy_sweep, toy_edit, bench):
         _common(sub)
         _running(sub)
+        sub.add_argument("--workers", type=_positive, default=1, metavar="N",
+                         help="processes that share the rows (on one device: a GPU a toy model leaves mostly idle "
+                              "gets through a suite about N times faster); the clips are made once, first")
+        sub.add_argument("--worker", type=_share, default=None, help=argparse.SUPPRESS)  # I/N: one worker's share
     commands.add_parser("plugins", help="list loaded plugins and what each provides")
     models = commands.add_parser("models", help="list the registry's models and whether their weights are here")
     models.add_argument("--weights-dir", action="append", default=[], metavar="DIR",
@@ -209,15 +225,15 @@ def _threads(args) -> int:
     return args.threads or int(os.environ.get("OMP_NUM_THREADS") or DEFAULT_THREADS)
 
 
-def _handed_over(args) -> list[str]:
-    """The command line of this run without --processes, for the processes that run it."""
+def _handed_over(args, option: str = "--processes") -> list[str]:
+    """The command line of this run without `option` (and its value), for the processes that run it."""
     argv, kept, skip = args.argv, [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--processes":
+        elif arg == option:
             skip = True
-        elif not arg.startswith("--processes="):
+        elif not arg.startswith(f"{option}="):
             kept.append(arg)
     return kept
 
@@ -422,12 +438,19 @@ def cmd_bench(args, plugins, registry) -> int:
 
 
 def _bench(suite, out_dir: Path, files, args, plugins, registry, notes=None) -> int:
-    """Run `suite`, print its report (with `notes(rows)` added to it) and say where its files are."""
-    from evs_framework.bench.benchmark import run_suite
+    """Run `suite` (in `--workers` processes, each taking its share of the rows), print its report (with
+    `notes(rows)` added to it) and say where its files are."""
+    from evs_framework.bench.benchmark import run_suite, run_workers
     from evs_framework.io import video_io
 
-    record = run_suite(suite, out_dir, files, registry, plugins, _context(args, plugins, registry),
-                       progress=not args.quiet)
+    context = _context(args, plugins, registry)
+    if args.worker is not None:
+        run_suite(suite, out_dir, files, registry, plugins, context, share=args.worker, made=True)
+        return 0
+    if args.workers > 1:
+        run_workers(suite, out_dir, files, plugins, context, _handed_over(args, "--workers"), args.workers)
+    record = run_suite(suite, out_dir, files, registry, plugins, context, progress=not args.quiet,
+                       made=args.workers > 1)
     if notes:
         video_io.write_text(files.report, files.report.read_text(encoding="utf-8") + notes(record["rows"]))
     print(files.report.read_text(encoding="utf-8"))

@@ -9,7 +9,7 @@ from PIL import Image
 
 from evs_framework import cli
 from evs_framework.bench import runs
-from evs_framework.bench.benchmark import bench_files, run_suite
+from evs_framework.bench.benchmark import bench_files, run_suite, run_workers
 from evs_framework.bench.pareto import pareto_front
 from evs_framework.bench.suite import SHIPPED_SUITES, cell_spec_data, load_suite, parse_suite
 from evs_framework.errors import EVSError, SpecError
@@ -161,3 +161,26 @@ def test_evs_bench_runs_a_toy_suite_from_its_file(tmp_path, capsys):
     assert "| IDM |" in printed and "IDM better than source on psnr" in printed
     for name in ("results.json", "report.md", "pareto.png", "rows.jsonl"):
         assert (tmp_path / "out" / name).is_file(), name
+
+
+def test_workers_share_the_rows_each_once_and_a_failed_worker_is_named(tmp_path, plugins, registry, monkeypatch):
+    suite = parse_suite({**TOY, "compositions": ["IDM", "VDM", "IDM_VDM_IDM"], "seeds": [23, 24]}, registry, plugins)
+    ran = []
+
+    def recorded(spec, *args, **kwargs):
+        ran.append((spec.composition, spec.seed))
+        return [SimpleNamespace(error=None, output=tmp_path / "out.mp4", unet_calls={"idm": 1})]
+
+    monkeypatch.setattr(runs, "run_job", recorded)
+    inputs = [{"video": str(tmp_path / "clip.mp4"), "prompt": "a red disc drifting slowly left over a gray gradient"}]
+    for share in ((0, 2), (1, 2)):
+        runs.run_cells(inputs, list(suite.cells), suite.seeds, suite.base, lambda video, index: {}, tmp_path / "runs",
+                       registry, plugins, None, share=share)
+    assert sorted(ran) == sorted((c.composition, seed) for c in suite.cells for seed in suite.seeds)  # each once
+
+    files = bench_files(tmp_path / "bench")
+    monkeypatch.setattr("evs_framework.bench.benchmark.suite_clips", lambda *args, **kwargs: None)
+    with pytest.raises(EVSError, match=r"2 of 2 bench workers failed \(the first exited 2; its log: .*worker-0.log\); "
+                                       r"the rows measured are kept in .*rows.jsonl: rerun the command to finish"):
+        run_workers(suite, tmp_path / "bench", files, plugins, None, ["bench", str(tmp_path / "no_such_suite.yaml")], 2)
+    assert "does not exist" in (tmp_path / "bench" / "workers" / "worker-0.log").read_text()

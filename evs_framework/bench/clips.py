@@ -20,8 +20,9 @@ class SuiteClips:
     lower_is_better: frozenset[str]  # the measures for which lower is better
 
 
-def suite_clips(suite: Suite, out_dir: Path, plugins, context) -> SuiteClips:
-    """The clips of `suite` (toy-world ones are made under `out_dir`), its measures checked first."""
+def suite_clips(suite: Suite, out_dir: Path, plugins, context, made: bool = False) -> SuiteClips:
+    """The clips of `suite` (toy-world ones are made under `out_dir`, or `made` there already by the process that
+    started this worker), its measures checked first."""
     if suite.toyworld is None:
         return _real_clips(suite, plugins)
     from evs_framework.toyworld import edits, experiment
@@ -31,11 +32,11 @@ def suite_clips(suite: Suite, out_dir: Path, plugins, context) -> SuiteClips:
     free = experiment.FREE_MEASURES + experiment.STYLE_MEASURES
     _check_measures(suite, free if kind == "vc2" else experiment.MEASURES + free)
     if kind == "degraded":
-        held = experiment.held_out_clips(out_dir / "clips", count)
+        held = experiment.held_out_clips(out_dir / "clips", count, made=made)
     elif kind == "vc2":
-        held = experiment.drawn_clips(out_dir / "drawn_clips", count, context)
+        held = experiment.drawn_clips(out_dir / "drawn_clips", count, context, made=made)
     else:
-        held = edits.changed_clips(out_dir / f"{kind}_clips", count, kind)
+        held = edits.changed_clips(out_dir / f"{kind}_clips", count, kind, made=made)
     return SuiteClips([{"video": str(c.video), "prompt": c.spec.prompt} for c in held],
                       lambda video, index: experiment.clip_measures(experiment.read_clip(video), held[index]),
                       frozenset(LOWER_IS_BETTER))

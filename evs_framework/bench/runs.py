@@ -47,36 +47,39 @@ def kept_rows(rows_file: Path | None, key: str) -> list[dict]:
 
 
 def run_cells(inputs: list[dict], cells: list[Cell], seeds, base: dict, measure: Callable[[Path, int], dict],
-              out_dir: Path, registry, plugins, context, rows_file: Path | None = None, progress: bool = False
-              ) -> list[dict]:
+              out_dir: Path, registry, plugins, context, rows_file: Path | None = None, progress: bool = False,
+              share: tuple[int, int] | None = None) -> list[dict]:
     """One row per (cell, input, seed): the cell's label (as `composition`), each measure of the output
     (`measure(output, index of the input)`), UNet calls per role and seconds (wall and CPU) per clip. `inputs` are a
-    spec's {video, prompt} items; `base` the spec data every run shares (suite.cell_spec_data)."""
+    spec's {video, prompt} items; `base` the spec data every run shares (suite.cell_spec_data). `share` (I, N):
+    only every N-th (cell, seed), from the I-th on (a worker's)."""
     stems = [Path(item["video"]).stem for item in inputs]
     rows = []
-    for cell in cells:
+    pairs = [(cell, seed) for cell in cells for seed in seeds]
+    for index, (cell, seed) in enumerate(pairs):
+        if share is not None and index % share[1] != share[0]:
+            continue
         key = fingerprint(base, cell, registry)
         kept = kept_rows(rows_file, key)
-        for seed in seeds:
-            done = [r for r in kept if r["composition"] == cell.label and r["seed"] == seed and r["clip"] in stems]
-            if len(done) == len(inputs):
-                rows += sorted(done, key=lambda r: stems.index(r["clip"]))
-                continue
-            spec = spec_from_data(cell_spec_data(base, inputs, cell, seed, out_dir / cell.label / f"seed{seed}"),
-                                  source=f"bench row {cell.label}")
-            started, cpu_started = time.perf_counter(), time.process_time()
-            results = run_job(spec, make_plan(spec, registry, plugins, context), context, progress, overwrite=True)
-            seconds = (time.perf_counter() - started) / len(inputs)
-            cpu_seconds = (time.process_time() - cpu_started) / len(inputs)
-            for index, (stem, result) in enumerate(zip(stems, results)):
-                if result.error:
-                    kept_note = f"; the rows measured before it are kept in {rows_file}" if rows_file else ""
-                    raise EVSError(f"bench row {cell.label} failed on {stem} (seed {seed}): {result.error}{kept_note}")
-                rows.append({"composition": cell.label, "fingerprint": key, "clip": stem, "seed": seed,
-                             "unet_calls": result.unet_calls, "seconds": seconds, "cpu_seconds": cpu_seconds,
-                             **measure(result.output, index)})
-                if rows_file is not None:
-                    rows_file.parent.mkdir(parents=True, exist_ok=True)
-                    with open(rows_file, "a", encoding="utf-8") as handle:
-                        handle.write(json.dumps(rows[-1]) + "\n")
+        done = [r for r in kept if r["composition"] == cell.label and r["seed"] == seed and r["clip"] in stems]
+        if len(done) == len(inputs):
+            rows += sorted(done, key=lambda r: stems.index(r["clip"]))
+            continue
+        spec = spec_from_data(cell_spec_data(base, inputs, cell, seed, out_dir / cell.label / f"seed{seed}"),
+                              source=f"bench row {cell.label}")
+        started, cpu_started = time.perf_counter(), time.process_time()
+        results = run_job(spec, make_plan(spec, registry, plugins, context), context, progress, overwrite=True)
+        seconds = (time.perf_counter() - started) / len(inputs)
+        cpu_seconds = (time.process_time() - cpu_started) / len(inputs)
+        for position, (stem, result) in enumerate(zip(stems, results)):
+            if result.error:
+                kept_note = f"; the rows measured before it are kept in {rows_file}" if rows_file else ""
+                raise EVSError(f"bench row {cell.label} failed on {stem} (seed {seed}): {result.error}{kept_note}")
+            rows.append({"composition": cell.label, "fingerprint": key, "clip": stem, "seed": seed,
+                         "unet_calls": result.unet_calls, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                         **measure(result.output, position)})
+            if rows_file is not None:
+                rows_file.parent.mkdir(parents=True, exist_ok=True)
+                with open(rows_file, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(rows[-1]) + "\n")
     return rows

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import attrs
 
-from evs_framework.io import video_io
-from evs_framework.toyworld.experiment import FPS, HeldOutClip
+from evs_framework.toyworld.experiment import HeldOutClip, written
 from evs_framework.toyworld.world import COLOURS, HELD_OUT_FIRST_SEED, ClipSpec, degrade, render, render_with_masks, sample_spec
 
 CHANGED_KINDS = ("edit", "real_edit", "style")
@@ -35,13 +34,15 @@ def changed(spec: ClipSpec, kind: str) -> ClipSpec:
     return attrs.evolve(spec, colour=edited_colour(spec.colour))
 
 
-def changed_clips(folder: Path, count: int, kind: str, first_seed: int = HELD_OUT_FIRST_SEED) -> list[HeldOutClip]:
+def changed_clips(folder: Path, count: int, kind: str, first_seed: int = HELD_OUT_FIRST_SEED, made: bool = False
+                  ) -> list[HeldOutClip]:
     """`count` held-out clips for `kind` (CHANGED_KINDS): the video is the original clip (degraded for `edit`),
-    written under `folder`; the spec (and so the prompt), truth and masks are those of the changed clip."""
+    written under `folder` (`made`: there already); the spec (and so the prompt), truth and masks are those of the
+    changed clip."""
     specs = [sample_spec(first_seed + i) for i in range(count)]
     clean = render(specs)
     videos = degrade(clean, seed=first_seed) if kind == "edit" else clean
     targets = [changed(spec, kind) for spec in specs]
     truths, masks = render_with_masks(targets)
-    return [HeldOutClip(target, video_io.write_video(folder / f"clip_{first_seed + i}.mp4", video, FPS), truth, mask)
+    return [HeldOutClip(target, written(folder / f"clip_{first_seed + i}.mp4", video, made), truth, mask)
             for i, (target, video, truth, mask) in enumerate(zip(targets, videos, truths, masks))]

@@ -19,6 +19,7 @@ from scipy import stats
 
 from evs_framework.bench.runs import run_cells
 from evs_framework.bench.suite import Cell
+from evs_framework.errors import EVSError
 from evs_framework.io import video_io
 from evs_framework.toyworld.measures import LOWER_IS_BETTER, measure, measure_free
 from evs_framework.toyworld.world import HELD_OUT_FIRST_SEED, ClipSpec, degrade, render_with_masks, sample_spec
@@ -42,30 +43,43 @@ class HeldOutClip:
     masks: torch.Tensor | None  # (T, H, W) where the shape is
 
 
-def held_out_clips(folder: Path, count: int, first_seed: int = HELD_OUT_FIRST_SEED, truth_scale: int = 1
-                   ) -> list[HeldOutClip]:
-    """`count` held-out clips from `first_seed` on, their degraded versions written under `folder`; the truth is
-    rendered `truth_scale` times larger (the scene is resolution-free), for compositions that upscale."""
+def held_out_clips(folder: Path, count: int, first_seed: int = HELD_OUT_FIRST_SEED, truth_scale: int = 1,
+                   made: bool = False) -> list[HeldOutClip]:
+    """`count` held-out clips from `first_seed` on, their degraded versions written under `folder` (`made`: they
+    are there already); the truth is rendered `truth_scale` times larger (the scene is resolution-free), for
+    compositions that upscale."""
     specs = [sample_spec(first_seed + i) for i in range(count)]
     clean, masks = render_with_masks(specs)
     degraded = degrade(clean, seed=first_seed)
     if truth_scale != 1:
         clean, masks = render_with_masks(specs, size=clean.shape[-1] * truth_scale)
-    return [HeldOutClip(spec, video_io.write_video(folder / f"clip_{first_seed + i}.mp4", bad, FPS), truth, mask)
+    return [HeldOutClip(spec, written(folder / f"clip_{first_seed + i}.mp4", bad, made), truth, mask)
             for i, (spec, bad, truth, mask) in enumerate(zip(specs, degraded, clean, masks))]
 
 
-def drawn_clips(folder: Path, count: int, context, first_seed: int = HELD_OUT_FIRST_SEED, model: str = "toyVC"
-                ) -> list[HeldOutClip]:
+def written(path: Path, frames: torch.Tensor, made: bool) -> Path:
+    """`path` with `frames` written to it, or (`made`) as another process wrote it."""
+    if made:
+        if not path.is_file():
+            raise EVSError(f"{path} is missing; the clips are made before the runs: rerun without --worker")
+        return path
+    return video_io.write_video(path, frames, FPS)
+
+
+def drawn_clips(folder: Path, count: int, context, first_seed: int = HELD_OUT_FIRST_SEED, model: str = "toyVC",
+                made: bool = False) -> list[HeldOutClip]:
     """`count` clips drawn from noise by `model` (the VideoCrafter-2 analogue) from held-out clips' prompts, as the
-    paper's enhance inputs are VideoCrafter-2 outputs, written under `folder`; they have no ground truth."""
+    paper's enhance inputs are VideoCrafter-2 outputs, written under `folder` (`made`: drawn there already); they
+    have no ground truth."""
     from evs_framework.toyworld.premises import draw
 
     specs = [sample_spec(first_seed + i) for i in range(count)]
+    paths = [folder / f"{model}_{first_seed + i}.mp4" for i in range(count)]
+    if made:
+        return [HeldOutClip(spec, written(path, None, True), None, None) for spec, path in zip(specs, paths)]
     backend = context.load(context.registry.get(model))
-    return [HeldOutClip(spec, video_io.write_video(folder / f"{model}_{first_seed + i}.mp4",
-                                                   draw(backend, spec.prompt, False, first_seed + i), FPS), None, None)
-            for i, spec in enumerate(specs)]
+    return [HeldOutClip(spec, video_io.write_video(path, draw(backend, spec.prompt, False, first_seed + i), FPS),
+                        None, None) for i, (spec, path) in enumerate(zip(specs, paths))]
 
 
 def clip_measures(output: torch.Tensor, clip: HeldOutClip) -> dict:
