@@ -71,6 +71,7 @@ class _Planner:
         self.used_windows = 0
         self.latent = MAIN  # the named latent the fields above describe
         self.latents: dict[str, dict] = {}  # the other named latents' state (LATENT_STATE), kept for later stages
+        self.steps_planned = 0  # stages, forks and merges, as their messages number them
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
@@ -124,6 +125,35 @@ class _Planner:
             if not self.catalogue.has("settings", namespace):
                 self.problem(f"$.plugin_settings.{namespace}: no loaded plugin registers settings {namespace!r} (known: "
                              f"{', '.join(self.catalogue.names('settings')) or 'none'}); install it or drop the key")
+
+    def plan_step(self, composition: str, step: Step, plan) -> bool:
+        """Check one stage, fork or merge of `composition` and, when its shape is right, `plan(index, where)` it;
+        False when it had a problem."""
+        index = self.steps_planned
+        self.steps_planned += 1
+        kind = step.model if isinstance(step, Stage) else "fork" if isinstance(step, Fork) else "merge"
+        where = f"{composition} stage {index + 1} ({kind})"
+        before = len(self.problems)
+        self.problems.extend(check_step(step, where, self.role_types))
+        if len(self.problems) == before:
+            plan(index, where)
+        if len(self.problems) > before and isinstance(step, Stage):
+            self.failed.add(step.model)
+        return len(self.problems) == before
+
+    def stage_on_latent(self, index: int, stage: Stage, where: str, fit: bool, first_level: int | None) -> None:
+        """The ops of a stage on the latent it names."""
+        if not self.work_on(stage.latent, where):
+            return
+        first_op = len(self.ops)
+        self.stage_ops(index, stage, where, fit, first_level)
+        self.ops[first_op:] = [attrs.evolve(op, latent=self.latent) for op in self.ops[first_op:]]
+
+    def take_windows(self) -> tuple[int, ...]:
+        """The spec's `stable_steps`, all marked used (a planner placing its windows itself)."""
+        windows = tuple(self.spec.settings.stable_steps)
+        self.used_windows = len(windows)
+        return windows
 
     def latent_state(self) -> dict:
         return {name: dict(getattr(self, name)) if name == "resume" else getattr(self, name) for name in LATENT_STATE}
@@ -292,7 +322,7 @@ class _Planner:
 
         windows = self.spec.settings.stable_steps
         planned = not self.failed and not self.problems  # else these would only echo the problems found
-        if planned and not builder.stages_planned:
+        if planned and not self.steps_planned:
             self.problem(f"{composition.name}: the planner emitted no stage")
         if planned and self.latents:
             self.problem(f"{composition.name}: latent(s) {', '.join(self.latents)} are never merged; merge every "
@@ -533,7 +563,6 @@ class PlanBuilder:
 
     def __init__(self, planner: _Planner, composition: str):
         self._planner, self.composition = planner, composition
-        self.stages_planned = 0
 
     @property
     def settings(self):
@@ -546,9 +575,7 @@ class PlanBuilder:
     def windows(self) -> tuple[int, ...]:
         """The spec's `stable_steps` (steps left when each window opens), for a planner that places windows itself;
         asking marks them used."""
-        windows = tuple(self._planner.spec.settings.stable_steps)
-        self._planner.used_windows = len(windows)
-        return windows
+        return self._planner.take_windows()
 
     @property
     def sigma(self) -> float:
@@ -595,38 +622,16 @@ class PlanBuilder:
         return self._branch_op(step, lambda index, where: self._planner.merge(index, step, where))
 
     def _branch_op(self, step: Fork | Merge, plan) -> bool:
-        index = self.stages_planned
-        self.stages_planned += 1
-        where = f"{self.composition} stage {index + 1} ({'fork' if isinstance(step, Fork) else 'merge'})"
-        shape = check_step(step, where, self._planner.role_types)
-        before = len(self._planner.problems)
-        self._planner.problems.extend(shape)
-        if not shape:
-            plan(index, where)
-        return len(self._planner.problems) == before
+        return self._planner.plan_step(self.composition, step, plan)
 
     def stage(self, stage: Stage, fit: bool = False, first_level: int | None = None) -> bool:
         """Plan one stage; False when it had a problem. `fit`: fit the stage to what its model has left (`steps: N`
         past the model's end stops there; a `start: current` stage with no level left is skipped, with a note).
         `first_level` starts it at that level of its model's schedule, whatever `start` says. A stage of
         `steps: 0` is its transfer alone."""
-        index = self.stages_planned
-        self.stages_planned += 1
-        where = f"{self.composition} stage {index + 1} ({stage.model})"
-        shape = check_step(stage, where, self._planner.role_types)
-        if shape:
-            self._planner.problems.extend(shape)
-            return False
-        if not self._planner.work_on(stage.latent, where):
-            return False
-        before, first_op = len(self._planner.problems), len(self._planner.ops)
-        self._planner.stage_ops(index, stage, where, fit, first_level)
-        ops = self._planner.ops
-        ops[first_op:] = [attrs.evolve(op, latent=self._planner.latent) for op in ops[first_op:]]
-        if len(self._planner.problems) > before:
-            self._planner.failed.add(stage.model)
-            return False
-        return True
+        return self._planner.plan_step(self.composition, stage, lambda index, where: self._planner.stage_on_latent(
+            index, stage, where, fit, first_level))
+
 
 
 def compile_stages(composition: Composition, builder: PlanBuilder) -> None:
