@@ -614,15 +614,14 @@ class PlanBuilder:
 
     def fork(self, *copies: str) -> bool:
         """Copies of the present latent under these names, for stages with `latent=` to work on."""
-        return self._branch_op(Fork(copies), lambda index, where: self._planner.fork(index, copies, where))
+        return self._planner.plan_step(self.composition, Fork(copies),
+                                       lambda index, where: self._planner.fork(index, copies, where))
 
     def merge(self, *merged: str, into: str = MAIN, weights: tuple[float, ...] | None = None) -> bool:
         """The named latents (at one noise level) joined into `into`: their mean, or weighted by `weights`."""
         step = Merge(merged, into, None if weights is None else tuple(weights))
-        return self._branch_op(step, lambda index, where: self._planner.merge(index, step, where))
-
-    def _branch_op(self, step: Fork | Merge, plan) -> bool:
-        return self._planner.plan_step(self.composition, step, plan)
+        return self._planner.plan_step(self.composition, step,
+                                       lambda index, where: self._planner.merge(index, step, where))
 
     def stage(self, stage: Stage, fit: bool = False, first_level: int | None = None) -> bool:
         """Plan one stage; False when it had a problem. `fit`: fit the stage to what its model has left (`steps: N`
@@ -631,7 +630,6 @@ class PlanBuilder:
         `steps: 0` is its transfer alone."""
         return self._planner.plan_step(self.composition, stage, lambda index, where: self._planner.stage_on_latent(
             index, stage, where, fit, first_level))
-
 
 
 def compile_stages(composition: Composition, builder: PlanBuilder) -> None:
