@@ -16,28 +16,31 @@ import torch
 
 from evs_framework.errors import EVSError
 
-COMPILE_PARTS = ("idm", "vdm", "vae")
+ALL = "all"  # every role's network and the VAEs
+VAE = "vae"
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 DEFAULT_CACHE = Path("~/.cache/evs/torch-compile")
 
 
 def parse_compile_parts(value: str | None) -> tuple[str, ...]:
-    """`--compile` as parts: none (or empty), all, or a comma-separated choice of idm, vdm and vae."""
+    """`--compile` as parts: none (or empty), all, or a comma-separated choice of role names (the networks of the
+    models in those roles) and vae. Role names are checked against the plan's (compiled_modules)."""
     if value is None or value.strip() in ("", "none"):
         return ()
-    if value.strip() == "all":
-        return COMPILE_PARTS
     parts = tuple(p.strip() for p in value.split(","))
-    unknown = [p for p in parts if p not in COMPILE_PARTS]
-    if unknown:
-        raise EVSError(f"--compile {value}: unknown part(s) {', '.join(map(repr, unknown))}; give all, none, or a "
-                       f"comma-separated choice of {', '.join(COMPILE_PARTS)}")
-    return parts
+    bad = [p for p in parts if not p.isidentifier()]
+    if bad:
+        raise EVSError(f"--compile {value}: {bad[0]!r} is not a part; give all, none, vae or role names, comma-separated")
+    return (ALL,) if ALL in parts else parts
 
 
 def compiled_modules(backends: dict, parts: tuple[str, ...]) -> list[tuple[str, torch.nn.Module]]:
     """(name, module) for what `parts` asks to compile, each module once: a role's `unet` (its denoising network),
     and the encoder and decoder of every frame VAE (a 3D VAE's causal frame loop is left eager)."""
+    unknown = [p for p in parts if p not in (ALL, VAE, *backends)]
+    if unknown:
+        raise EVSError(f"--compile: {unknown[0]!r} is no role of this run's composition; give all, vae or some of "
+                       f"{', '.join(backends)}")
     chosen, seen = [], set()
 
     def add(name, module):
@@ -46,9 +49,9 @@ def compiled_modules(backends: dict, parts: tuple[str, ...]) -> list[tuple[str, 
             chosen.append((name, module))
 
     for role, backend in backends.items():
-        if role in parts:
+        if role in parts or ALL in parts:
             add(f"{role} network", backend.unet)
-    if "vae" in parts:
+    if VAE in parts or ALL in parts:
         for role, backend in backends.items():
             vae = backend.codec.module
             if type(vae).__name__ == "AutoencoderKL":

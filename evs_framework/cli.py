@@ -90,7 +90,8 @@ def _running(parser: argparse.ArgumentParser) -> None:
                         help="VAE precision (default: float16 on GPU, float32 on CPU; a float16 VAE call that overflows "
                              "into NaN is done again in float32)")
     parser.add_argument("--compile", default=None, metavar="PARTS",
-                        help="torch.compile the models once loaded: all, or a comma-separated choice of idm, vdm, vae "
+                        help="torch.compile the models once loaded: all, or a comma-separated choice of roles (idm, vdm, "
+                             "... as the composition names them) and vae "
                              "(default none). The first run on a machine compiles (about a minute a model on an H200); "
                              "the compiled kernels are kept in $TORCHINDUCTOR_CACHE_DIR (default ~/.cache/evs/torch-compile) "
                              "and reused by later processes")

@@ -65,7 +65,7 @@ class LoadContext:
     vae_dtype: torch.dtype = torch.float32
     allow_pickle: bool = False
     offload: bool = False  # keep weights in CPU memory, moving each model to `device` while it works
-    compile: tuple[str, ...] = ()  # parts torch.compile'd once loaded (evs_framework.acceleration.COMPILE_PARTS)
+    compile: tuple[str, ...] = ()  # roles, `vae` or `all`: torch.compile'd once loaded (evs_framework.acceleration)
     _shared: dict = attrs.Factory(dict)
     placement: Placement = attrs.field(init=False)
 

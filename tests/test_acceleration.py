@@ -5,7 +5,8 @@ import os
 import pytest
 import torch
 
-from evs_framework.acceleration import CACHE_ENV, DEFAULT_CACHE, compile_backends, parse_compile_parts, use_persistent_cache
+from evs_framework.acceleration import (CACHE_ENV, DEFAULT_CACHE, compile_backends, compiled_modules, parse_compile_parts,
+                                        use_persistent_cache)
 from evs_framework.errors import EVSError
 from evs_framework.io.vae import CHUNK_PIXEL_BYTES, decode_latents, finite_or_float32, frames_per_call
 from evs_framework.loading import LoadContext, WeightSettings
@@ -80,12 +81,16 @@ def test_op_records_carry_the_latent_shape_and_no_memory_off_cuda(fresh, plugins
     assert all(r.peak_memory_bytes is None for r in records)
 
 
-def test_compile_parts_are_named_or_refused():
+def test_compile_parts_are_roles_or_vae_and_an_unknown_role_is_refused(tiny_backends):
     assert parse_compile_parts(None) == () and parse_compile_parts("none") == ()
-    assert parse_compile_parts("all") == ("idm", "vdm", "vae")
-    assert parse_compile_parts("idm, vae") == ("idm", "vae")
-    with pytest.raises(EVSError, match="unknown part\\(s\\) 'unet'.*idm, vdm, vae"):
-        parse_compile_parts("idm,unet")
+    assert parse_compile_parts("all") == ("all",) and parse_compile_parts("idm, vae") == ("idm", "vae")
+    with pytest.raises(EVSError, match="'u-net' is not a part"):
+        parse_compile_parts("idm,u-net")
+    backends = tiny_backends[1]
+    assert [name for name, _ in compiled_modules(backends, ("vdm",))] == ["vdm network"]
+    assert {name for name, _ in compiled_modules(backends, ("all",))} >= {"idm network", "vdm network"}
+    with pytest.raises(EVSError, match="'style' is no role of this run's composition; give all, vae or some of idm, vdm"):
+        compiled_modules(backends, ("style",))
 
 
 def test_the_cli_compiles_what_it_is_asked_and_keeps_cpu_vaes_in_float32(plugins, registry):
@@ -97,8 +102,8 @@ def test_the_cli_compiles_what_it_is_asked_and_keeps_cpu_vaes_in_float32(plugins
     assert context().vae_dtype == torch.float32 and context().compile == ()
     assert context("--compile", "idm,vae").compile == ("idm", "vae")
     assert context("--vae-dtype", "float16").vae_dtype == torch.float16
-    with pytest.raises(EVSError, match="--compile vdm,bogus"):
-        context("--compile", "vdm,bogus")
+    with pytest.raises(EVSError, match="--compile vdm,bo-gus"):
+        context("--compile", "vdm,bo-gus")
 
 
 def test_the_compile_cache_persists_unless_the_user_chose_one(monkeypatch, tmp_path):
