@@ -169,7 +169,8 @@ def test_measures_say_which_way_is_better():
                               "warp_error": {"input": 0.04, "output": 0.01},
                               "proxy.x": {"input": 1.0, "output": 2.0, "higher_is_better": False},
                               "proxy.imaging_niqe": {"input": float("nan"), "output": float("nan")}})
-    assert rows == [["psnr", "20.0000", "22.5000", "+2.5000", "yes"], ["warp_error", "0.0400", "0.0100", "-0.0300", "yes"],
+    assert rows == [["psnr", "20.0000", "22.5000", "+2.5000", "yes"],
+                    ["warp_error", "0.0400", "0.0100", "-0.0300", "yes"],
                     ["proxy.x", "1.0000", "2.0000", "+1.0000", "no"], ["proxy.imaging_niqe", "n/a", "n/a", "", ""]]
 
 
@@ -229,7 +230,8 @@ def test_the_runs_table_has_every_measure_any_run_has():
     settings = {**SETTINGS, "seed": 23, "frames": 8}
     runs = [RunRecord(f"run-00{i}", "clip.mp4", "IDM", {"idm": "toyI", "vdm": "toyV"}, settings, 1.5, {"toyI": 4},
                       scores, Path("o.mp4"), Path("v.mp4"), Path("s.png"), Path("r.yaml"), ())
-            for i, scores in ((1, {"psnr": {"input": 20.0, "output": 21.0}}), (2, {"ssim": {"input": 0.5, "output": 0.6}}))]
+            for i, scores in ((1, {"psnr": {"input": 20.0, "output": 21.0}}),
+                              (2, {"ssim": {"input": 0.5, "output": 0.6}}))]
     headers, rows = tables.run_rows(runs)
     assert headers == tables.RUN_HEADERS + ["psnr", "ssim"]
     assert rows[0][-2:] == ["21.0000", ""] and rows[1][-2:] == ["", "0.6000"]

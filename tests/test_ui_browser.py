@@ -189,7 +189,7 @@ def _downloaded(folder: Path, suffix: str) -> Path | None:
 
 def _screenshot(browser, path: Path) -> None:
     """The whole page as the run left it, in 128 colours (the README's copy stays small)."""
-    browser.set_window_size(1400, browser.execute_script("return document.documentElement.scrollHeight") + 100)
+    browser.set_window_size(1400, browser.execute_script("return document.documentElement.scrollHeight") + 300)
     browser.execute_script("window.scrollTo(0, 0)")
     browser.save_screenshot(str(path))
     Image.open(path).convert("RGB").quantize(128).save(path, optimize=True)

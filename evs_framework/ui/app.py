@@ -64,7 +64,7 @@ class Page:
     def knob_ranges(self, t2i, t2v, idm_strength):
         t2v_steps = self.steps_of(t2v)
         return (gr.update(info=tables.stable_steps_info(t2i, self.steps_of(t2i), idm_strength)),
-                gr.update(maximum=max(1, t2v_steps), info=f"T2V steps in each window: 1 to {t2v}'s {t2v_steps}"))
+                gr.update(maximum=max(1, t2v_steps), info=tables.stable_num_info(t2v, t2v_steps)))
 
     def pick_source(self, source, toy, upload):
         video = toy if source == SOURCES[0] else upload
@@ -150,52 +150,15 @@ class Page:
         return str(compare_view(runs, self.root / "compare")), _message("")
 
     def build(self) -> gr.Blocks:
-        t2i_choices = tables.model_choices(self.statuses, "t2i")
-        t2v_choices = tables.model_choices(self.statuses, "t2v")
-        toy_choices = [(f"{Path(path).stem}: {clip.prompt}", path) for path, clip in self.toys.items()]
-        first_toy = next(iter(self.toys))
-        modes = framework.invert_modes(self.bench)
-        defaults, models = framework.TOY_SETTINGS, framework.TOY_MODELS
         with gr.Blocks(title="EVS", analytics_enabled=False) as blocks:
             gr.Markdown("# EVS: a T2I and a T2V model in one denoising trajectory\nPick a clip, models and a "
                         "composition; the plan follows every change. The toy models ship with EVS and run on a CPU.")
             upload_kept = gr.State(None)
             with gr.Tab("Run"):
                 with gr.Row():
-                    with gr.Column():
-                        source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Clip", elem_id="evs-source")
-                        toy = gr.Dropdown(toy_choices, value=first_toy, elem_id="evs-toy",
-                                          label="Toy clip (held out, degraded; shown beside its ground truth)")
-                        upload = gr.File(label="Your video", visible=False, elem_id="evs-upload")
-                        preview = gr.Video(first_toy, label="Input", interactive=False, height=256, elem_id="evs-input")
-                        frames = gr.Slider(1, MAX_FRAMES, value=16, step=1, label="frames (video.max_frames)",
-                                           info=f"frames read from the clip: 1 to {MAX_FRAMES}", elem_id="evs-frames")
-                        clip_note = gr.Markdown(tables.clip_note(Path(first_toy).name, framework.probe(Path(first_toy)),
-                                                                 16), elem_id="evs-clip-note")
-                        prompt = gr.Textbox(self.toys[first_toy].prompt, label="Prompt", elem_id="evs-prompt")
-                    with gr.Column():
-                        t2i = gr.Dropdown(t2i_choices, value=models["idm"], label="T2I model (idm)", elem_id="evs-t2i")
-                        t2v = gr.Dropdown(t2v_choices, value=models["vdm"], label="T2V model (vdm)", elem_id="evs-t2v")
-                        composition = gr.Dropdown(framework.composition_names(self.bench), value="IDM_VDM_IDM",
-                                                  label="Composition", elem_id="evs-composition")
-                        idm_strength = gr.Slider(0.05, 1, value=defaults["idm_inverse_strength"], step=0.05,
-                                                 label="idm_inverse_strength", elem_id="evs-idm-strength",
-                                                 info="(0, 1]: the fraction of the T2I's schedule to run")
-                        vdm_strength = gr.Slider(0.05, 1, value=defaults["vdm_inverse_strength"], step=0.05,
-                                                 label="vdm_inverse_strength", elem_id="evs-vdm-strength",
-                                                 info="(0, 1]: where the T2V's window starts in its schedule")
-                        stable_steps = gr.Textbox(", ".join(map(str, defaults["stable_steps"])), label="stable_steps",
-                                                  elem_id="evs-stable-steps", info=tables.stable_steps_info(
-                                                      models["idm"], self.steps_of(models["idm"]),
-                                                      defaults["idm_inverse_strength"]))
-                        stable_num = gr.Slider(1, self.steps_of(models["vdm"]), value=defaults["stable_num"], step=1,
-                                               label="stable_num", elem_id="evs-stable-num")
-                        with gr.Accordion("Transfers and seed", open=False):
-                            idm_mode = gr.Dropdown(modes, value=defaults["idm_invert_mode"], label="idm_invert_mode")
-                            vdm_mode = gr.Dropdown(modes, value=defaults["vdm_invert_mode"], label="vdm_invert_mode")
-                            idm_mode_2 = gr.Dropdown(modes, value=defaults["idm_invert_mode_2"],
-                                                     label="idm_invert_mode_2")
-                            seed = gr.Number(23, label="seed", precision=0, minimum=0, elem_id="evs-seed")
+                    source, toy, upload, preview, frames, clip_note, prompt = self._clip_column()
+                    t2i, t2v, composition, idm_mode, vdm_mode, idm_mode_2, idm_strength, vdm_strength, stable_steps, \
+                        stable_num, seed = self._knobs_column()
                     with gr.Column():
                         summary = gr.Markdown(elem_id="evs-plan-summary")
                         plan_problems = gr.Textbox(label="The plan's problems", visible=False, lines=4,
@@ -206,28 +169,9 @@ class Page:
                             cancel = gr.Button("Cancel", variant="stop", elem_id="evs-cancel")
                         self.progress = gr.Markdown(elem_id="evs-progress")
                 plan = gr.Code(label="Plan (as `evs plan` prints it)", interactive=False, elem_id="evs-plan")
-                with gr.Row():
-                    self.view = gr.Video(label="input | output | ground truth", show_label=False, interactive=False,
-                                         loop=True, elem_id="evs-view")
-                    self.sheet = gr.Image(label="Contact sheet (every second frame)", type="filepath",
-                                          interactive=False, elem_id="evs-sheet")
-                with gr.Row():
-                    self.scores = gr.Dataframe(headers=tables.SCORE_HEADERS, label="Measures (input and output)",
-                                               interactive=False, max_height=800, scale=3, elem_id="evs-scores")
-                    with gr.Column(scale=2):
-                        self.files = gr.File(label="Outputs", file_count="multiple", interactive=False,
-                                             elem_id="evs-files")
-                        self.spec_button = gr.DownloadButton("Download the spec", interactive=False,
-                                                             elem_id="evs-spec")
-                        self.reproduce = gr.Markdown(elem_id="evs-reproduce")
+                self._result_rows()
             with gr.Tab("Compare runs"):
-                self.runs = gr.Dataframe(headers=tables.RUN_HEADERS, label="This session's runs", interactive=False,
-                                         wrap=True, elem_id="evs-runs")
-                self.chosen = gr.Dropdown([], multiselect=True, label="Runs to show side by side",
-                                          elem_id="evs-chosen")
-                compare = gr.Button("Show side by side", elem_id="evs-compare")
-                compared = gr.Video(label="The runs' outputs", show_label=False, interactive=False, loop=True,
-                                    elem_id="evs-compared")
+                compare, compared = self._compare_tab()
             with gr.Tab("Models"):
                 gr.Markdown(tables.models_markdown(self.statuses), elem_id="evs-models")
 
@@ -253,6 +197,79 @@ class Page:
             cancel.click(self.cancel, None, self.progress, concurrency_limit=None)
             compare.click(self.compare, self.chosen, [compared, self.message])
         return blocks
+
+    def _clip_column(self) -> tuple:
+        """(source, toy, upload, preview, frames, clip_note, prompt)"""
+        first = next(iter(self.toys))
+        with gr.Column():
+            source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Clip", elem_id="evs-source")
+            toy = gr.Dropdown([(f"{Path(path).stem}: {clip.prompt}", path) for path, clip in self.toys.items()],
+                              value=first, label="Toy clip (held out, degraded; shown beside its ground truth)",
+                              elem_id="evs-toy")
+            upload = gr.File(label="Your video", visible=False, elem_id="evs-upload")
+            preview = gr.Video(first, label="Input", interactive=False, height=256, elem_id="evs-input")
+            frames = gr.Slider(1, MAX_FRAMES, value=16, step=1, label="frames (video.max_frames)",
+                               info=f"frames read from the clip: 1 to {MAX_FRAMES}", elem_id="evs-frames")
+            clip_note = gr.Markdown(tables.clip_note(Path(first).name, framework.probe(Path(first)), 16),
+                                    elem_id="evs-clip-note")
+            prompt = gr.Textbox(self.toys[first].prompt, label="Prompt", elem_id="evs-prompt")
+        return source, toy, upload, preview, frames, clip_note, prompt
+
+    def _knobs_column(self) -> tuple:
+        """(t2i, t2v, composition, idm_mode, vdm_mode, idm_mode_2, idm_strength, vdm_strength, stable_steps,
+        stable_num, seed)"""
+        defaults, models = framework.TOY_SETTINGS, framework.TOY_MODELS
+        t2i_steps, t2v_steps = self.steps_of(models["idm"]), self.steps_of(models["vdm"])
+        modes = framework.invert_modes(self.bench)
+        with gr.Column():
+            t2i = gr.Dropdown(tables.model_choices(self.statuses, "t2i"), value=models["idm"], label="T2I model (idm)",
+                              elem_id="evs-t2i")
+            t2v = gr.Dropdown(tables.model_choices(self.statuses, "t2v"), value=models["vdm"], label="T2V model (vdm)",
+                              elem_id="evs-t2v")
+            composition = gr.Dropdown(framework.composition_names(self.bench), value="IDM_VDM_IDM",
+                                      label="Composition", elem_id="evs-composition")
+            idm_strength = gr.Slider(0.05, 1, value=defaults["idm_inverse_strength"], step=0.05,
+                                     label="idm_inverse_strength", elem_id="evs-idm-strength",
+                                     info="(0, 1]: the fraction of the T2I's schedule to run")
+            vdm_strength = gr.Slider(0.05, 1, value=defaults["vdm_inverse_strength"], step=0.05,
+                                     label="vdm_inverse_strength", elem_id="evs-vdm-strength",
+                                     info="(0, 1]: where the T2V's window starts in its schedule")
+            stable_steps = gr.Textbox(", ".join(map(str, defaults["stable_steps"])), label="stable_steps",
+                                      elem_id="evs-stable-steps", info=tables.stable_steps_info(
+                                          models["idm"], t2i_steps, defaults["idm_inverse_strength"]))
+            stable_num = gr.Slider(1, t2v_steps, value=defaults["stable_num"], step=1, label="stable_num",
+                                   info=tables.stable_num_info(models["vdm"], t2v_steps), elem_id="evs-stable-num")
+            with gr.Accordion("Transfers and seed", open=False):
+                idm_mode = gr.Dropdown(modes, value=defaults["idm_invert_mode"], label="idm_invert_mode")
+                vdm_mode = gr.Dropdown(modes, value=defaults["vdm_invert_mode"], label="vdm_invert_mode")
+                idm_mode_2 = gr.Dropdown(modes, value=defaults["idm_invert_mode_2"], label="idm_invert_mode_2")
+                seed = gr.Number(23, label="seed", precision=0, minimum=0, elem_id="evs-seed")
+        return (t2i, t2v, composition, idm_mode, vdm_mode, idm_mode_2, idm_strength, vdm_strength, stable_steps,
+                stable_num, seed)
+
+    def _result_rows(self) -> None:
+        with gr.Row():
+            self.view = gr.Video(label="input | output | ground truth", show_label=False, interactive=False,
+                                 loop=True, elem_id="evs-view")
+            self.sheet = gr.Image(label="Contact sheet (every second frame)", type="filepath", interactive=False,
+                                  elem_id="evs-sheet")
+        with gr.Row():
+            self.scores = gr.Dataframe(headers=tables.SCORE_HEADERS, label="Measures (input and output)",
+                                       interactive=False, max_height=800, scale=3, elem_id="evs-scores")
+            with gr.Column(scale=2):
+                self.files = gr.File(label="Outputs", file_count="multiple", interactive=False, elem_id="evs-files")
+                self.spec_button = gr.DownloadButton("Download the spec", interactive=False, elem_id="evs-spec")
+                self.reproduce = gr.Markdown(elem_id="evs-reproduce")
+
+    def _compare_tab(self) -> tuple:
+        """(the compare button, the video it fills)"""
+        self.runs = gr.Dataframe(headers=tables.RUN_HEADERS, label="This session's runs", interactive=False,
+                                 wrap=True, elem_id="evs-runs")
+        self.chosen = gr.Dropdown([], multiselect=True, label="Runs to show side by side", elem_id="evs-chosen")
+        compare = gr.Button("Show side by side", elem_id="evs-compare")
+        compared = gr.Video(label="The runs' outputs", show_label=False, interactive=False, loop=True,
+                            elem_id="evs-compared")
+        return compare, compared
 
 
 def _message(text: str):

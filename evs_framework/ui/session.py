@@ -16,8 +16,6 @@ import yaml
 from evs_framework.ui.framework import EVSError, RunCancelled, StepEvent, probe
 
 MAX_UPLOAD_MIB = 500
-SETTING_KEYS = ("idm_invert_mode", "vdm_invert_mode", "idm_invert_mode_2", "idm_inverse_strength",
-                "vdm_inverse_strength", "stable_steps", "stable_num")
 
 
 @attrs.frozen
@@ -29,7 +27,7 @@ class Form:
     t2i: str
     t2v: str
     composition: str
-    settings: dict  # SETTING_KEYS, as the page holds them (stable_steps as the text typed)
+    settings: dict  # the composition's settings by their spec names, stable_steps as the text typed
     seed: int
     frames: int
 

@@ -82,6 +82,10 @@ def stable_steps_info(t2i: str, t2i_steps: int, strength: float) -> str:
             f"{t2i}'s {t2i_steps} steps x idm_inverse_strength {strength:g} = {t2i_steps * strength:g}")
 
 
+def stable_num_info(t2v: str, t2v_steps: int) -> str:
+    return f"T2V steps in each window: 1 to {t2v}'s {t2v_steps}"
+
+
 def models_markdown(statuses: list[ModelStatus]) -> str:
     """The registry's models, whether each runs here, and for those that do not where their weights were searched
     and how to get them (the messages `evs plan` gives)."""
