@@ -237,3 +237,35 @@ def test_the_runs_table_has_every_measure_any_run_has():
     assert rows[0][-2:] == ["21.0000", ""] and rows[1][-2:] == ["", "0.6000"]
     assert rows[0][4] == ("strengths 0.4 / 0.4, stable_steps 8, stable_num 2, invert random / random / ddim, seed 23, "
                           "8 frames")
+
+
+def test_the_pages_cancel_button_stops_its_run_and_frees_the_machine(bench, clip_file, tmp_path, monkeypatch):
+    from evs_framework.ui.app import Page
+
+    pressed, running = threading.Event(), framework.run
+
+    def run_held_at_the_second_step(bench, prepared, listener):  # so that the press comes before the run ends
+        def listen(event):
+            if event.done == 1:
+                pressed.wait(30)
+            listener(event)
+        return running(bench, prepared, listen)
+
+    monkeypatch.setattr(framework, "run", run_held_at_the_second_step)
+    page = Page(bench, tmp_path / "ui")
+    page.build()
+    request = type("Request", (), {"session_hash": "one tab"})()
+    values = ["upload", None, str(clip_file), "a red ball on grass", "EP", "lightningEP", "IDM_VDM_IDM", "random",
+              "random", "ddim", 0.4, 0.4, "8", 2, 23, 8]
+    shown = []
+    for update in page.run(request, *values):
+        shown.append(str(update.get(page.progress)))
+        if shown[-1].startswith("**Running** op") and not pressed.is_set():
+            assert page.cancel(request).startswith("**Cancelling**")
+            pressed.set()
+    assert shown[-1] == "**Cancelled**: nothing was written" and not (tmp_path / "ui" / "runs" / "run-001").exists()
+    assert page.cancel(request) == "Nothing is running."
+
+    *_, done = page.run(request, *values)  # the machine is free again
+    assert done[page.progress].startswith("**Done**")
+    assert (tmp_path / "ui" / "runs" / "run-001" / "run-001.yaml").is_file()

@@ -96,13 +96,13 @@ class Page:
             yield {self.message: _message("Another run is in progress (one at a time on this machine); wait for it, "
                                           "or cancel it in its page.")}
             return
-        folder = None
+        started = False  # from then on the run's thread frees the machine when it ends
         try:
-            folder = new_run_folder(self.runs_folder)
-            prepared = framework.prepare(self.bench, spec_data(form, folder))
+            prepared = self._prepared(form)
             session.cancel = threading.Event()
             yield {self.progress: "**Running**: loading the models and encoding the clip", self.message: _message("")}
-            for item in follow(lambda listener: framework.run(self.bench, prepared, listener), session.cancel):
+            started = True
+            for item in follow(lambda listener: self._run_then_free(prepared, listener), session.cancel):
                 if isinstance(item, Finished):
                     finished = item
                 else:
@@ -114,14 +114,30 @@ class Page:
             session.runs.append(record)
             yield self.shown(record, session)
         except framework.RunCancelled:
-            yield {self.progress: f"**Cancelled**: nothing was written{_removed(folder)}"}
+            yield {self.progress: f"**Cancelled**: nothing was written{_removed(prepared.output.parent)}"}
         except framework.EVSError as exc:
-            _removed(folder)
             yield {self.progress: "", self.message: _message(str(exc))}
         finally:
             if session.cancel is not None:
                 session.cancel.set()  # the page went away mid-run: the thread stops at its next step
             session.cancel = None
+            if not started:
+                self.busy.release()
+
+    def _prepared(self, form: Form) -> framework.Prepared:
+        """The run checked and planned in a new run folder, which goes again when the run cannot be planned."""
+        folder = new_run_folder(self.runs_folder)
+        try:
+            return framework.prepare(self.bench, spec_data(form, folder))
+        except framework.EVSError:
+            folder.rmdir()
+            raise
+
+    def _run_then_free(self, prepared: framework.Prepared, listener):
+        """The run, on its thread; the machine takes the next run when it ends, even one whose page went away."""
+        try:
+            return framework.run(self.bench, prepared, listener)
+        finally:
             self.busy.release()
 
     def shown(self, record, session) -> dict:
