@@ -191,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the registry's models and whether their weights are here")
     models.add_argument("--weights-dir", action="append", default=[], metavar="DIR",
                         help="folder holding model weights, searched before $EVS_WEIGHTS_DIR and ./pretrained_models")
-    for sub in (plan, run, demo, sfi, evaluate, comparing, fetch, commands.choices["plugins"], commands.choices["models"]):
+    for sub in (plan, run, demo, sfi, evaluate, comparing, fetch, commands.choices["plugins"], commands.choices["models"],
+                ui):
         _common(sub)
-    _common(ui)
     for sub in (plan, run, demo, sfi, comparing, ui):  # plan reads configs and sizes for the same weights, dtype and device
         _running(sub)
     return parser

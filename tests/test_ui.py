@@ -269,3 +269,12 @@ def test_the_pages_cancel_button_stops_its_run_and_frees_the_machine(bench, clip
     *_, done = page.run(request, *values)  # the machine is free again
     assert done[page.progress].startswith("**Done**")
     assert (tmp_path / "ui" / "runs" / "run-001" / "run-001.yaml").is_file()
+
+
+def test_the_command_shown_to_rerun_carries_the_flags_that_change_the_output():
+    from evs_framework.cli import _run_flags, build_parser
+
+    args = build_parser().parse_args(["ui", "--port", "8000", "--device", "cpu", "--threads", "3", "--offload",
+                                      "--weights-dir", "w", "--output-dir", "elsewhere"])
+    assert _run_flags(args) == "--device cpu --threads 3 --weights-dir w --offload"
+    assert _run_flags(build_parser().parse_args(["ui"])) == ""
