@@ -1,4 +1,4 @@
-"""The `evs` command: plan, run, demo, sfi, eval, compare, bench, toyworld, fetch, plugins, models."""
+"""The `evs` command: plan, run, demo, sfi, eval, compare, bench, toyworld, fetch, plugins, models, ui."""
 
 from __future__ import annotations
 
@@ -202,13 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="processes that share the rows (on one device: a GPU a toy model leaves mostly idle "
                               "gets through a suite about N times faster); the clips are made once, first")
         sub.add_argument("--worker", type=_share, default=None, help=argparse.SUPPRESS)  # I/N: one worker's share
+    ui = commands.add_parser("ui", help="a local web app: pick a clip, models and a composition, see the plan, run "
+                                        "it with progress, compare runs (needs gradio: pip install -e '.[ui]')")
+    ui.add_argument("--host", default="127.0.0.1", help="the address to serve on (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=7860, help="default 7860")
     commands.add_parser("plugins", help="list loaded plugins and what each provides")
     models = commands.add_parser("models", help="list the registry's models and whether their weights are here")
     models.add_argument("--weights-dir", action="append", default=[], metavar="DIR",
                         help="folder holding model weights, searched before $EVS_WEIGHTS_DIR and ./pretrained_models")
-    for sub in (plan, run, demo, sfi, evaluate, comparing, fetch, commands.choices["plugins"], commands.choices["models"]):
+    for sub in (plan, run, demo, sfi, evaluate, comparing, fetch, commands.choices["plugins"], commands.choices["models"],
+                ui):
         _common(sub)
-    for sub in (plan, run, demo, sfi, comparing):  # plan reads configs and sizes for the same weights, dtype and device
+    for sub in (plan, run, demo, sfi, comparing, ui):  # plan reads configs and sizes for the same weights, dtype and device
         _running(sub)
     return parser
 
@@ -537,9 +542,31 @@ def cmd_models(args, plugins, registry) -> int:
     return 0
 
 
+def cmd_ui(args, plugins, registry) -> int:
+    try:
+        import gradio  # noqa: F401 - an optional dependency: say how to get it before anything starts
+    except ImportError:
+        raise EVSError("`evs ui` needs gradio, which is not installed; pip install -e '.[ui]'") from None
+    from evs_framework.ui.app import serve
+    from evs_framework.ui.framework import open_workbench
+
+    bench = open_workbench(plugins, registry, _context_options(args))
+    serve(bench, resolved(args.output_dir or Path("outputs/ui")), args.host, args.port, _run_flags(args))
+    return 0
+
+
+def _run_flags(args) -> str:
+    """The flags of `evs run` that make its outputs those of this command's runs (the same models, device,
+    precision and thread count)."""
+    flags = [f"--{name.replace('_', '-')} {value}" for name in ("device", "dtype", "vae_dtype", "threads", "compile")
+             if (value := getattr(args, name)) is not None]
+    flags += [f"--weights-dir {folder}" for folder in args.weights_dir] + [f"--registry {file}" for file in args.registry]
+    return " ".join(flags + [f"--{name.replace('_', '-')}" for name in ("offload", "allow_pickle") if getattr(args, name)])
+
+
 COMMANDS = {"plan": cmd_plan, "run": cmd_run, "demo": cmd_demo, "sfi": cmd_sfi, "eval": cmd_eval,
             "compare": cmd_compare, "fetch": cmd_fetch, "bench": cmd_bench, "toyworld": cmd_toyworld,
-            "plugins": cmd_plugins, "models": cmd_models}
+            "plugins": cmd_plugins, "models": cmd_models, "ui": cmd_ui}
 
 
 INTERRUPTED = "interrupted; finished videos are kept, rerun the same command to continue"

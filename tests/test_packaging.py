@@ -70,6 +70,15 @@ def test_the_shipped_suites_come_with_the_wheel(installed):
     assert all(f"{name}.yaml" in listed for name in ("toy_enhance", "toy_enhance_vc2", "toy_sweep", "seed_enhance"))
 
 
+def test_the_web_ui_comes_with_the_wheel(installed):
+    bin_dir, run_dir = installed
+    help_text = evs(installed, "ui", "--help")
+    assert help_text.returncode == 0 and "--port" in help_text.stdout
+    where = subprocess.run([str(bin_dir / "python"), "-c", "import evs_framework.ui.app as app; print(app.__file__)"],
+                           capture_output=True, text=True, cwd=run_dir, check=True).stdout
+    assert str(bin_dir.parent) in where
+
+
 def test_plan_and_demo_from_the_wheel(installed, zoo, clip_file):
     _, run_dir = installed
     config = run_dir / "enhance.json"
