@@ -68,7 +68,7 @@ def test_frames_of_the_wrong_shape_or_range_are_refused(composer, frames, zoo):
 
 
 def test_the_readme_example_runs(capsys):
-    exec(compile(block_starting("python", "from evs_framework.api import Composer"), "README", "exec"), {})
+    exec(compile(block_starting("python", "from evs_framework import Composer"), "README", "exec"), {})
     assert capsys.readouterr().out.strip() == "(16, 128, 128, 3) {'idm': 24, 'vdm': 2}"
 
 
