@@ -41,7 +41,7 @@ from evs_framework.planner import make_plan
 from evs_framework.plugins import load_plugins
 from evs_framework.registry import load_registry
 from evs_framework.runner import load_backends
-from evs_framework.spec import InputVideo, ModelChoice, OutputOptions, Settings, Spec
+from evs_framework.spec import InputVideo, ModelChoice, OutputOptions, Settings, Spec, StepCacheChoice
 from evs_framework.testing.zoo import build_tiny_zoo, make_synthetic_clip
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -61,6 +61,7 @@ class Variant:
     offload: bool = False
     cudnn_benchmark: bool = False
     vdm_source_size: bool = False
+    step_cache: int | None = None  # the interval of step caching on both UNets (depth 1); None: exact
     settings: dict = attrs.field(factory=dict)
 
 
@@ -82,6 +83,8 @@ VARIANTS = {
         Variant("compiled-source-size-random", "compiled, the T2V window at the source size, random re-entry",
                 compile=("idm", "vdm", "vae"), cudnn_benchmark=True, vdm_source_size=True,
                 settings={"idm_invert_mode_2": "random"}),
+        Variant("step-cache-2", "eager, step caching every 2nd step in full (depth 1) on both UNets", step_cache=2),
+        Variant("step-cache-3", "eager, step caching every 3rd step in full (depth 1) on both UNets", step_cache=3),
     )
 }
 PIPELINE_VARIANTS = ",".join(VARIANTS)
@@ -180,9 +183,10 @@ def context_for(variant: Variant, plugins, registry, weights, device) -> LoadCon
 
 
 def spec_for(variant: Variant) -> Spec:
+    cache = None if variant.step_cache is None else StepCacheChoice(variant.step_cache)
     return Spec(inputs=(InputVideo(Path("synthetic.mp4"), PROMPT),), composition=variant.composition,
-                models={"idm": ModelChoice("EP", upscale=2.0),
-                        "vdm": ModelChoice("lightningEP", source_size=variant.vdm_source_size)},
+                models={"idm": ModelChoice("EP", upscale=2.0, cache=cache),
+                        "vdm": ModelChoice("lightningEP", source_size=variant.vdm_source_size, cache=cache)},
                 settings=Settings(**variant.settings), output=OutputOptions(decode_chunk=variant.decode_chunk))
 
 

@@ -43,6 +43,7 @@ BUILTIN_PLUGINS = (
     "evs_plugins.local_weights",
     "evs_plugins.hub_cache",
     "evs_plugins.feature_injection",
+    "evs_plugins.step_cache",
     "evs_plugins.metrics_basic",
     "evs_plugins.metrics_flow",
     "evs_plugins.metrics_weights",

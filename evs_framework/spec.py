@@ -53,12 +53,22 @@ class ContextChoice:
 
 
 @attrs.frozen
+class StepCacheChoice:
+    """Step caching (evs_plugins.step_cache), an approximation that trades accuracy for speed: in each op, every
+    `interval`-th step (the op's first among them) runs the whole UNet and keeps the features its deep path hands to
+    the outer up-blocks; the steps between run only the outer `depth` down- and up-blocks on those kept features."""
+
+    interval: int = 3
+    depth: int = 1
+
+
+@attrs.frozen
 class ModelChoice:
     """A registry name for one role; `guidance`, `steps` and `sampler` override the registry preset when given,
     `sampler_params` the sampler's own defaults (DDIM's eta, say). `upscale` resizes the latents when the role first
     runs; `source_size` runs the role at the source clip's size instead of the size the trajectory has reached (the
     clean estimate is resized to it when the role takes over, and back when the next role does); `context` the
-    windows a motion model runs a long clip in."""
+    windows a motion model runs a long clip in; `cache` turns step caching on (None, the default: every step exact)."""
 
     name: str
     upscale: float = 1.0
@@ -69,6 +79,7 @@ class ModelChoice:
     sampler: str | None = None
     sampler_params: dict[str, float] = attrs.field(factory=dict)
     context: ContextChoice = ContextChoice()
+    cache: StepCacheChoice | None = None
 
 
 @attrs.frozen
@@ -376,6 +387,8 @@ def check_spec(spec: Spec) -> list[str]:
             problems.append(f"$.models.{role}.guidance: {choice.guidance}; use a number of at least 1 (1: no guidance)")
         if choice.steps is not None and choice.steps < 1:
             problems.append(f"$.models.{role}.steps: {choice.steps} must be at least 1")
+        if choice.cache is not None:
+            problems += step_cache_problems(choice.cache, f"$.models.{role}.cache")
     if spec.video.max_frames is not None and not 1 <= spec.video.max_frames <= MAX_FRAMES:
         problems.append(f"$.video.max_frames: {spec.video.max_frames} must be in 1..{MAX_FRAMES} (or null for all frames)")
     if not 1 <= spec.video.stride <= MAX_FRAMES:
@@ -389,6 +402,17 @@ def check_spec(spec: Spec) -> list[str]:
     if isinstance(spec.composition, Composition):
         problems += check_composition(spec.composition, "$.composition")
     return problems + check_injection(spec.injection)
+
+
+def step_cache_problems(cache: StepCacheChoice, path: str) -> list[str]:
+    """The values a step cache cannot have whatever the model (how deep its UNet goes is checked against the UNet)."""
+    problems = []
+    if cache.interval < 1:
+        problems.append(f"{path}.interval: {cache.interval}; give at least 1 (1 runs every step in full, 3 every third)")
+    if cache.depth < 1:
+        problems.append(f"{path}.depth: {cache.depth}; give at least 1, the outer down- and up-blocks that run on "
+                        f"every step")
+    return problems
 
 
 def check_injection(settings: InjectionSettings, path: str = "$.injection") -> list[str]:

@@ -15,8 +15,9 @@ from evs_framework.testing.zoo import make_synthetic_clip
 
 BASE = {
     "inputs": [{"video": "clip.mp4", "prompt": "a red disc", "seed": 5}],
-    "models": {"idm": {"name": "toyI", "upscale": 1.5, "guidance": 2.0, "steps": 20},
-               "vdm": {"name": "toyV", "steps": 8, "context": {"frames": 8, "overlap": 2}}},
+    "models": {"idm": {"name": "toyI", "upscale": 1.5, "guidance": 2.0, "steps": 20, "cache": {"interval": 3, "depth": 1}},
+               "vdm": {"name": "toyV", "steps": 8, "context": {"frames": 8, "overlap": 2},
+                       "cache": {"interval": 2, "depth": 2}}},
     "composition": "IDM_VDM_IDM",
     "settings": {"idm_inverse_strength": 0.5, "vdm_inverse_strength": 0.5, "stable_steps": [5], "stable_num": 2,
                  "inversion_guidance": 1.0},
@@ -33,7 +34,9 @@ NUMERIC_FIELDS = [
     ("settings", "idm_inverse_strength"), ("settings", "vdm_inverse_strength"), ("settings", "stable_steps", 0),
     ("settings", "stable_num"), ("settings", "inversion_guidance"), ("seed",), ("inputs", 0, "seed"),
     ("models", "idm", "upscale"), ("models", "idm", "guidance"), ("models", "idm", "steps"), ("models", "vdm", "steps"),
-    ("models", "vdm", "context", "frames"), ("models", "vdm", "context", "overlap"), ("video", "max_frames"),
+    ("models", "vdm", "context", "frames"), ("models", "vdm", "context", "overlap"), ("models", "idm", "cache", "interval"),
+    ("models", "idm", "cache", "depth"), ("models", "vdm", "cache", "interval"), ("models", "vdm", "cache", "depth"),
+    ("video", "max_frames"),
     ("video", "stride"), ("video", "size", 0), ("video", "size", 1), ("output", "decode_chunk"),
     ("injection", "window", 1), ("injection", "max_cache_gib"),
 ]
