@@ -159,7 +159,7 @@ def execute(plan: Plan, denoisers: dict[str, Denoiser], source: torch.Tensor, ca
         if cuda is not None:
             torch.cuda.reset_peak_memory_stats(cuda)
         started = time.perf_counter()
-        state = latents[op.merged[0] if isinstance(op, MergeOp) else op.latent]
+        state = None if isinstance(op, MergeOp) else latents[op.latent]  # a merge makes its latent
         if isinstance(op, ForkOp):
             del latents[op.latent]
             for name in op.copies:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evs_framework.plan import ConvertOp, DenoiseOp, ForkOp, LatentOp, MergeOp, Plan, TransferOp, untrained_timesteps
+from evs_framework.plan import ConvertOp, DenoiseOp, ForkOp, LatentOp, Plan, TransferOp, untrained_timesteps
 
 
 def _sigma(value: float | None) -> str:

@@ -13,7 +13,7 @@ import attrs
 from evs_framework.composition import MAIN, Composition, Fork, Merge, Stage, Step, check_composition, check_step
 from evs_framework.context_windows import Context
 from evs_framework.convert import structure_fields
-from evs_framework.errors import EVSError, PlanError, did_you_mean, unknown_parameters, written
+from evs_framework.errors import EVSError, PlanError, did_you_mean, unknown_parameters
 from evs_framework.latent_space import VAE_ROUND_TRIP, converter_between
 from evs_framework.plan import (ConvertOp, DenoiseOp, ForkOp, LatentOp, MergeOp, Plan, PlannedModel, TransferOp,
                                 calls_per_evaluation, untrained_timesteps)

@@ -18,7 +18,7 @@ import structlog
 
 from evs_framework.convert import structure_fields
 from evs_framework.datafile import read_data_file
-from evs_framework.errors import RegistryError, RegistryFileError, SpecError, did_you_mean
+from evs_framework.errors import RegistryError, RegistryFileError, did_you_mean
 from evs_framework.paths import unreadable_reason
 from evs_framework.registry_checks import located, non_finite, preset_problems
 from evs_framework.schedules import ModelSchedule, NoiseSchedule

@@ -2,7 +2,6 @@
 
 import attrs
 import pytest
-import torch
 
 from evs_framework.errors import EVSError
 from evs_framework.toyworld import elements

@@ -56,12 +56,12 @@ def run_cells(inputs: list[dict], cells: list[Cell], seeds, base: dict, measure:
     stems = [Path(item["video"]).stem for item in inputs]
     rows = []
     pairs = [(cell, seed) for cell in cells for seed in seeds]
-    for index, (cell, seed) in enumerate(pairs):
-        if share is not None and index % share[1] != share[0]:
-            continue
-        key = fingerprint(base, cell, registry)
-        kept = kept_rows(rows_file, key)
-        done = [r for r in kept if r["composition"] == cell.label and r["seed"] == seed and r["clip"] in stems]
+    mine = pairs if share is None else pairs[share[0]::share[1]]
+    keys = {cell.label: fingerprint(base, cell, registry) for cell, _ in mine}
+    kept = {label: kept_rows(rows_file, key) for label, key in keys.items()}
+    for cell, seed in mine:
+        key = keys[cell.label]
+        done = [r for r in kept[cell.label] if r["composition"] == cell.label and r["seed"] == seed and r["clip"] in stems]
         if len(done) == len(inputs):
             rows += sorted(done, key=lambda r: stems.index(r["clip"]))
             continue

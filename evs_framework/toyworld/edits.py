@@ -15,7 +15,7 @@ from pathlib import Path
 
 import attrs
 
-from evs_framework.toyworld.experiment import HeldOutClip, written
+from evs_framework.toyworld.experiment import HeldOutClip, written_clip
 from evs_framework.toyworld.world import COLOURS, HELD_OUT_FIRST_SEED, ClipSpec, degrade, render, render_with_masks, sample_spec
 
 CHANGED_KINDS = ("edit", "real_edit", "style")
@@ -44,5 +44,5 @@ def changed_clips(folder: Path, count: int, kind: str, first_seed: int = HELD_OU
     videos = degrade(clean, seed=first_seed) if kind == "edit" else clean
     targets = [changed(spec, kind) for spec in specs]
     truths, masks = render_with_masks(targets)
-    return [HeldOutClip(target, written(folder / f"clip_{first_seed + i}.mp4", video, made), truth, mask)
+    return [HeldOutClip(target, written_clip(folder / f"clip_{first_seed + i}.mp4", video, made), truth, mask)
             for i, (target, video, truth, mask) in enumerate(zip(targets, videos, truths, masks))]

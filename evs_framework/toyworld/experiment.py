@@ -53,11 +53,11 @@ def held_out_clips(folder: Path, count: int, first_seed: int = HELD_OUT_FIRST_SE
     degraded = degrade(clean, seed=first_seed)
     if truth_scale != 1:
         clean, masks = render_with_masks(specs, size=clean.shape[-1] * truth_scale)
-    return [HeldOutClip(spec, written(folder / f"clip_{first_seed + i}.mp4", bad, made), truth, mask)
+    return [HeldOutClip(spec, written_clip(folder / f"clip_{first_seed + i}.mp4", bad, made), truth, mask)
             for i, (spec, bad, truth, mask) in enumerate(zip(specs, degraded, clean, masks))]
 
 
-def written(path: Path, frames: torch.Tensor, made: bool) -> Path:
+def written_clip(path: Path, frames: torch.Tensor, made: bool) -> Path:
     """`path` with `frames` written to it, or (`made`) as another process wrote it."""
     if made:
         if not path.is_file():
@@ -76,7 +76,7 @@ def drawn_clips(folder: Path, count: int, context, first_seed: int = HELD_OUT_FI
     specs = [sample_spec(first_seed + i) for i in range(count)]
     paths = [folder / f"{model}_{first_seed + i}.mp4" for i in range(count)]
     if made:
-        return [HeldOutClip(spec, written(path, None, True), None, None) for spec, path in zip(specs, paths)]
+        return [HeldOutClip(spec, written_clip(path, None, True), None, None) for spec, path in zip(specs, paths)]
     backend = context.load(context.registry.get(model))
     return [HeldOutClip(spec, video_io.write_video(path, draw(backend, spec.prompt, False, first_seed + i), FPS),
                         None, None) for i, (spec, path) in enumerate(zip(specs, paths))]
